@@ -1,0 +1,281 @@
+"""Run configuration: typed dataclasses, loaded as defaults < YAML file < dotted command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "xlm-roberta-base"
+    """A transformers encoder: a local folder or a hub id (hub ids need network access)."""
+    tokenizer: str | None = None
+    """Tokenizer folder or id; defaults to `name_or_path`."""
+    shared_encoder: bool = True
+    """One encoder for queries, passages and auxiliary sentences; False gives separate query/passage towers."""
+    aux_towers: str = "both"
+    """With separate towers: which tower(s) the semantic and language losses train (query, passage, both)."""
+    pooling: str = "cls"
+    """Sentence representation: `cls` (first token) or `mean` (over non-padding tokens)."""
+    normalize: bool = False
+    """L2-normalise representations, making sim() a cosine."""
+    gradient_checkpointing: bool = False
+    """Recompute encoder activations in backward (less memory, about 30% more time)."""
+
+
+@dataclass
+class DataConfig:
+    train_ir: str = ""
+    """English IR training data, Tevatron jsonl (query_id, query, positive_passages, negative_passages)."""
+    parallel: str | None = None
+    """Parallel sentences jsonl (en, text, lang); required when loss.semantic_weight or language_weight > 0."""
+    monolingual: str | None = None
+    """Monolingual sentences jsonl (text, lang); required when loss.language_weight > 0."""
+    train_group_size: int = 8
+    """Passages per query: 1 positive + (train_group_size - 1) hard negatives."""
+    query_max_len: int = 32
+    """Query length in tokens, truncated beyond."""
+    passage_max_len: int = 128
+    """Passage (title + text) length in tokens."""
+    sentence_max_len: int = 64
+    """Parallel and monolingual sentence length in tokens."""
+    bad_records: str = "error"
+    """Policy for malformed records: `error` stops with file/line/field, `skip` drops and counts them."""
+    cache_dir: str | None = None
+    """Where `datasets` keeps its Arrow cache; defaults to <output_dir>/cache."""
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.05
+    """tau in sim(a, b) = a.b / tau, shared by the three losses."""
+    semantic_weight: float = 1.0
+    """alpha: weight of the semantic contrastive loss on parallel pairs; 0 switches it and its data off."""
+    language_weight: float = 1.0
+    """beta: weight of the language contrastive loss; 0 switches it and the monolingual data off."""
+    semantic_symmetric: bool = True
+    """Average the e->f and f->e directions of the semantic loss (False: e->f only)."""
+    language_variant: str = "balanced"
+    """`balanced`: -0.5 log p - 0.5 log(1-p), p = softmax over (e_i, f_i); `squared`: (sim_e - sim_f)^2."""
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    """Run directory: resolved config, TensorBoard events, checkpoints."""
+    backend: str = "deepspeed"
+    """`deepspeed` (ZeRO via ds_config) or `ddp` (PyTorch DDP through accelerate)."""
+    deepspeed_config: str = "ds_configs/zero2_fp32_cpu.json"
+    """DeepSpeed JSON; its batch, precision and clipping entries must agree with this config (or be absent)."""
+    precision: str = "fp32"
+    """fp32, bf16 or fp16 (fp16 needs a GPU)."""
+    seed: int = 42
+    """Seeds model init, data order, negative sampling and dropout."""
+    ir_batch_size: int = 32
+    """Queries per step across all ranks (the global batch; must divide by the world size)."""
+    parallel_batch_size: int = 32
+    """Parallel pairs per step across all ranks."""
+    monolingual_batch_size: int = 32
+    """Monolingual sentences per step across all ranks."""
+    chunk_size: int = 8
+    """Gradient-cache chunk, in sequences per forward; 0 disables gradient caching."""
+    max_steps: int = 100
+    """Optimizer steps to train (the data streams cycle as needed)."""
+    lr: float = 2e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to biases and LayerNorm weights)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_eps: float = 1e-8
+    """AdamW epsilon."""
+    warmup_steps: int = 10
+    """Linear warm-up steps, then linear decay to 0 at max_steps."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+    log_every: int = 1
+    """Steps between TensorBoard/console log lines."""
+    save_every: int = 0
+    """Steps between checkpoints; 0 saves only at the end."""
+    keep_last: int = 2
+    """Complete checkpoints to keep."""
+    max_nonfinite_steps: int = 3
+    """Consecutive steps with a non-finite loss or gradient (skipped) before training stops."""
+    dist_timeout_s: int = 600
+    """Collective timeout: a dead rank makes the others exit after this many seconds instead of hanging."""
+    num_threads: int = 0
+    """torch threads per rank on CPU; 0 leaves torch's default."""
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+_CHOICES = {
+    "model.aux_towers": ("query", "passage", "both"),
+    "model.pooling": ("cls", "mean"),
+    "data.bad_records": ("error", "skip"),
+    "loss.language_variant": ("balanced", "squared"),
+    "train.backend": ("deepspeed", "ddp"),
+    "train.precision": ("fp32", "bf16", "fp16"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Defaults < YAML file < `section.key=value` overrides (values parsed as YAML). Validated."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, data, loss, train)")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override '{item}': expected section.key=value, e.g. train.lr=1e-5")
+        section, _, name = key.partition(".")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"override '{item}': '{section}' is not a section")
+        raw[section][name] = yaml.safe_load(value) if value != "" else None
+    return config_from_dict(raw, source=str(path) if path else "overrides")
+
+
+def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
+    sections = {f.name: f.type for f in dataclasses.fields(RunConfig)}
+    kwargs = {}
+    for section, values in raw.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section '{section}'{_suggest(section, sections)}")
+        cls = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig}[section]
+        kwargs[section] = _build_section(cls, section, values or {}, source)
+    cfg = RunConfig(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def _build_section(cls, section: str, values: dict, source: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: section '{section}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"{source}: unknown key '{section}.{key}'{_suggest(key, fields, section)}")
+        out[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return cls(**out)
+
+
+def _coerce(value, hint, name: str):
+    """Check `value` against the field's type, converting ints to floats and lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(t for t in options if t is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{name}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, t, name) for v, t in zip(value, args))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _suggest(key: str, valid, section: str | None = None) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1)
+    if not match:
+        return f" (valid: {', '.join(valid)})"
+    return f"; did you mean '{section + '.' if section else ''}{match[0]}'?"
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError naming the field for any value the trainer cannot honour."""
+    for dotted, choices in _CHOICES.items():
+        section, name = dotted.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"{dotted}: expected one of {', '.join(choices)}, got {value!r}")
+    t, loss, data = cfg.train, cfg.loss, cfg.data
+    checks = [
+        (loss.temperature > 0, "loss.temperature", "a positive number"),
+        (loss.semantic_weight >= 0, "loss.semantic_weight", "a number >= 0"),
+        (loss.language_weight >= 0, "loss.language_weight", "a number >= 0"),
+        (t.lr > 0, "train.lr", "a positive number"),
+        (t.weight_decay >= 0, "train.weight_decay", "a number >= 0"),
+        (t.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables clipping)"),
+        (t.max_steps > 0, "train.max_steps", "a positive integer"),
+        (t.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0"),
+        (t.ir_batch_size > 0, "train.ir_batch_size", "a positive integer"),
+        (t.parallel_batch_size > 0, "train.parallel_batch_size", "a positive integer"),
+        (t.monolingual_batch_size > 0, "train.monolingual_batch_size", "a positive integer"),
+        (t.chunk_size >= 0, "train.chunk_size", "an integer >= 0 (0 disables gradient caching)"),
+        (t.chunk_size <= max(t.ir_batch_size * data.train_group_size, 1), "train.chunk_size",
+         f"at most the largest per-step batch ({t.ir_batch_size * data.train_group_size} passages)"),
+        (t.log_every > 0, "train.log_every", "a positive integer"),
+        (t.save_every >= 0, "train.save_every", "an integer >= 0"),
+        (t.keep_last >= 1, "train.keep_last", "an integer >= 1"),
+        (t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "an integer >= 1"),
+        (t.dist_timeout_s > 0, "train.dist_timeout_s", "a positive integer"),
+        (data.train_group_size >= 1, "data.train_group_size", "an integer >= 1"),
+        (min(data.query_max_len, data.passage_max_len, data.sentence_max_len) >= 2,
+         "data.*_max_len", "at least 2 tokens"),
+        (bool(data.train_ir), "data.train_ir", "a path to Tevatron jsonl training data"),
+    ]
+    if loss.semantic_weight > 0 or loss.language_weight > 0:
+        checks.append((bool(data.parallel), "data.parallel",
+                       "a parallel-sentences jsonl (or set loss.semantic_weight and loss.language_weight to 0)"))
+    if loss.language_weight > 0:
+        checks.append((bool(data.monolingual), "data.monolingual",
+                       "a monolingual-sentences jsonl (or set loss.language_weight to 0)"))
+    for ok, name, expected in checks:
+        if not ok:
+            raise ConfigError(f"{name}: expected {expected}")
+
+
+def check_world_size(cfg: RunConfig, world_size: int) -> None:
+    """Global batches split evenly over ranks, so every rank gathers equal-sized blocks."""
+    t = cfg.train
+    for name in ("ir_batch_size", "parallel_batch_size", "monolingual_batch_size"):
+        if getattr(t, name) % world_size:
+            raise ConfigError(f"train.{name}: {getattr(t, name)} does not divide by the world size {world_size}")
+
+
+def config_digest(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), sort_keys=True)

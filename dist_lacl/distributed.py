@@ -1,0 +1,146 @@
+"""Distributed helpers: the only module that calls torch.distributed. All fall back to one process.
+
+Functions marked *collective* must be called on every rank, in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank())
+    return torch.device("cpu")
+
+
+def init_process_group(timeout_s: int, backend: str | None = None) -> None:
+    """Join the launcher's process group (torchrun, deepspeed, accelerate, srun all set RANK/WORLD_SIZE).
+
+    A finite timeout makes the surviving ranks fail instead of hanging when one dies.
+    """
+    if is_initialized() or int(os.environ.get("WORLD_SIZE", 1)) == 1 and "MASTER_ADDR" not in os.environ:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend or default_backend(),
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def barrier() -> None:
+    """*Collective.*"""
+    if is_initialized():
+        dist.barrier()
+
+
+def gather_keep_local_grad(local: Tensor) -> Tensor:
+    """*Collective.* Concatenate every rank's `local` [n, ...] in rank order -> [world_size * n, ...].
+
+    Why the local gradient is complete: every rank computes the same loss over the same global batch,
+    so d(loss)/d(local rows), computed on this rank alone, is already the full derivative; other ranks'
+    copies of these rows need no gradient. The data-parallel engine then *averages* parameter gradients
+    over ranks, so the gradient is scaled by world_size here, once, to turn that mean back into the
+    gradient of the single global loss. Every rank must pass the same n.
+    """
+    if not is_initialized() or dist.get_world_size() == 1:
+        return local
+    return _GatherKeepLocalGrad.apply(local)
+
+
+class _GatherKeepLocalGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: Tensor) -> Tensor:
+        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, local.contiguous())
+        ctx.n, ctx.rank, ctx.world_size = local.shape[0], dist.get_rank(), dist.get_world_size()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        start = ctx.rank * ctx.n
+        return grad[start:start + ctx.n] * ctx.world_size
+
+
+def all_reduce_max(value: float) -> float:
+    """*Collective.* The largest `value` over ranks (e.g. 1.0 if any rank saw a non-finite loss)."""
+    if not is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_sum(value: float) -> float:
+    """*Collective.* Sum of `value` over ranks."""
+    if not is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def broadcast_object(obj):
+    """*Collective.* Rank 0's `obj` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_comm_device())
+    return box[0]
+
+
+def all_gather_objects(obj) -> list:
+    """*Collective.* Every rank's `obj`, in rank order."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """*Collective.* Rank 0 runs the body first (e.g. to fill a cache), then the others."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def _comm_device() -> torch.device:
+    return device() if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def destroy() -> None:
+    if is_initialized():
+        dist.destroy_process_group()

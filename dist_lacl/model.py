@@ -1,0 +1,79 @@
+"""Dual encoder over any transformers encoder: towers, pooling, normalisation. Knows nothing of ranks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel
+
+TOWERS = ("query", "passage")
+
+
+class DualEncoder(nn.Module):
+    """Encodes token batches into sentence representations with the query or passage tower.
+
+    With `shared_encoder` both names refer to one module (and one set of parameters).
+    """
+
+    def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None = None,
+                 pooling: str = "cls", normalize: bool = False):
+        super().__init__()
+        self.query_encoder = query_encoder
+        # Registered only when separate, so a shared encoder is saved and optimised once.
+        self.passage_encoder = passage_encoder
+        self.pooling = pooling
+        self.normalize = normalize
+
+    @property
+    def shared(self) -> bool:
+        return self.passage_encoder is None
+
+    def tower(self, name: str) -> nn.Module:
+        if name not in TOWERS:
+            raise ValueError(f"unknown tower {name!r}")
+        return self.query_encoder if name == "query" or self.shared else self.passage_encoder
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, tower: str = "query") -> Tensor:
+        """input_ids, attention_mask [B, L] -> representations [B, D] in the encoder's dtype."""
+        hidden = self.tower(tower)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        reps = pool(hidden, attention_mask, self.pooling)
+        return F.normalize(reps, dim=-1) if self.normalize else reps
+
+
+def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+    """[B, L, D] -> [B, D]: the first token ([CLS] / <s>) or the mean over non-padding tokens."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def build_model(cfg) -> DualEncoder:
+    """The dual encoder of `cfg` (config.ModelConfig), loaded from a local folder or hub id."""
+    query = load_encoder(cfg.name_or_path)
+    passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path)
+    if cfg.gradient_checkpointing:
+        for enc in (query, passage):
+            if enc is not None:
+                enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return DualEncoder(query, passage, pooling=cfg.pooling, normalize=cfg.normalize)
+
+
+# BERT-like models carry a pooler the dual encoder never uses; left in, its parameters get no gradient.
+_HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
+
+
+def load_encoder(name_or_path: str) -> nn.Module:
+    config = AutoConfig.from_pretrained(name_or_path)
+    kwargs = {"add_pooling_layer": False} if config.model_type in _HAS_UNUSED_POOLER else {}
+    return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and normalisation weights (as BERT and DPR train)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
