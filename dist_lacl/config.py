@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -277,5 +276,30 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
             raise ConfigError(f"train.{name}: {getattr(t, name)} does not divide by the world size {world_size}")
 
 
-def config_digest(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True)
+# What a resumed run may change: schedule length, logging/saving cadence, chunking (gradient caching is
+# exact), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
+# model, the data order or the optimisation, and would silently produce a different run.
+RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
+                     "train.chunk_size", "train.num_threads", "train.dist_timeout_s",
+                     "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
+                     "data.cache_dir", "model.gradient_checkpointing"}
+
+
+def check_resume_compatible(previous: RunConfig, current: RunConfig, source: str) -> None:
+    """Raise ConfigError if `current` cannot continue the run that `previous` started."""
+    old, new = _flatten(previous.to_dict()), _flatten(current.to_dict())
+    changed = [k for k in old if old[k] != new[k] and k not in RESUMABLE_CHANGES]
+    if changed:
+        details = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:3])
+        raise ConfigError(f"{source}: the output directory holds another run ({details}). Use a new "
+                          "train.output_dir, or the same settings to resume it")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -49,12 +49,23 @@ def init_process_group(timeout_s: int, backend: str | None = None) -> None:
 
     A finite timeout makes the surviving ranks fail instead of hanging when one dies.
     """
-    if is_initialized() or int(os.environ.get("WORLD_SIZE", 1)) == 1 and "MASTER_ADDR" not in os.environ:
+    if is_initialized():
         return
+    if "RANK" not in os.environ:  # not launched: a one-process group on a free local port
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend or default_backend(),
                             timeout=datetime.timedelta(seconds=timeout_s))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def barrier() -> None:

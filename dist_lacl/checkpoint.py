@@ -1,0 +1,150 @@
+"""Atomic, resumable checkpoints around the engine's own sharded format.
+
+Layout under <output_dir>/checkpoints/:
+  step-000100/            one complete checkpoint
+    (engine files)        DeepSpeed: model states + one ZeRO optimizer shard per rank
+    rng-rank<r>.pt        every rank's RNG state
+    trainer_state.json    step, data position of each stream, counters (also in the engine's client state)
+    config.yaml           the resolved run config
+    MANIFEST.json         written last: every file and its size; a directory without it is incomplete
+  latest                  name of the newest complete checkpoint (written after the rename)
+A checkpoint is written under `.tmp-step-000100/` and renamed only when every rank has finished, so a
+crash at any point leaves the previous complete checkpoint as the newest loadable one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed as dist
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+PREFIX = "step-"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:07d}"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same directory, flush to disk, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _manifest(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_size
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def verify(directory: Path) -> str | None:
+    """None if `directory` is a complete checkpoint, else why it is not."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return "no MANIFEST.json (the write did not finish)"
+    try:
+        expected = json.loads(manifest.read_text())["files"]
+    except (json.JSONDecodeError, KeyError):
+        return "MANIFEST.json is unreadable"
+    actual = _manifest(directory)
+    for name, size in expected.items():
+        if name not in actual:
+            return f"{name} is missing"
+        if actual[name] != size:
+            return f"{name} has {actual[name]} bytes, {size} expected (truncated?)"
+    return None
+
+
+class Checkpointer:
+    """Saves and finds complete checkpoints in `root`; keeps the newest `keep_last`."""
+
+    def __init__(self, root: Path, keep_last: int):
+        self.root, self.keep_last = Path(root), keep_last
+
+    def save(self, engine, step: int, trainer_state: dict, extra_files: dict[str, bytes]) -> Path:
+        """*Collective.* Write checkpoint `step` atomically; returns its final path."""
+        final = self.root / checkpoint_name(step)
+        tmp = self.root / f".tmp-{checkpoint_name(step)}"
+        if dist.is_main():
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an interrupted write
+        dist.barrier()
+        engine.save(tmp, client_state={"trainer_state": trainer_state})
+        torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
+        dist.barrier()
+        if dist.is_main():
+            files = {"trainer_state.json": json.dumps(trainer_state, indent=1).encode(), **extra_files}
+            for name, data in files.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(tmp / name, data)
+            write_atomic(tmp / MANIFEST, json.dumps({"step": step, "files": _manifest(tmp)}, indent=1).encode())
+            if final.exists():  # re-saving the same step (e.g. after a resume at the end)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            write_atomic(self.root / "latest", final.name.encode())
+            self._prune()
+        dist.barrier()
+        return final
+
+    def _prune(self) -> None:
+        complete = [p for p in self._candidates() if verify(p) is None]
+        for old in complete[self.keep_last:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _candidates(self) -> list[Path]:
+        """Checkpoint directories, newest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted((p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)),
+                      key=lambda p: p.name, reverse=True)
+
+    def latest_complete(self) -> Path | None:
+        """*Collective.* The newest complete checkpoint (rank 0 decides); warns about each bad one skipped."""
+        choice = None
+        if dist.is_main():
+            for leftover in self.root.glob(".tmp-*") if self.root.is_dir() else []:
+                log.warning("ignoring %s: an interrupted checkpoint write", leftover)
+            for candidate in self._candidates():
+                problem = verify(candidate)
+                if problem is None:
+                    choice = str(candidate)
+                    break
+                log.warning("not loading checkpoint %s: %s", candidate, problem)
+        choice = dist.broadcast_object(choice)
+        return Path(choice) if choice else None
+
+    @staticmethod
+    def load(engine, directory: Path, load_optimizer: bool = True) -> dict:
+        """*Collective.* Restore engine state and this rank's RNG; returns the trainer state."""
+        engine.load(directory, load_optimizer=load_optimizer)
+        rng_file = directory / f"rng-rank{dist.rank()}.pt"
+        if rng_file.is_file():  # absent when resuming on more ranks than were saved
+            set_rng_state(torch.load(rng_file, weights_only=False))
+        return json.loads((directory / "trainer_state.json").read_text())

@@ -1,0 +1,61 @@
+"""Command line: `dist-lacl train|export|encode|search|evaluate|data ...`; user errors exit cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from . import distributed as dist
+from .errors import NonFiniteError, ResumeRequested, UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dist-lacl", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train under torchrun, deepspeed, accelerate launch or srun")
+    train.add_argument("--config", help="YAML run config (sections model, data, loss, train)")
+    train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-5")
+    train.set_defaults(func=run_train)
+
+    for add_parsers in _optional_parsers():
+        add_parsers(sub)
+    return parser
+
+
+def _optional_parsers():
+    """Subcommands of the other subpackages, each registering its own parsers."""
+    return []
+
+
+def run_train(args) -> None:
+    from .config import load_config
+    from .trainer import train
+
+    train(load_config(args.config, args.overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,
+                        format=f"%(asctime)s [rank {dist.rank()}] %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (UserError, NonFiniteError, ResumeRequested) as e:
+        if args.debug:
+            raise
+        print(f"dist-lacl {args.command}: error: {e}" if not isinstance(e, ResumeRequested)
+              else f"dist-lacl {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
+    finally:
+        dist.destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""Training engines: the only module that imports deepspeed or accelerate.
+
+One small interface over DeepSpeed (ZeRO) and PyTorch DDP through accelerate:
+  encode(inputs, tower) -> reps      forward through the wrapped model
+  chunk_context(is_last)             around each grad-cache chunk's forward+backward
+  backward(loss), step() -> stats    one optimizer step per training step
+  save(dir, client_state), load(dir) -> client_state
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import distributed as dist
+from .config import RunConfig
+from .errors import ConfigError
+from .model import DualEncoder, parameter_groups
+
+
+def lr_lambda(warmup_steps: int, max_steps: int):
+    """Linear warm-up to the peak, then linear decay to 0 at max_steps (as BERT/DPR fine-tuning)."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
+    return factor
+
+
+def make_scheduler(optimizer, cfg: RunConfig):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
+
+
+# ---------------------------------------------------------------- DeepSpeed config from the run config
+
+def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
+    """The run config's DeepSpeed dictionary: ds_config file + entries derived from the run config.
+
+    Batch sizes, accumulation, precision, clipping and the optimizer come from the run config; the file
+    may repeat them ("auto" or equal values) but a different value is a ConfigError, never a silent pick.
+    """
+    t = cfg.train
+    path = Path(t.deepspeed_config)
+    if not path.is_file():
+        raise ConfigError(f"train.deepspeed_config: {path} not found")
+    try:
+        file_cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    offload = file_cfg.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+    derived = {
+        "train_batch_size": t.ir_batch_size,
+        "train_micro_batch_size_per_gpu": t.ir_batch_size // world_size,
+        # Gradient caching splits the step itself; DeepSpeed must never accumulate or scale on its own.
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": t.grad_clip,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": t.precision == "fp16"},
+        "optimizer": {"type": "AdamW", "params": {
+            "lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps, "weight_decay": t.weight_decay,
+            # torch's AdamW needs no JIT build; offloaded optimizer state needs DeepSpeed's CPU Adam.
+            "torch_adam": not offload}},
+    }
+    merged = dict(file_cfg)
+    for key, value in derived.items():
+        if key not in file_cfg or file_cfg[key] == "auto":
+            merged[key] = value
+        elif isinstance(value, dict):
+            merged[key] = _merge_checked(file_cfg[key], value, f"{path}: '{key}'", key)
+        elif file_cfg[key] != value:
+            raise ConfigError(f"{path}: '{key}' is {file_cfg[key]!r} but the run config gives {value!r} "
+                              f"({_RUN_FIELD[key]}); remove it from the DeepSpeed file or make them agree")
+    merged.setdefault("steps_per_print", 10**9)  # the trainer logs; DeepSpeed's own prints are noise
+    merged.setdefault("wall_clock_breakdown", False)
+    return merged
+
+
+_RUN_FIELD = {"train_batch_size": "train.ir_batch_size", "train_micro_batch_size_per_gpu":
+              "train.ir_batch_size / world size", "gradient_accumulation_steps": "always 1 with gradient caching",
+              "gradient_clipping": "train.grad_clip", "bf16": "train.precision", "fp16": "train.precision",
+              "optimizer": "train.lr, adam_betas, adam_eps, weight_decay"}
+
+
+def _merge_checked(given: dict, derived: dict, where: str, key: str) -> dict:
+    out = dict(given)
+    for k, v in derived.items():
+        if k not in given or given[k] == "auto":
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(given[k], dict):
+            out[k] = _merge_checked(given[k], v, f"{where}.{k}", key)
+        elif given[k] != v and not (isinstance(v, list) and list(given[k]) == v):
+            raise ConfigError(f"{where}.{k} is {given[k]!r} but the run config gives {v!r} ({_RUN_FIELD[key]})")
+    return out
+
+
+# ---------------------------------------------------------------- engines
+
+class DeepSpeedEngine:
+    """ZeRO (stage from the ds_config) through deepspeed.initialize."""
+
+    def __init__(self, model: DualEncoder, cfg: RunConfig):
+        import deepspeed
+
+        dist.init_process_group(cfg.train.dist_timeout_s)
+        deepspeed.init_distributed(dist_backend=dist.default_backend(),
+                                   timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+        self.config = deepspeed_config(cfg, dist.world_size())
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, model_parameters=parameter_groups(model, cfg.train.weight_decay),
+            config=self.config, lr_scheduler=lambda opt: make_scheduler(opt, cfg))
+        self.module: DualEncoder = self.ds.module
+
+    def encode(self, inputs: dict[str, Tensor], tower: str) -> Tensor:
+        inputs = {k: v.to(self.ds.device) for k, v in inputs.items()}
+        return self.ds(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
+
+    def chunk_context(self, is_last: bool):
+        # Without this, ZeRO-2 reduces and then overwrites the partitioned gradient at every backward:
+        # only the last chunk would survive. Non-boundary backwards accumulate locally instead.
+        self.ds.set_gradient_accumulation_boundary(is_last)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> dict[str, float]:
+        self.ds.set_gradient_accumulation_boundary(True)
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        return {"grad_norm": float(norm) if norm is not None else math.nan, "lr": self.scheduler.get_last_lr()[0]}
+
+    def skip_step(self) -> None:
+        """Drop this step's gradients without updating weights (non-finite loss: nothing was backpropagated)."""
+        self.ds.zero_grad()
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    def save(self, directory: Path, client_state: dict) -> None:
+        """*Collective.* DeepSpeed's sharded checkpoint (one optimizer shard per rank) into `directory`."""
+        self.ds.save_checkpoint(str(directory.parent), tag=directory.name, client_state=client_state,
+                                save_latest=False)
+
+    def load(self, directory: Path, load_optimizer: bool = True) -> dict:
+        """*Collective.* Weights, optimizer shards and scheduler from `directory`; returns the client state."""
+        path, client_state = self.ds.load_checkpoint(
+            str(directory.parent), tag=directory.name, load_optimizer_states=load_optimizer,
+            load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"{directory}: DeepSpeed found no checkpoint to load")
+        return client_state
+
+
+class DDPEngine:
+    """PyTorch DDP through accelerate: gradients all-reduced once per step (no_sync on earlier chunks)."""
+
+    def __init__(self, model: DualEncoder, cfg: RunConfig):
+        from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+        t = cfg.train
+        if t.precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(), mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
+            kwargs_handlers=[InitProcessGroupKwargs(backend=dist.default_backend(),
+                                                    timeout=timedelta(seconds=t.dist_timeout_s)),
+                             DistributedDataParallelKwargs(find_unused_parameters=False)])
+        optimizer = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas,
+                                      eps=t.adam_eps)
+        # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
+        self.scheduler = make_scheduler(optimizer, cfg)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.module: DualEncoder = self.accelerator.unwrap_model(self.model)
+        self.grad_clip = t.grad_clip
+
+    def encode(self, inputs: dict[str, Tensor], tower: str) -> Tensor:
+        inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
+        return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
+
+    def chunk_context(self, is_last: bool):
+        # DDP decides in forward whether the next backward all-reduces, so the context spans both.
+        return contextlib.nullcontext() if is_last else self.accelerator.no_sync(self.model)
+
+    def backward(self, loss: Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self) -> dict[str, float]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.grad_clip > 0:
+            norm = float(self.accelerator.clip_grad_norm_(params, self.grad_clip))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack(
+                [p.grad.norm() for p in params if p.grad is not None])))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": norm, "lr": self.scheduler.get_last_lr()[0]}
+
+    def skip_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def save(self, directory: Path, client_state: dict) -> None:
+        """*Collective.* Model, optimizer and scheduler (rank 0 writes; DDP replicas are identical)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        if dist.is_main():
+            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "client_state": client_state},
+                       directory / "ddp_state.pt")
+        dist.barrier()
+
+    def load(self, directory: Path, load_optimizer: bool = True) -> dict:
+        state = torch.load(directory / "ddp_state.pt", map_location="cpu", weights_only=False)
+        self.module.load_state_dict(state["model"])
+        if load_optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return state["client_state"]
+
+
+def build_engine(model: DualEncoder, cfg: RunConfig):
+    """The engine named by train.backend. Under `accelerate launch --use_deepspeed`, DeepSpeed is used
+    with accelerate's config file, which must then agree with the run config like any ds_config."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and cfg.train.backend != "deepspeed":
+        raise ConfigError("accelerate was launched with DeepSpeed but train.backend is 'ddp'; "
+                          "set train.backend=deepspeed")
+    if cfg.train.backend == "deepspeed":
+        return DeepSpeedEngine(model, cfg)
+    return DDPEngine(model, cfg)
