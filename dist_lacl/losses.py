@@ -16,8 +16,12 @@ from torch import Tensor
 
 
 def similarity(a: Tensor, b: Tensor, temperature: float) -> Tensor:
-    """sim(a_i, b_j) = a_i . b_j / tau for every pair: [M, D] x [N, D] -> [M, N] (fp32)."""
-    return a.float() @ b.float().T / temperature
+    """sim(a_i, b_j) = a_i . b_j / tau for every pair: [M, D] x [N, D] -> [M, N] (at least fp32)."""
+    return _at_least_fp32(a) @ _at_least_fp32(b).T / temperature
+
+
+def _at_least_fp32(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def ir_loss(q_reps: Tensor, p_reps: Tensor, temperature: float) -> Tensor:

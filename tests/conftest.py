@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny locally built model and tokenizer, and small training files (no downloads)."""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # the helpers_* modules
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from helpers_data import write_training_data  # noqa: E402
+from helpers_tiny import make_tiny_model, make_tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer XLM-R-style encoder (hidden 32, dropout 0.1) with its tokenizer, in one folder."""
+    path = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(path, make_tiny_tokenizer(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_no_dropout(tiny_model_dir, tmp_path_factory) -> Path:
+    """The same weights with dropout off, for comparisons across processes whose RNG streams differ."""
+    path = tmp_path_factory.mktemp("tiny-model-no-dropout")
+    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+    config = json.loads((path / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def training_data(tmp_path_factory) -> dict[str, str]:
+    """{train_ir, parallel, monolingual}: small valid files in the documented formats."""
+    return write_training_data(tmp_path_factory.mktemp("train-data"))

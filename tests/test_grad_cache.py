@@ -1,0 +1,118 @@
+"""Gradient cache == no cache: the loss and every parameter's gradient, with dropout on, in one process,
+for a step that uses all three losses (the real data pipeline, the real loss function)."""
+
+import contextlib
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from dist_lacl.config import config_from_dict
+from dist_lacl.data import TrainBatches
+from dist_lacl.grad_cache import GradCache, RandomState
+from dist_lacl.model import build_model
+from dist_lacl.trainer import RepsTap, encode_jobs, make_loss_fn, tower_of
+
+
+def make_step(model_dir, data, tmp_path, **model_overrides):
+    cfg = config_from_dict({
+        "model": {"name_or_path": str(model_dir), **model_overrides},
+        "data": {**data, "train_group_size": 3},
+        "loss": {"temperature": 0.1},
+        "train": {"ir_batch_size": 6, "parallel_batch_size": 5, "monolingual_batch_size": 7, "chunk_size": 2,
+                  "output_dir": str(tmp_path)}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    batch, _ = TrainBatches(cfg, AutoTokenizer.from_pretrained(model_dir), 0, 1, tmp_path / "cache").next()
+    return cfg, model, encode_jobs(batch, cfg)
+
+
+def grad_cache_for(cfg, model, chunk_size):
+    return GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)),
+                     loss_fn=make_loss_fn(cfg, RepsTap()), backward=lambda loss: loss.backward(),
+                     chunk_size=chunk_size)
+
+
+def cached_step(cfg, model, jobs, chunk_size=2):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(123)
+    gc = grad_cache_for(cfg, model, chunk_size)
+    cache = gc.compute_loss(jobs)
+    gc.backward(cache)
+    return cache.loss.item(), cache.loss_out, grads(model)
+
+
+def uncached_step(cfg, model, jobs, chunk_size=2):
+    """The reference: the same chunks forwarded *with* autograd in the same order (hence the same
+    dropout masks, drawn from the same RNG stream), one loss, one backward."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(123)
+    gc = grad_cache_for(cfg, model, chunk_size)
+    reps = {job: torch.cat([model(**c, tower=tower_of(job)) for c in gc.split(x)]) for job, x in jobs.items()}
+    loss, terms = make_loss_fn(cfg, RepsTap())(reps)
+    loss.backward()
+    return loss.item(), terms, grads(model)
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_grads(a, b, rtol=1e-5, floor=0.0):
+    """Every tensor within rtol, elementwise, with an absolute floor of rtol x the tensor's largest entry:
+    the two paths sum the same chunk contributions in another order, so an entry that nearly cancels
+    differs by float rounding of its summands (~1e-7 of the tensor's scale), not of itself. `floor` covers
+    gradients that are zero in exact arithmetic (attention key biases: softmax is shift-invariant)."""
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        atol = max(rtol * float(b[name].abs().max()), floor)
+        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("towers", [{}, {"shared_encoder": False, "aux_towers": "both"}],
+                         ids=["shared", "separate-towers"])
+def test_cached_equals_uncached_with_dropout(tiny_model_dir, training_data, tmp_path, towers):
+    cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path, **towers)
+    assert {"query", "passage"} < set(jobs) and any(j.startswith("mono") for j in jobs)
+    loss_c, terms_c, grads_c = cached_step(cfg, model, jobs)
+    loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs)
+    assert loss_c == pytest.approx(loss_u, rel=1e-6)
+    assert terms_c.semantic is not None and terms_c.language is not None
+    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
+    assert_same_grads(grads_c, grads_u)
+    # Dropout really was on: two cached steps from different seeds differ.
+    model.zero_grad()
+    torch.manual_seed(7)
+    assert grad_cache_for(cfg, model, 2).compute_loss(jobs).loss.item() != pytest.approx(loss_c, rel=1e-6)
+
+
+def test_without_rng_replay_the_gradients_differ(tiny_model_dir, training_data, tmp_path, monkeypatch):
+    """The control: if the re-forward draws fresh dropout masks, the cache no longer matches."""
+    cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path)
+    _, _, reference = uncached_step(cfg, model, jobs)
+    monkeypatch.setattr(RandomState, "replay", lambda self: contextlib.nullcontext())
+    _, _, no_replay = cached_step(cfg, model, jobs)
+    with pytest.raises(AssertionError):
+        assert_same_grads(no_replay, reference)
+
+
+def test_cache_equals_one_full_batch_pass_without_dropout(tiny_model_dir, training_data, tmp_path):
+    """chunk_size=0 (no cache: each batch in one forward) == chunk size 2, with dropout off.
+
+    In float64: a random tiny encoder maps all inputs to nearly the same vector, so each parameter
+    gradient is a near-cancelling sum of large per-example terms, and in fp32 the different batching of
+    the two paths shows up at 1e-5..1e-2 of the (tiny) result. In float64 they agree to 1e-9.
+    """
+    cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path)
+    model.eval().double()
+    loss_full, _, grads_full = cached_step(cfg, model, jobs, chunk_size=0)
+    loss_chunked, _, grads_chunked = cached_step(cfg, model, jobs, chunk_size=2)
+    assert loss_chunked == pytest.approx(loss_full, rel=1e-12)
+    assert_same_grads(grads_chunked, grads_full, rtol=1e-9, floor=1e-15)
+
+
+def test_split_trims_each_chunk_to_its_longest_row():
+    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_size=2)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
+    chunks = gc.split({"input_ids": mask * 7, "attention_mask": mask})
+    assert [c["attention_mask"].tolist() for c in chunks] == [[[1, 1, 1], [1, 0, 0]], [[1, 1]]]
