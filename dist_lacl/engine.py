@@ -140,6 +140,13 @@ class DeepSpeedEngine:
         """Drop this step's gradients without updating weights (non-finite loss: nothing was backpropagated)."""
         self.ds.zero_grad()
 
+    def full_grads(self) -> dict[str, Tensor]:
+        """*Collective.* Every parameter's full (rank-averaged) gradient, after backward and before step."""
+        from deepspeed.utils import safe_get_full_grad
+
+        grads = {name: safe_get_full_grad(p) for name, p in self.module.named_parameters()}
+        return {name: g.detach().float().cpu() for name, g in grads.items() if g is not None}
+
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)
 
@@ -205,6 +212,12 @@ class DDPEngine:
 
     def skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+
+    def full_grads(self) -> dict[str, Tensor]:
+        """Every parameter's gradient (already all-reduced by DDP), after backward and before step."""
+        # A copy: clipping in step() scales .grad in place.
+        return {name: p.grad.detach().float().cpu().clone() for name, p in self.module.named_parameters()
+                if p.grad is not None}
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)

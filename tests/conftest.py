@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # the helpers_* modules
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,12 +27,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_no_dropout(tiny_model_dir, tmp_path_factory) -> Path:
-    """The same weights with dropout off, for comparisons across processes whose RNG streams differ."""
+    """Dropout off, for comparisons across processes whose RNG streams differ; token embeddings scaled
+    up so that different inputs get clearly different representations. (A random tiny encoder otherwise
+    maps every input to nearly one vector; each gradient is then a near-cancelling sum, and comparisons
+    between differently batched computations measure fp32 rounding instead of correctness.)"""
+    from transformers import AutoModel
+
     path = tmp_path_factory.mktemp("tiny-model-no-dropout")
     shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
     config = json.loads((path / "config.json").read_text())
     config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     (path / "config.json").write_text(json.dumps(config))
+    model = AutoModel.from_pretrained(path)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(50.0)
+    model.save_pretrained(path)
     return path
 
 

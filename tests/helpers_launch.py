@@ -1,0 +1,38 @@
+"""Launch real multi-process jobs from tests (torchrun, accelerate launch), with readable failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dist_lacl.distributed import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+WORKERS = REPO / "tests" / "workers"
+
+
+def test_env(**extra) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=str(REPO))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(cmd: list[str], timeout: int = 300, expect_rc: int | None = 0, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=test_env(**env), cwd=REPO)
+    if expect_rc is not None and proc.returncode != expect_rc:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}, expected {expect_rc}\n"
+                             f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def torchrun(*args, nproc: int = 2, **kwargs) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                f"--master_port={free_port()}", *map(str, args)], **kwargs)
+
+
+def accelerate_launch(*args, nproc: int = 2, extra: tuple = ("--multi_gpu",), **kwargs):
+    return run([sys.executable, "-m", "accelerate.commands.launch", *extra, f"--num_processes={nproc}",
+                f"--main_process_port={free_port()}", *map(str, args)], **kwargs)

@@ -1,0 +1,109 @@
+"""Two real gloo processes == one process on the concatenated global batch.
+
+- plain torch.distributed with gathered negatives: loss and every parameter gradient;
+- DeepSpeed ZeRO-2 with a several-chunk gradient cache: full gradients after backward and the
+  weights after one optimizer step, against plain PyTorch (and the naive per-chunk backward fails);
+- the same through accelerate's DDP.
+Dropout is off here (each rank has its own RNG stream); test_grad_cache covers dropout replay. Mean
+pooling: with CLS pooling a random tiny encoder gives every input nearly the same vector, and the
+gradients below the last LayerNorm become near-cancelling sums whose fp32 rounding (1e-3 relative)
+would hide real errors instead of revealing them.
+"""
+
+import pytest
+import torch
+import yaml
+from helpers_launch import WORKERS, accelerate_launch, torchrun
+from test_grad_cache import assert_same_grads
+from transformers import AutoTokenizer
+
+from dist_lacl.config import config_from_dict
+from dist_lacl.data import TrainBatches
+from dist_lacl.engine import make_scheduler
+from dist_lacl.model import build_model, parameter_groups
+from dist_lacl.trainer import RepsTap, encode_jobs, make_loss_fn, tower_of
+
+pytestmark = pytest.mark.slow
+# Attention key biases have an exactly-zero gradient (softmax is shift-invariant); computed, they are
+# rounding noise around 1e-11.
+ZERO_GRAD_NOISE = 1e-9
+# ... and Adam normalises that noise into an update of up to lr * noise / eps ~ 1e-6 on those biases.
+ZERO_GRAD_UPDATE = 1e-6
+
+
+def write_config(tmp_path, model_dir, data, **train):
+    raw = {"model": {"name_or_path": str(model_dir), "pooling": "mean"},
+           "data": {**data, "train_group_size": 3, "cache_dir": str(tmp_path / "cache")},
+           "loss": {"temperature": 0.5, "semantic_weight": 0.7, "language_weight": 0.4},
+           "train": {"ir_batch_size": 4, "parallel_batch_size": 6, "monolingual_batch_size": 4, "chunk_size": 2,
+                     "lr": 1e-3, "warmup_steps": 0, "grad_clip": 1.0, "num_threads": 1,
+                     "output_dir": str(tmp_path / "run"), **train}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, config_from_dict(raw)
+
+
+def reference_step(cfg):
+    """One process, the whole global batch, no cache, plain autograd and torch AdamW."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).train()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
+    batch, _ = TrainBatches(cfg, tokenizer, 0, 1, cfg.data.cache_dir).next()
+    reps = {job: model(**x, tower=tower_of(job)) for job, x in encode_jobs(batch, cfg).items()}
+    loss, _ = make_loss_fn(cfg, RepsTap())(reps)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    t = cfg.train
+    optimizer = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
+    make_scheduler(optimizer, cfg)  # sets the first step's learning rate, as in training
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    optimizer.step()
+    return loss.item(), grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def run_worker(tmp_path, config, mode, launcher=torchrun):
+    out = tmp_path / f"{mode}.pt"
+    launcher(WORKERS / "step_worker.py", config, mode, out)
+    result = torch.load(out, weights_only=False)
+    assert result["world_size"] == 2
+    return result
+
+
+def test_two_ranks_with_gathered_negatives_equal_one_process(tmp_path, tiny_model_no_dropout, training_data):
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data)
+    loss, grads, _ = reference_step(cfg)
+    result = run_worker(tmp_path, config, "plain")
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE)
+
+
+def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data):
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
+                               deepspeed_config="ds_configs/zero2_fp32_cpu.json")
+    loss, grads, params = reference_step(cfg)
+    result = run_worker(tmp_path, config, "engine")
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE)
+    assert_same_grads(result["params"], params, floor=ZERO_GRAD_UPDATE)
+    # The step changed the weights, so the parameter comparison is not trivially true.
+    assert any(not torch.equal(p, q) for p, q in zip(params.values(), build_model(cfg.model).state_dict().values()))
+
+
+def test_zero2_naive_per_chunk_backward_loses_gradients(tmp_path, tiny_model_no_dropout, training_data):
+    """The peers' failure, reproduced: without the accumulation boundary only the last chunk survives."""
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed")
+    _, grads, _ = reference_step(cfg)
+    result = run_worker(tmp_path, config, "naive")
+    with pytest.raises(AssertionError):
+        assert_same_grads(result["grads"], grads)
+    errors = [float((result["grads"][n] - g).norm() / g.norm()) for n, g in grads.items() if g.norm() > 0]
+    assert max(errors) > 0.1
+
+
+def test_accelerate_ddp_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data):
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="ddp")
+    loss, grads, params = reference_step(cfg)
+    result = run_worker(tmp_path, config, "engine", launcher=accelerate_launch)
+    assert result["loss"] == pytest.approx(loss, rel=1e-5)
+    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE)
+    assert_same_grads(result["params"], params, floor=ZERO_GRAD_UPDATE)

@@ -1,0 +1,67 @@
+"""One training step on every rank, for equivalence tests; rank 0 saves loss, full gradients and weights.
+
+usage: step_worker.py CONFIG.yaml MODE OUT.pt
+  engine  the configured engine (DeepSpeed or DDP) with gradient caching, as the trainer runs it
+  naive   DeepSpeed with per-chunk backwards but no accumulation boundary (the peers' bug)
+  plain   no engine: torch.distributed gather + backward, gradients all-reduced and averaged by hand
+"""
+
+import contextlib
+import sys
+
+import torch
+from transformers import AutoTokenizer
+
+from dist_lacl import distributed as dist
+from dist_lacl.config import load_config
+from dist_lacl.data import TrainBatches
+from dist_lacl.grad_cache import GradCache
+from dist_lacl.model import build_model
+from dist_lacl.trainer import RepsTap, Trainer, encode_jobs, make_loss_fn, tower_of
+
+
+def engine_step(cfg, mode):
+    trainer = Trainer(cfg)
+    trainer.engine.train()
+    if mode == "naive":
+        trainer.grad_cache.chunk_context = lambda is_last: contextlib.nullcontext()
+    batch, _ = trainer.data.next()
+    cache = trainer.grad_cache.compute_loss(encode_jobs(batch, cfg))
+    trainer.grad_cache.backward(cache)
+    grads = trainer.engine.full_grads()
+    trainer.engine.step()
+    params = {n: p.detach().float().cpu().clone() for n, p in trainer.engine.module.named_parameters()}
+    return cache.loss.item(), grads, params
+
+
+def plain_step(cfg):
+    dist.init_process_group(cfg.train.dist_timeout_s, backend="gloo")
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).train()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
+    data = TrainBatches(cfg, tokenizer, dist.rank(), dist.world_size(), cfg.data.cache_dir)
+    batch, _ = data.next()
+    gc = GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)), loss_fn=make_loss_fn(cfg, RepsTap()),
+                   backward=lambda loss: loss.backward(), chunk_size=cfg.train.chunk_size)
+    cache = gc.compute_loss(encode_jobs(batch, cfg))
+    gc.backward(cache)
+    grads = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:  # what any data-parallel engine does: average over ranks
+            torch.distributed.all_reduce(p.grad)
+            grads[name] = p.grad / dist.world_size()
+    return cache.loss.item(), grads, {}
+
+
+def main():
+    config, mode, out = sys.argv[1:4]
+    cfg = load_config(config)
+    torch.set_num_threads(1)
+    loss, grads, params = plain_step(cfg) if mode == "plain" else engine_step(cfg, mode)
+    if dist.is_main():
+        torch.save({"loss": loss, "grads": grads, "params": params, "world_size": dist.world_size()}, out)
+    dist.destroy()
+
+
+if __name__ == "__main__":
+    main()
