@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_parsers():
     """Subcommands of the other subpackages, each registering its own parsers."""
-    return []
+    from .builders.cli import add_parsers as data_parsers
+
+    return [data_parsers]
 
 
 def run_train(args) -> None:

@@ -30,6 +30,9 @@ class ModelConfig:
     """L2-normalise representations, making sim() a cosine."""
     gradient_checkpointing: bool = False
     """Recompute encoder activations in backward (less memory, about 30% more time)."""
+    random_init: bool = False
+    """Build the architecture from `name_or_path`'s config.json with random weights (from-scratch
+    training, or memory planning for a model whose weights are not at hand)."""
 
 
 @dataclass

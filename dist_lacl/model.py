@@ -51,8 +51,8 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
 
 def build_model(cfg) -> DualEncoder:
     """The dual encoder of `cfg` (config.ModelConfig), loaded from a local folder or hub id."""
-    query = load_encoder(cfg.name_or_path)
-    passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path)
+    query = load_encoder(cfg.name_or_path, cfg.random_init)
+    passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path, cfg.random_init)
     if cfg.gradient_checkpointing:
         for enc in (query, passage):
             if enc is not None:
@@ -64,9 +64,11 @@ def build_model(cfg) -> DualEncoder:
 _HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
 
 
-def load_encoder(name_or_path: str) -> nn.Module:
+def load_encoder(name_or_path: str, random_init: bool = False) -> nn.Module:
     config = AutoConfig.from_pretrained(name_or_path)
     kwargs = {"add_pooling_layer": False} if config.model_type in _HAS_UNUSED_POOLER else {}
+    if random_init:
+        return AutoModel.from_config(config, **kwargs)
     return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
 
 

@@ -253,7 +253,7 @@ class Trainer:
         # Every rank does the same amount of work per step, so local counts times world size are global.
         n = dist.world_size()
         return {"perf/examples_per_s": n * examples / elapsed, "perf/tokens_per_s": n * tokens / elapsed,
-                "perf/step_s": elapsed}
+                "perf/step_s": elapsed, "perf/peak_mem_gb_max_rank": dist.all_reduce_max(peak_memory_gb())}
 
     def log(self, scalars: dict[str, float]) -> None:
         if not dist.is_main():
@@ -263,6 +263,15 @@ class Trainer:
         self.writer.flush()
         terms = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in scalars.items() if k.startswith("loss/"))
         log.info("step %d %s lr=%.3g", self.state.step, terms, scalars.get("train/lr", math.nan))
+
+
+def peak_memory_gb() -> float:
+    """This rank's peak memory: allocated GPU memory on CUDA, else the process's peak resident set."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
 def check_vocabulary(model, tokenizer, cfg: RunConfig) -> None:

@@ -1,0 +1,190 @@
+"""`dist-lacl data {python-docs,gettext,manpages,debian-faq,all}`: build training and evaluation files
+from text that Debian packages install (see the modules of `dist_lacl.builders`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import UserError
+from . import debian_faq, gettext_pairs, manpages, python_docs
+from .common import parse_langs, write_text_atomic
+
+# Defaults of `data all`, sized for a CPU demo: parallel and monolingual data in languages that the
+# Debian FAQ evaluates, so zero-shot gains can be read off per language.
+PARALLEL_LANGS = "de,fr,ja,ru,zh-cn,pt"
+MONOLINGUAL_LANGS = "de,fr,ja,ru,zh-cn,pt,it,nl,ko"
+EVAL_LANGS = ",".join(debian_faq.LANGS)
+
+# Debian packages with translated manual pages (pt and ko have none; their pages come from other packages).
+MANPAGES_PACKAGES = {lang: f"manpages-{lang}" for lang in
+                     "cs da de el es fi fr hu id it ja mk nb nl pl pt-br ro ru sr sv tr uk vi".split()}
+MANPAGES_PACKAGES |= {"zh-cn": "manpages-zh", "zh-tw": "manpages-zh"}
+
+
+def _installed(name: str) -> bool:
+    try:
+        result = subprocess.run(["dpkg", "-s", name], capture_output=True, text=True)
+    except FileNotFoundError:
+        return False
+    return result.returncode == 0 and "Status: install ok installed" in result.stdout
+
+
+def ensure_debian_packages(names) -> None:
+    """Install the Debian packages among `names` that are not installed yet (`apt-get install -y`)."""
+    missing = [name for name in dict.fromkeys(names) if not _installed(name)]
+    if not missing:
+        return
+    command = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise UserError(f"missing Debian packages {' '.join(missing)} and no apt-get here to install them: "
+                        f"install them another way, or pass the input folders explicitly")
+    print(f"installing Debian packages: {' '.join(missing)}", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # A fresh machine has no package lists yet; without them apt-get cannot find anything.
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-5:])
+        raise UserError(f"`{' '.join(command)}` failed (root is needed; `apt-get update` may help):\n{tail}")
+
+
+def package_versions(names) -> dict[str, str]:
+    """Installed version of each Debian package (absent ones left out), for the record."""
+    try:
+        result = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version} ${Status}\n", *names],
+                                capture_output=True, text=True)
+    except FileNotFoundError:
+        return {}
+    rows = [line.split(" ", 2) for line in result.stdout.splitlines()]
+    return {row[0]: row[1] for row in rows if len(row) == 3 and row[2].endswith(" installed")}
+
+
+def data_packages(monolingual_langs, eval_langs) -> list[str]:
+    """The Debian packages that `data all` reads. Parallel data needs none beyond the base system's
+    catalogs; gcc-12-locales adds compiler messages in 22 languages."""
+    packages = ["python3.11-doc", "gcc-12-locales", "debian-faq"]
+    packages += [f"debian-faq-{lang}" for lang in parse_langs(eval_langs) or () if lang != "en"]
+    packages += [MANPAGES_PACKAGES[lang] for lang in parse_langs(monolingual_langs) or () if lang in MANPAGES_PACKAGES]
+    return packages
+
+
+# ----------------------------------------------------------------------------------- handlers
+
+def run_python_docs(args) -> dict:
+    return python_docs.build_python_docs(args.output, args.sources, args.num_negatives, args.min_chars, args.max_chars)
+
+
+def run_gettext(args) -> dict:
+    return gettext_pairs.build_gettext_pairs(args.output, args.locale_dir or gettext_pairs.DEFAULT_ROOTS, args.langs,
+                                             args.min_words, args.max_words, args.cap, args.seed)
+
+
+def run_manpages(args) -> dict:
+    return manpages.build_manpages(args.output, args.man_dir or manpages.DEFAULT_ROOTS, args.langs,
+                                   args.min_chars, args.max_chars, args.cap, args.seed)
+
+
+def run_debian_faq(args) -> dict:
+    return debian_faq.build_debian_faq(args.output, args.root, args.langs)
+
+
+_ALL_SETTINGS = ("parallel_langs", "monolingual_langs", "eval_langs", "parallel_cap", "monolingual_cap",
+                 "num_negatives", "seed")
+
+
+def run_all(args) -> dict:
+    """Everything into one folder: train_ir.jsonl, parallel.jsonl, monolingual.jsonl, debian_faq/,
+    and manifest.json (counts, settings, and the versions of the Debian packages read)."""
+    out = Path(args.output)
+    packages = data_packages(args.monolingual_langs, args.eval_langs)
+    if args.install:
+        ensure_debian_packages(packages)
+    counts = {
+        "train_ir": python_docs.build_python_docs(out / "train_ir.jsonl", num_negatives=args.num_negatives),
+        "parallel": gettext_pairs.build_gettext_pairs(out / "parallel.jsonl", langs=args.parallel_langs,
+                                                      cap_per_lang=args.parallel_cap, seed=args.seed),
+        "monolingual": manpages.build_manpages(out / "monolingual.jsonl", langs=args.monolingual_langs,
+                                               cap_per_lang=args.monolingual_cap, seed=args.seed),
+        "debian_faq": debian_faq.build_debian_faq(out / "debian_faq", langs=args.eval_langs),
+    }
+    settings = {k: v for k, v in vars(args).items() if k in _ALL_SETTINGS}
+    manifest = {"counts": counts, "settings": settings, "debian_packages": package_versions(packages)}
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    print(f"data written to {out}/")
+    return counts
+
+
+# ----------------------------------------------------------------------------------- parsers
+
+def _cap(value: str) -> int | None:
+    """A per-language cap; 0 means no cap."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count >= 0 (0: no cap), got {value!r}")
+    return int(value) or None
+
+
+def add_parsers(subparsers) -> None:
+    """Register `data` and its sub-commands on the top-level CLI's subparsers."""
+    data = subparsers.add_parser("data", help="build training and evaluation data from Debian packages",
+                                 description=__doc__)
+    commands = data.add_subparsers(dest="data_command", required=True, metavar="SOURCE")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = commands.add_parser("python-docs", formatter_class=fmt,
+                            help="English IR pairs (Tevatron jsonl) from the Python docs' reST sources")
+    p.add_argument("--output", "-o", required=True, help="jsonl file to write")
+    p.add_argument("--sources", default=python_docs.DEFAULT_SOURCES, help="folder of .rst.txt sources")
+    p.add_argument("--num-negatives", type=int, default=7, help="BM25 hard negatives per query")
+    p.add_argument("--min-chars", type=int, default=100, help="drop sections shorter than this")
+    p.add_argument("--max-chars", type=int, default=1000, help="cut passages at this length (at a space)")
+    p.set_defaults(func=run_python_docs)
+
+    p = commands.add_parser("gettext", formatter_class=fmt,
+                            help="parallel pairs (en, text, lang) from gettext .mo catalogs")
+    p.add_argument("--output", "-o", required=True, help="jsonl file to write")
+    p.add_argument("--locale-dir", action="append",
+                   help=f"root holding <locale>/LC_MESSAGES/*.mo; repeatable (default {gettext_pairs.DEFAULT_ROOTS[0]})")
+    p.add_argument("--langs", default=PARALLEL_LANGS, help="comma-separated codes; '' for every language")
+    p.add_argument("--min-words", type=int, default=3, help="fewest English words, placeholders not counted")
+    p.add_argument("--max-words", type=int, default=40, help="most English words")
+    p.add_argument("--cap", type=_cap, default=None, help="most pairs per language, a seeded sample (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-language sample")
+    p.set_defaults(func=run_gettext)
+
+    p = commands.add_parser("manpages", formatter_class=fmt,
+                            help="monolingual sentences (text, lang) from translated manual pages")
+    p.add_argument("--output", "-o", required=True, help="jsonl file to write")
+    p.add_argument("--man-dir", action="append",
+                   help=f"root holding <locale>/man*/*; repeatable (default {manpages.DEFAULT_ROOTS[0]})")
+    p.add_argument("--langs", default=MONOLINGUAL_LANGS, help="comma-separated codes; '' for every language")
+    p.add_argument("--min-chars", type=int, default=30, help="shortest sentence kept")
+    p.add_argument("--max-chars", type=int, default=300, help="longest sentence kept")
+    p.add_argument("--cap", type=_cap, default=None, help="most sentences per language, a seeded sample (0: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-language sample")
+    p.set_defaults(func=run_manpages)
+
+    p = commands.add_parser("debian-faq", formatter_class=fmt,
+                            help="zero-shot evaluation set from the Debian FAQ and its translations")
+    p.add_argument("--output", "-o", required=True, help="folder to write to_english/ and same_language/ into")
+    p.add_argument("--root", default=debian_faq.DEFAULT_ROOT, help="folder of the FAQ's HTML pages")
+    p.add_argument("--langs", default=EVAL_LANGS, help="comma-separated codes (en is always included)")
+    p.set_defaults(func=run_debian_faq)
+
+    p = commands.add_parser("all", formatter_class=fmt,
+                            help="everything into one folder, installing the Debian packages it needs")
+    p.add_argument("--output", "-o", required=True, help="folder to write")
+    p.add_argument("--parallel-langs", default=PARALLEL_LANGS, help="languages of the gettext pairs")
+    p.add_argument("--monolingual-langs", default=MONOLINGUAL_LANGS, help="languages of the manual-page sentences")
+    p.add_argument("--eval-langs", default=EVAL_LANGS, help="languages of the Debian FAQ evaluation")
+    p.add_argument("--parallel-cap", type=_cap, default=3000, help="parallel pairs per language (0: all)")
+    p.add_argument("--monolingual-cap", type=_cap, default=2000, help="monolingual sentences per language (0: all)")
+    p.add_argument("--num-negatives", type=int, default=7, help="BM25 hard negatives per IR query")
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-language samples")
+    p.add_argument("--no-install", dest="install", action="store_false",
+                   help="do not `apt-get install` missing Debian packages (install: %(default)s)")
+    p.set_defaults(func=run_all)

@@ -1,0 +1,54 @@
+"""End to end: `dist-lacl train` on 2 DeepSpeed ZeRO-2 ranks trains a tiny model (built locally) and logs
+every loss term to TensorBoard; the CLI turns bad input into one readable line."""
+
+import statistics
+import sys
+
+import pytest
+from helpers_launch import run, torchrun
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+
+def train_args(model_dir, data, out, *extra):
+    return ["-m", "dist_lacl.cli", "train",
+            f"model.name_or_path={model_dir}", "model.pooling=mean",
+            f"data.train_ir={data['train_ir']}", f"data.parallel={data['parallel']}",
+            f"data.monolingual={data['monolingual']}", "data.train_group_size=2",
+            f"train.output_dir={out}", "train.ir_batch_size=8", "train.parallel_batch_size=8",
+            "train.monolingual_batch_size=8", "train.chunk_size=4", "train.lr=3e-3", "train.warmup_steps=2",
+            "train.num_threads=1", *extra]
+
+
+def scalars(run_dir):
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+def test_two_rank_zero2_training_loss_falls_and_logs_every_term(tmp_path, tiny_model_dir, training_data):
+    out = tmp_path / "run"
+    torchrun(*train_args(tiny_model_dir, training_data, out, "train.max_steps=40", "train.log_every=1"),
+             timeout=600)
+    logged = scalars(out)
+    for tag in ("loss/total", "loss/ir", "loss/semantic", "loss/language", "train/lr", "train/grad_norm",
+                "perf/examples_per_s", "perf/tokens_per_s", "align/pair_cos", "align/lang_id_acc"):
+        assert tag in logged and len(logged[tag]) == 40, tag
+    total = logged["loss/total"]
+    assert statistics.mean(total[-8:]) < 0.8 * statistics.mean(total[:8])
+    assert logged["train/lr"][-1] == 0.0 and max(logged["train/lr"]) == pytest.approx(3e-3)
+    assert (out / "checkpoints" / "step-0000040" / "MANIFEST.json").is_file()
+    assert (out / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.lr=-1", "train.lr: expected a positive number"),
+    ("loss.temprature=0.1", "did you mean 'loss.temperature'"),
+    ("loss.temperature=0", "loss.temperature: expected a positive number"),
+    ("train.chunk_size=1000", "train.chunk_size: expected at most"),
+])
+def test_cli_reports_bad_config_in_one_line(tmp_path, tiny_model_dir, training_data, override, message):
+    proc = run([sys.executable, *train_args(tiny_model_dir, training_data, tmp_path / "run", override)],
+               expect_rc=2)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
