@@ -1,0 +1,49 @@
+# The two commands: `make demo` (the main job on real offline data) and `make test` (the suite).
+# Each sets up what it needs on a fresh Debian machine: a virtualenv, CPU PyTorch, the package, and
+# the Debian packages holding the demo's text and the test suite's SLURM.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel first: an unpinned torch pulls a multi-GB CUDA build. On GPU machines: TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= cpu,demo,test
+DEBIAN_PACKAGES := python3.11-doc gcc-12-locales \
+	debian-faq debian-faq-de debian-faq-fr debian-faq-it debian-faq-ja debian-faq-ko debian-faq-nl \
+	debian-faq-pt debian-faq-ru debian-faq-zh-cn \
+	manpages-de manpages-fr manpages-it manpages-ja manpages-nl manpages-ru manpages-zh \
+	slurm-wlm munge
+DEMO_DIR ?= runs/demo
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test bench venv debian lint clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+debian:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: venv debian
+	$(PY) -m pytest -q --timeout=1200
+
+demo: venv debian
+	$(PY) -m dist_lacl.demo --out $(DEMO_DIR)
+
+bench: venv debian
+	$(PY) bench/run_all.py
+
+lint: venv
+	$(VENV)/bin/ruff check dist_lacl tests bench
+
+clean:
+	rm -rf runs .pytest_cache
