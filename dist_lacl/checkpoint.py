@@ -95,6 +95,7 @@ class Checkpointer:
         if dist.is_main():
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an interrupted write
+            tmp.mkdir()
         dist.barrier()
         engine.save(tmp, client_state={"trainer_state": trainer_state})
         torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")

@@ -240,6 +240,18 @@ class DDPEngine:
         return state["client_state"]
 
 
+def consolidated_weights(checkpoint: Path) -> dict[str, Tensor]:
+    """The full fp32 model state dict of a checkpoint directory written by either engine (one process).
+
+    DeepSpeed: rebuilt from the ZeRO optimizer shards (the fp32 master weights, exact also for bf16 runs).
+    """
+    if (checkpoint / "ddp_state.pt").is_file():
+        return torch.load(checkpoint / "ddp_state.pt", map_location="cpu", weights_only=False)["model"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
+
+
 def build_engine(model: DualEncoder, cfg: RunConfig):
     """The engine named by train.backend. Under `accelerate launch --use_deepspeed`, DeepSpeed is used
     with accelerate's config file, which must then agree with the run config like any ds_config."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from .errors import UserError
 from .model import TOWERS, DualEncoder, load_encoder
 
 SETTINGS = "dist_lacl.json"
@@ -64,3 +65,59 @@ def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
         query, passage, tok_dir = load_encoder(str(path / "query")), load_encoder(str(path / "passage")), path / "query"
     model = DualEncoder(query, passage, pooling=settings["pooling"], normalize=settings["normalize"])
     return model.eval(), AutoTokenizer.from_pretrained(str(tok_dir))
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory / checkpoints folder (its newest complete checkpoint)."""
+    from .checkpoint import Checkpointer, verify
+
+    path = Path(path)
+    if (path / "MANIFEST.json").is_file() or (path / "trainer_state.json").is_file():
+        problem = verify(path)
+        if problem:
+            raise UserError(f"{path}: not a complete checkpoint ({problem})")
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    latest = Checkpointer(root, keep_last=1).latest_complete()
+    if latest is None:
+        raise UserError(f"{path}: no complete checkpoint found (expected a run directory or a step-* folder)")
+    return latest
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:
+    """(DualEncoder with the checkpoint's fp32 weights, tokenizer), in one process."""
+    import yaml
+
+    from .config import config_from_dict
+    from .engine import consolidated_weights
+
+    checkpoint = find_checkpoint(path)
+    cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()), str(checkpoint))
+    query = load_encoder(cfg.model.name_or_path, random_init=True)
+    passage = None if cfg.model.shared_encoder else load_encoder(cfg.model.name_or_path, random_init=True)
+    model = DualEncoder(query, passage, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+    missing, unexpected = model.load_state_dict(consolidated_weights(checkpoint), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{checkpoint}: weights do not fit {cfg.model.name_or_path} "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval(), AutoTokenizer.from_pretrained(str(checkpoint / "tokenizer"))
+
+
+def load_model(path: str | Path) -> tuple[DualEncoder, object]:
+    """An exported folder, a plain transformers folder, or a training checkpoint / run directory."""
+    path = Path(path)
+    if (path / "config.json").is_file() or (path / SETTINGS).is_file():
+        return load_dual_encoder(path)
+    return model_from_checkpoint(path)
+
+
+def add_parsers(subparsers) -> None:
+    export = subparsers.add_parser("export", help="consolidate a checkpoint into a transformers model folder")
+    export.add_argument("checkpoint", help="a run directory, its checkpoints/ folder, or one step-* checkpoint")
+    export.add_argument("--out", required=True, help="the model folder to write")
+    export.set_defaults(func=run_export)
+
+
+def run_export(args) -> None:
+    model, tokenizer = model_from_checkpoint(args.checkpoint)
+    print(f"exported to {save_dual_encoder(model, tokenizer, args.out)}")

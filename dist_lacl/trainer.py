@@ -174,7 +174,8 @@ class Trainer:
         if not self.weights_finite():
             raise NonFiniteError(f"step {self.state.step}: the weights hold non-finite values; not saving "
                                  "a checkpoint (the previous complete one is kept)")
-        extra = {"config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode()}
+        extra = {"config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
+                 **tokenizer_files(self.tokenizer)}
         path = self.checkpointer.save(self.engine, self.state.step, self.trainer_state(), extra)
         log.info("saved %s", path)
         return path
@@ -263,6 +264,15 @@ class Trainer:
         self.writer.flush()
         terms = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in scalars.items() if k.startswith("loss/"))
         log.info("step %d %s lr=%.3g", self.state.step, terms, scalars.get("train/lr", math.nan))
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """The tokenizer as {"tokenizer/<file>": bytes}, to travel inside every checkpoint."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {f"tokenizer/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
 def peak_memory_gb() -> float:

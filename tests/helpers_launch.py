@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORKERS = REPO / "tests" / "workers"
 
 
-def test_env(**extra) -> dict[str, str]:
+def launch_env(**extra) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(REPO))
     env.update({k: str(v) for k, v in extra.items()})
@@ -21,7 +21,7 @@ def test_env(**extra) -> dict[str, str]:
 
 
 def run(cmd: list[str], timeout: int = 300, expect_rc: int | None = 0, **env) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=test_env(**env), cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=launch_env(**env), cwd=REPO)
     if expect_rc is not None and proc.returncode != expect_rc:
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}, expected {expect_rc}\n"
                              f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")

@@ -1,0 +1,92 @@
+"""Resume == uninterrupted: a 2-rank ZeRO-2 run stopped by a signal and relaunched logs exactly the losses
+of an uninterrupted run and ends with exactly its weights; incomplete checkpoints are never loaded."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_launch import REPO, launch_env, torchrun
+from test_train_run import scalars, train_args
+
+from dist_lacl.checkpoint import Checkpointer
+from dist_lacl.distributed import free_port
+
+pytestmark = pytest.mark.slow
+STEPS = 12
+
+
+def args(model_dir, data, out, *extra):
+    # fp32, dropout on (RNG state must be restored), gradient cache with several chunks.
+    return train_args(model_dir, data, out, f"train.max_steps={STEPS}", "train.save_every=4",
+                      "train.keep_last=5", *extra)
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    latest = (out / "checkpoints" / "latest").read_text()
+    return torch.load(out / "checkpoints" / latest / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+
+
+def interrupt_after(cmd_args, out: Path, after_step: int) -> int:
+    """Start a 2-rank run; once it has logged `after_step` steps, SIGUSR1 its ranks as SLURM would."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           *cmd_args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "tensorboard").is_dir() and len(scalars(out).get("loss/total", [])) >= after_step:
+            break
+        time.sleep(0.5)
+    import psutil
+
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        os.kill(child.pid, signal.SIGUSR1)
+    output, _ = proc.communicate(timeout=300)
+    assert "stopped by signal" in output, output[-3000:]
+    return proc.returncode
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, training_data):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(*args(tiny_model_dir, training_data, straight), timeout=600)
+    rc = interrupt_after(args(tiny_model_dir, training_data, resumed), resumed, after_step=5)
+    assert rc != 0  # torchrun reports the ranks' "resume me" status (3) as a failure
+    proc = torchrun(*args(tiny_model_dir, training_data, resumed), timeout=600)
+    assert "resumed from" in proc.stderr + proc.stdout
+
+    expected, got = scalars(straight), scalars(resumed)
+    for tag in ("loss/total", "loss/ir", "loss/semantic", "loss/language", "train/lr"):
+        assert len(got[tag]) == STEPS and got[tag] == expected[tag], tag  # bit-identical, every step
+    a, b = final_weights(straight), final_weights(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_incomplete_checkpoints_are_never_loaded(tmp_path, caplog):
+    """A leftover temporary directory, a missing shard and a truncated file: the previous complete
+    checkpoint is chosen, with a warning naming each bad one."""
+    root = tmp_path / "checkpoints"
+    ckpt = Checkpointer(root, keep_last=10)
+
+    class FakeEngine:  # the engine's part of a checkpoint is opaque to the Checkpointer
+        def save(self, directory, client_state):
+            (directory / "model.pt").write_bytes(b"x" * 100)
+            (directory / "optim_rank0.pt").write_bytes(b"y" * 50)
+
+    for step in (1, 2, 3, 4):
+        ckpt.save(FakeEngine(), step, {"step": step}, {})
+    (root / "step-0000004" / "model.pt").write_bytes(b"x" * 10)          # truncated
+    (root / "step-0000003" / "optim_rank0.pt").unlink()                 # a missing shard
+    (root / "step-0000002" / "MANIFEST.json").unlink()                  # write never finished
+    (root / ".tmp-step-0000005").mkdir()                                # interrupted write
+    with caplog.at_level("WARNING"):
+        assert ckpt.latest_complete() == root / "step-0000001"
+    log = caplog.text
+    assert "step-0000004: model.pt has 10 bytes, 100 expected" in log
+    assert "step-0000003: optim_rank0.pt is missing" in log
+    assert "step-0000002: no MANIFEST.json" in log
+    assert ".tmp-step-0000005" in log
