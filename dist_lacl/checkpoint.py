@@ -143,9 +143,13 @@ class Checkpointer:
 
     @staticmethod
     def load(engine, directory: Path, load_optimizer: bool = True) -> dict:
-        """*Collective.* Restore engine state and this rank's RNG; returns the trainer state."""
-        engine.load(directory, load_optimizer=load_optimizer)
+        """*Collective.* Restore engine state and this rank's RNG; returns the trainer state.
+
+        On another world size, ranks that have no saved RNG keep their fresh (seed + rank) streams.
+        """
+        state = json.loads((directory / "trainer_state.json").read_text())
+        engine.load(directory, load_optimizer=load_optimizer, saved_world_size=state.get("world_size"))
         rng_file = directory / f"rng-rank{dist.rank()}.pt"
-        if rng_file.is_file():  # absent when resuming on more ranks than were saved
+        if state.get("world_size") == dist.world_size() and rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
-        return json.loads((directory / "trainer_state.json").read_text())
+        return state

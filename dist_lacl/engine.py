@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -155,14 +156,45 @@ class DeepSpeedEngine:
         self.ds.save_checkpoint(str(directory.parent), tag=directory.name, client_state=client_state,
                                 save_latest=False)
 
-    def load(self, directory: Path, load_optimizer: bool = True) -> dict:
-        """*Collective.* Weights, optimizer shards and scheduler from `directory`; returns the client state."""
-        path, client_state = self.ds.load_checkpoint(
-            str(directory.parent), tag=directory.name, load_optimizer_states=load_optimizer,
-            load_lr_scheduler_states=True)
+    def load(self, directory: Path, load_optimizer: bool = True, saved_world_size: int | None = None) -> dict:
+        """*Collective.* Weights, optimizer shards and scheduler from `directory`; returns the client state.
+
+        Saved on another number of ranks, the checkpoint is first converted (once, by rank 0) into
+        DeepSpeed's universal format, whose per-parameter optimizer state any world size can load.
+        """
+        universal = saved_world_size is not None and saved_world_size != dist.world_size()
+        if universal:
+            with dist.main_process_first():
+                if dist.is_main():
+                    convert_to_universal(directory)
+            directory = directory / "universal"
+        self.ds._config.load_universal_checkpoint = universal
+        try:
+            path, client_state = self.ds.load_checkpoint(
+                str(directory.parent), tag=directory.name, load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=True)
+        finally:
+            self.ds._config.load_universal_checkpoint = False
         if path is None:
             raise FileNotFoundError(f"{directory}: DeepSpeed found no checkpoint to load")
         return client_state
+
+
+def convert_to_universal(checkpoint: Path) -> Path:
+    """One process. `checkpoint`/universal: the world-size independent form of a ZeRO checkpoint."""
+    from argparse import Namespace
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out = checkpoint / "universal"
+    if not out.is_dir():
+        tmp = checkpoint / ".universal.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds_to_universal(Namespace(input_folder=str(checkpoint), output_folder=str(tmp), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                  inject_missing_state=True))
+        os.rename(tmp, out)
+    return out
 
 
 class DDPEngine:
@@ -231,7 +263,8 @@ class DDPEngine:
                        directory / "ddp_state.pt")
         dist.barrier()
 
-    def load(self, directory: Path, load_optimizer: bool = True) -> dict:
+    def load(self, directory: Path, load_optimizer: bool = True, saved_world_size: int | None = None) -> dict:
+        # DDP replicas are identical: any world size loads the same file.
         state = torch.load(directory / "ddp_state.pt", map_location="cpu", weights_only=False)
         self.module.load_state_dict(state["model"])
         if load_optimizer:
