@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train under torchrun, deepspeed, accelerate launch or srun")
     train.add_argument("--config", help="YAML run config (sections model, data, loss, train)")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-5")
+    # The `deepspeed` launcher appends --local_rank; LOCAL_RANK in the environment says the same.
+    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     train.set_defaults(func=run_train)
 
     for add_parsers in _optional_parsers():
@@ -35,10 +37,10 @@ def _optional_parsers():
 
 
 def run_train(args) -> None:
-    from .config import load_config
+    from .config import adopt_launcher_settings, load_config
     from .trainer import train
 
-    train(load_config(args.config, args.overrides))
+    train(adopt_launcher_settings(load_config(args.config, args.overrides)))
 
 
 def main(argv: list[str] | None = None) -> int:

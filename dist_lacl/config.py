@@ -271,6 +271,22 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{name}: expected {expected}")
 
 
+def adopt_launcher_settings(cfg: RunConfig, environ=None) -> RunConfig:
+    """`accelerate launch` with a DeepSpeed config file: that file becomes train.deepspeed_config and the
+    backend DeepSpeed, so the run config (saved with the run) names what actually ran."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return cfg
+    ds_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if not ds_file:
+        raise ConfigError("accelerate launched DeepSpeed without a config file: set deepspeed_config_file in "
+                          "the accelerate config (see configs/accelerate/deepspeed_zero2.yaml)")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, backend="deepspeed",
+                                                              deepspeed_config=ds_file))
+
+
 def check_world_size(cfg: RunConfig, world_size: int) -> None:
     """Global batches split evenly over ranks, so every rank gathers equal-sized blocks."""
     t = cfg.train

@@ -286,11 +286,7 @@ def consolidated_weights(checkpoint: Path) -> dict[str, Tensor]:
 
 
 def build_engine(model: DualEncoder, cfg: RunConfig):
-    """The engine named by train.backend. Under `accelerate launch --use_deepspeed`, DeepSpeed is used
-    with accelerate's config file, which must then agree with the run config like any ds_config."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and cfg.train.backend != "deepspeed":
-        raise ConfigError("accelerate was launched with DeepSpeed but train.backend is 'ddp'; "
-                          "set train.backend=deepspeed")
+    """The engine named by train.backend (see config.adopt_launcher_settings for accelerate + DeepSpeed)."""
     if cfg.train.backend == "deepspeed":
         return DeepSpeedEngine(model, cfg)
     return DDPEngine(model, cfg)
