@@ -14,13 +14,13 @@ from .errors import NonFiniteError, ResumeRequested, UserError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dist-lacl", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    # The `deepspeed` launcher inserts --local_rank=N; LOCAL_RANK in the environment says the same.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train under torchrun, deepspeed, accelerate launch or srun")
     train.add_argument("--config", help="YAML run config (sections model, data, loss, train)")
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-5")
-    # The `deepspeed` launcher appends --local_rank; LOCAL_RANK in the environment says the same.
-    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     train.set_defaults(func=run_train)
 
     for add_parsers in _optional_parsers():
