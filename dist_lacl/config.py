@@ -91,6 +91,10 @@ class TrainConfig:
     """Monolingual sentences per step across all ranks."""
     chunk_size: int = 8
     """Gradient-cache chunk, in sequences per forward; 0 disables gradient caching."""
+    grad_reduction: str = "coalesced"
+    """ZeRO-2 with several chunks: `coalesced` keeps full gradients locally and reduces once per step
+    (memory of ZeRO-1 gradients, one reduce-scatter); `per_chunk` reduce-scatters after every chunk
+    (partitioned gradients, one reduce-scatter per chunk). DDP always reduces once."""
     max_steps: int = 100
     """Optimizer steps to train (the data streams cycle as needed)."""
     lr: float = 2e-5
@@ -139,6 +143,7 @@ _CHOICES = {
     "data.bad_records": ("error", "skip"),
     "loss.language_variant": ("balanced", "squared"),
     "train.backend": ("deepspeed", "ddp"),
+    "train.grad_reduction": ("coalesced", "per_chunk"),
     "train.precision": ("fp32", "bf16", "fp16"),
 }
 
@@ -299,7 +304,7 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
 # exact), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
 # model, the data order or the optimisation, and would silently produce a different run.
 RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
-                     "train.chunk_size", "train.num_threads", "train.dist_timeout_s",
+                     "train.chunk_size", "train.grad_reduction", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
                      "data.cache_dir", "model.gradient_checkpointing"}
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +321,3 @@ class TrainBatches:
             if name in state:
                 s.load_state_dict(state[name])
 
-
-def default_cache_dir(output_dir: str | Path) -> Path:
-    return Path(os.environ.get("DIST_LACL_CACHE", Path(output_dir) / "cache"))

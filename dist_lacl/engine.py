@@ -117,15 +117,21 @@ class DeepSpeedEngine:
             model=model, model_parameters=parameter_groups(model, cfg.train.weight_decay),
             config=self.config, lr_scheduler=lambda opt: make_scheduler(opt, cfg))
         self.module: DualEncoder = self.ds.module
+        self.coalesce = cfg.train.grad_reduction == "coalesced" and self.ds.zero_optimization_stage() in (1, 2)
 
     def encode(self, inputs: dict[str, Tensor], tower: str) -> Tensor:
         inputs = {k: v.to(self.ds.device) for k, v in inputs.items()}
         return self.ds(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
 
+    def backward_context(self):
+        # Coalesced: every chunk's gradient stays on its parameter and one reduction runs at the exit.
+        return self.ds.coalesce_grad_reduction() if self.coalesce else contextlib.nullcontext()
+
     def chunk_context(self, is_last: bool):
-        # Without this, ZeRO-2 reduces and then overwrites the partitioned gradient at every backward:
-        # only the last chunk would survive. Non-boundary backwards accumulate locally instead.
-        self.ds.set_gradient_accumulation_boundary(is_last)
+        # Per chunk: ZeRO-2 reduce-scatters at every backward; the boundary flag makes it add each
+        # chunk into the partitioned gradient. Without it only the last chunk would survive.
+        if not self.coalesce:
+            self.ds.set_gradient_accumulation_boundary(is_last)
         return contextlib.nullcontext()
 
     def backward(self, loss: Tensor) -> None:
@@ -222,6 +228,9 @@ class DDPEngine:
     def encode(self, inputs: dict[str, Tensor], tower: str) -> Tensor:
         inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
         return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
+
+    def backward_context(self):
+        return contextlib.nullcontext()
 
     def chunk_context(self, is_last: bool):
         # DDP decides in forward whether the next backward all-reduces, so the context spans both.

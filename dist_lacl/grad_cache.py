@@ -9,9 +9,10 @@ Steps, each a method:
   4. re-forward each chunk with autograd under its recorded RNG state (same dropout masks, so the
      same representations) and backpropagate the surrogate <reps, cached grad>, which gives exactly
      the parameter gradient of the full-batch loss, chunk by chunk.
-This class knows nothing of DeepSpeed or ranks: the caller passes `encode`, `loss_fn`, `backward` and
-a `chunk_context(is_last)` in which each chunk's re-forward and backward run (where the engine is
-told which backward closes the step: ZeRO-2 otherwise keeps only the last chunk's gradient).
+This class knows nothing of DeepSpeed or ranks: the caller passes `encode`, `loss_fn`, `backward`, a
+`chunk_context(is_last)` in which each chunk's re-forward and backward run (where the engine is told
+which backward closes the step: ZeRO-2 otherwise keeps only the last chunk's gradient) and a
+`backward_context()` around all of them (where the engine may defer gradient reduction to the end).
 """
 
 from __future__ import annotations
@@ -67,16 +68,19 @@ class GradCache:
         every rank in the same order) and anything to hand back to the caller.
     backward(loss): backpropagates a scalar into the parameters (e.g. the engine's backward).
     chunk_context(is_last) -> context manager around each re-forward+backward.
+    backward_context() -> context manager around the whole backward phase of a step.
     chunk_size 0 turns caching off: one forward with autograd per input batch, one backward.
     """
 
     def __init__(self, encode: Callable[[str, Inputs], Tensor],
                  loss_fn: Callable[[dict[str, Tensor]], tuple[Tensor, Any]],
                  backward: Callable[[Tensor], None], chunk_size: int,
-                 chunk_context: Callable[[bool], contextlib.AbstractContextManager] | None = None):
+                 chunk_context: Callable[[bool], contextlib.AbstractContextManager] | None = None,
+                 backward_context: Callable[[], contextlib.AbstractContextManager] | None = None):
         self.encode, self.loss_fn, self.backward_fn = encode, loss_fn, backward
         self.chunk_size = chunk_size
         self.chunk_context = chunk_context or (lambda is_last: contextlib.nullcontext())
+        self.backward_context = backward_context or contextlib.nullcontext
 
     def split(self, inputs: Inputs) -> list[Inputs]:
         """Step 1: [B, L] tensors -> chunks of at most chunk_size rows, each trimmed to its own longest."""
@@ -137,7 +141,8 @@ class GradCache:
             with self.chunk_context(True):
                 self.backward_fn(cache.loss)
         else:
-            self.forward_backward(cache)
+            with self.backward_context():
+                self.forward_backward(cache)
 
 
 def _trim_padding(inputs: Inputs) -> Inputs:

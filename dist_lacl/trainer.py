@@ -17,7 +17,7 @@ from transformers import AutoTokenizer
 from . import distributed as dist
 from .checkpoint import Checkpointer
 from .config import RunConfig, check_resume_compatible, check_world_size, config_from_dict
-from .data import TrainBatches, default_cache_dir
+from .data import TrainBatches
 from .diagnostics import language_centroid_accuracy, parallel_similarity
 from .engine import build_engine
 from .errors import ConfigError, NonFiniteError, ResumeRequested
@@ -122,39 +122,33 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(t.seed)  # identical initial weights on every rank for any new heads
         self.run_dir = Path(t.output_dir)
+        check_output_dir(self.run_dir, cfg)  # read-only: a refused run leaves the directory untouched
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or cfg.model.name_or_path)
         model = build_model(cfg.model)
         check_vocabulary(model, self.tokenizer, cfg)
         self.engine = build_engine(model, cfg)
         check_world_size(cfg, dist.world_size())
-        self.prepare_run_dir()
         torch.manual_seed(t.seed + dist.rank())  # dropout differs per rank, as it would on separate GPUs
-        self.data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(),
-                                 Path(t.output_dir) / "cache" if cfg.data.cache_dir is None else cfg.data.cache_dir)
+        cache_dir = self.run_dir / "cache" if cfg.data.cache_dir is None else Path(cfg.data.cache_dir)
+        self.data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), cache_dir)
+        if dist.is_main():  # only now, with the data validated, does the run directory become this run's
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.yaml")
+        dist.barrier()
         self.state = TrainState()
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", t.keep_last)
         self.tap = RepsTap()
         self.grad_cache = GradCache(
             encode=lambda job, inputs: self.engine.encode(inputs, tower_of(job)),
             loss_fn=make_loss_fn(cfg, self.tap), backward=self.engine.backward,
-            chunk_size=t.chunk_size, chunk_context=self.engine.chunk_context)
+            chunk_size=t.chunk_size, chunk_context=self.engine.chunk_context,
+            backward_context=self.engine.backward_context)
         self.writer = None
         if dist.is_main():
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # -- set-up ------------------------------------------------------------------------------
-
-    def prepare_run_dir(self) -> None:
-        """*Collective.* Create the run directory, or check that the run it holds is this one."""
-        saved = self.run_dir / "config.yaml"
-        if dist.is_main():
-            if saved.is_file():
-                previous = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
-                check_resume_compatible(previous, self.cfg, str(saved))
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(saved)
-        dist.barrier()
 
     def resume(self) -> None:
         """*Collective.* Continue from the newest complete checkpoint, if any."""
@@ -282,6 +276,17 @@ def peak_memory_gb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def check_output_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse an output directory that holds a different run (resuming it would silently mix the two)."""
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        previous = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
+        check_resume_compatible(previous, cfg, str(saved))
+    elif run_dir.is_dir() and any(p.name not in ("cache",) for p in run_dir.iterdir()):
+        raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no dist-lacl run; "
+                          "choose another directory")
 
 
 def check_vocabulary(model, tokenizer, cfg: RunConfig) -> None:

@@ -77,9 +77,10 @@ def test_two_ranks_with_gathered_negatives_equal_one_process(tmp_path, tiny_mode
     assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE)
 
 
-def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data):
+@pytest.mark.parametrize("grad_reduction", ["coalesced", "per_chunk"])
+def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data, grad_reduction):
     config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
-                               deepspeed_config="ds_configs/zero2_fp32_cpu.json")
+                               deepspeed_config="ds_configs/zero2_fp32_cpu.json", grad_reduction=grad_reduction)
     loss, grads, params = reference_step(cfg)
     result = run_worker(tmp_path, config, "engine")
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
@@ -91,7 +92,8 @@ def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, 
 
 def test_zero2_naive_per_chunk_backward_loses_gradients(tmp_path, tiny_model_no_dropout, training_data):
     """The peers' failure, reproduced: without the accumulation boundary only the last chunk survives."""
-    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed")
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
+                               grad_reduction="per_chunk")
     _, grads, _ = reference_step(cfg)
     result = run_worker(tmp_path, config, "naive")
     with pytest.raises(AssertionError):

@@ -2,7 +2,7 @@
 
 usage: step_worker.py CONFIG.yaml MODE OUT.pt
   engine  the configured engine (DeepSpeed or DDP) with gradient caching, as the trainer runs it
-  naive   DeepSpeed with per-chunk backwards but no accumulation boundary (the peers' bug)
+  naive   DeepSpeed with per-chunk backwards, no accumulation boundary, no coalescing (the peers' bug)
   plain   no engine: torch.distributed gather + backward, gradients all-reduced and averaged by hand
 """
 
@@ -25,6 +25,7 @@ def engine_step(cfg, mode):
     trainer.engine.train()
     if mode == "naive":
         trainer.grad_cache.chunk_context = lambda is_last: contextlib.nullcontext()
+        trainer.grad_cache.backward_context = contextlib.nullcontext
     batch, _ = trainer.data.next()
     cache = trainer.grad_cache.compute_loss(encode_jobs(batch, cfg))
     trainer.grad_cache.backward(cache)
