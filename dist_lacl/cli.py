@@ -31,9 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _optional_parsers():
     """Subcommands of the other subpackages, each registering its own parsers."""
     from .builders.cli import add_parsers as data_parsers
+    from .evaluation.cli import add_parsers as eval_parsers
     from .export import add_parsers as export_parsers
 
-    return [export_parsers, data_parsers]
+    return [export_parsers, eval_parsers, data_parsers]
 
 
 def run_train(args) -> None:

@@ -170,10 +170,15 @@ def load_dataset(path: str | Path, kind: str, cache_dir: str | Path, bad_records
     st = path.stat()
     stamp = f"{st.st_size}-{st.st_mtime_ns}"
     with dist.main_process_first():
-        ds = datasets.Dataset.from_generator(
-            _generate, features=_features(kind), cache_dir=str(cache_dir),
-            gen_kwargs={"path": str(path.resolve()), "kind": kind, "bad_records": bad_records, "stamp": stamp})
-    return ds
+        try:
+            return datasets.Dataset.from_generator(
+                _generate, features=_features(kind), cache_dir=str(cache_dir),
+                gen_kwargs={"path": str(path.resolve()), "kind": kind, "bad_records": bad_records, "stamp": stamp})
+        except datasets.exceptions.DatasetGenerationError as e:
+            # `datasets` wraps whatever the generator raised; a bad record is the user's to fix.
+            if isinstance(e.__cause__, UserError):
+                raise e.__cause__ from None
+            raise
 
 
 # ---------------------------------------------------------------- deterministic, resumable order
@@ -249,13 +254,23 @@ def sample_group(rec: dict, group_size: int, seed: int, epoch: int, index: int) 
     if group_size == 1:
         return [pos]
     if not negs:
-        raise UserError(f"query {rec['query_id']}: no negative_passages, but data.train_group_size="
-                        f"{group_size} needs {group_size - 1}; add hard negatives or set data.train_group_size=1")
+        raise UserError(f"query {rec['query_id']}: no negative_passages (see check_has_negatives)")
     if len(negs) >= group_size - 1:
         chosen = torch.randperm(len(negs), generator=g)[:group_size - 1].tolist()
     else:
         chosen = torch.randint(len(negs), (group_size - 1,), generator=g).tolist()
     return [pos] + [negs[i] for i in chosen]
+
+
+def check_has_negatives(ir: datasets.Dataset, path, group_size: int) -> None:
+    """Hard negatives are needed for groups > 1; checked once over the Arrow column, before training."""
+    import pyarrow.compute as pc
+
+    first_empty = pc.index(pc.list_value_length(ir.data.column("negatives")), 0).as_py()
+    if first_empty >= 0:
+        raise UserError(f"{path}: query {ir[first_empty]['query_id']} has no negative_passages, but "
+                        f"data.train_group_size={group_size} needs {group_size - 1}; add hard negatives "
+                        "or set data.train_group_size=1")
 
 
 class Tokenize:
@@ -280,6 +295,8 @@ class TrainBatches:
         d, t = cfg.data, cfg.train
         self.cfg, self.tokenize = cfg, Tokenize(tokenizer)
         self.ir = load_dataset(d.train_ir, "ir", cache_dir, d.bad_records)
+        if d.train_group_size > 1:
+            check_has_negatives(self.ir, d.train_ir, d.train_group_size)
         self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size)}
         self.parallel = self.monolingual = None
         if cfg.loss.semantic_weight > 0 or cfg.loss.language_weight > 0:

@@ -140,12 +140,18 @@ def all_gather_objects(obj) -> list:
 
 @contextlib.contextmanager
 def main_process_first():
-    """*Collective.* Rank 0 runs the body first (e.g. to fill a cache), then the others."""
+    """*Collective.* Rank 0 runs the body first (e.g. to fill a cache), then the others.
+
+    If rank 0's body raises, the others are released anyway and meet the same error themselves,
+    instead of waiting at the barrier until the timeout.
+    """
     if not is_main():
         barrier()
-    yield
-    if is_main():
-        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def _comm_device() -> torch.device:

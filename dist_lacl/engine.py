@@ -212,6 +212,8 @@ class DDPEngine:
         t = cfg.train
         if t.precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+        # Our group (with its timeout; a one-process group when not launched), which accelerate adopts.
+        dist.init_process_group(t.dist_timeout_s)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(), mixed_precision={"fp32": "no"}.get(t.precision, t.precision),
             kwargs_handlers=[InitProcessGroupKwargs(backend=dist.default_backend(),

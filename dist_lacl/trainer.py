@@ -189,19 +189,21 @@ class Trainer:
         self.engine.train()
         scalars: dict[str, float] = {}
         progress = _progress(t.max_steps, self.state.step)
-        while self.state.step < t.max_steps:
-            scalars = self.train_step()
-            self.state.step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{scalars.get('loss/total', math.nan):.4f}")
-            if self.state.step % t.log_every == 0:
-                self.log(scalars)
-            if t.save_every and self.state.step % t.save_every == 0 and self.state.step < t.max_steps:
-                self.save()
-            if stop.requested():
-                self.save()
-                raise ResumeRequested(f"stopped by signal at step {self.state.step}; run again to resume")
-        progress.close()
+        try:
+            while self.state.step < t.max_steps:
+                scalars = self.train_step()
+                self.state.step += 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{scalars.get('loss/total', math.nan):.4f}")
+                if self.state.step % t.log_every == 0:
+                    self.log(scalars)
+                if t.save_every and self.state.step % t.save_every == 0 and self.state.step < t.max_steps:
+                    self.save()
+                if stop.requested():
+                    self.save()
+                    raise ResumeRequested(f"stopped by signal at step {self.state.step}; run again to resume")
+        finally:
+            progress.close()  # an error message then starts on a line of its own
         self.save()
         if self.writer:
             self.writer.close()

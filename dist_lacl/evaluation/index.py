@@ -1,0 +1,245 @@
+"""FAISS inner-product search on CPU, one GPU or all GPUs (index sharded), exact over corpora of any size.
+
+The corpus is searched block by block: each block gets its own index (on the GPUs when there are any),
+and the per-block top-k lists are merged exactly (`merge_topk`), so a corpus larger than GPU memory
+gives the same result as one index over all of it. Not collective: the search runs in one process.
+
+Platform traps guarded here (PLATFORM.md): faiss-cpu has no `StandardGpuResources`; faiss-gpu on a
+machine without a GPU silently returns an *empty* index from `index_cpu_to_all_gpus`; GPU faiss
+selects at most k = 2048 (and nprobe <= 2048).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+GPU_MAX_K = 2048
+"""Largest k (and nprobe) that GPU faiss can select."""
+INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+GPU_MODES = ("auto", "none", "one", "all")
+
+
+@dataclass
+class IndexSpec:
+    """How to index and search the corpus; the defaults give exact search wherever it runs."""
+
+    kind: str = "flat"
+    """flat: exact (IndexFlatIP); ivf: IVF-Flat; hnsw: HNSW-Flat (CPU only); ivfpq: IVF with product quantisation."""
+    gpus: str = "auto"
+    """auto: all GPUs if faiss sees any, else CPU; none: CPU; one: GPU 0; all: every GPU, the index sharded."""
+    fp16: bool = False
+    """Store GPU flat/IVF vectors in float16: half the memory, scores rounded (no longer exact)."""
+    nlist: int = 1024
+    """ivf/ivfpq: number of inverted lists (k-means centroids), at most the number of corpus rows."""
+    nprobe: int = 32
+    """ivf/ivfpq: lists visited per query (more: slower, closer to exact)."""
+    hnsw_m: int = 32
+    """hnsw: neighbours per graph node."""
+    ef_search: int = 128
+    """hnsw: candidate list size during search (more: slower, closer to exact)."""
+    pq_m: int = 64
+    """ivfpq: sub-quantizers per vector (must divide the dimension); bytes per code with 8 bits."""
+    pq_bits: int = 8
+    """ivfpq: bits per sub-quantizer code."""
+    train_rows: int = 262_144
+    """ivf/ivfpq: rows sampled (with a fixed seed) to train the quantizers."""
+
+    def validate(self, k: int) -> None:
+        checks = [
+            (self.kind in INDEX_KINDS, "index", f"one of {', '.join(INDEX_KINDS)}, got {self.kind!r}"),
+            (self.gpus in GPU_MODES, "gpus", f"one of {', '.join(GPU_MODES)}, got {self.gpus!r}"),
+            (k >= 1, "k", f"a positive integer, got {k}"),
+            (min(self.nlist, self.nprobe, self.hnsw_m, self.ef_search, self.pq_m, self.pq_bits) >= 1,
+             "nlist/nprobe/hnsw_m/ef_search/pq_m/pq_bits", "positive integers"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise UserError(f"{name}: expected {expected}")
+
+
+# --- GPUs --------------------------------------------------------------------------------------
+
+
+def num_gpus() -> int:
+    """GPUs faiss can use: 0 with faiss-cpu, and 0 with faiss-gpu on a machine without a visible GPU."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+
+
+def resolve_gpus(spec: IndexSpec, k: int) -> str:
+    """The placement to use, `none`, `one` or `all`; `auto` falls back to CPU where a GPU cannot serve."""
+    cpu_only = _cpu_only_reason(spec, k)
+    if spec.gpus == "none":
+        return "none"
+    if spec.gpus == "auto":
+        if cpu_only:
+            if num_gpus():
+                log.info("searching on CPU: %s", cpu_only)
+            return "none"
+        return "all" if num_gpus() > 1 else "one"
+    if cpu_only:
+        raise UserError(f"gpus={spec.gpus}: {cpu_only}; use --gpus none (CPU) or auto")
+    return spec.gpus
+
+
+def _cpu_only_reason(spec: IndexSpec, k: int) -> str | None:
+    if num_gpus() == 0:
+        has_gpu_faiss = hasattr(faiss, "StandardGpuResources")
+        return ("faiss-gpu is installed but sees no GPU" if has_gpu_faiss
+                else "the installed faiss is faiss-cpu (install faiss-gpu for GPU search)")
+    if k > GPU_MAX_K:
+        return f"k={k} exceeds GPU faiss's limit of {GPU_MAX_K}"
+    if spec.kind in ("ivf", "ivfpq") and spec.nprobe > GPU_MAX_K:
+        return f"nprobe={spec.nprobe} exceeds GPU faiss's limit of {GPU_MAX_K}"
+    if spec.kind == "hnsw":
+        return "faiss has no GPU HNSW index"
+    return None
+
+
+@functools.cache
+def _gpu_resources(device: int):
+    """One resource object per GPU for the whole process: each reserves scratch memory when created."""
+    return faiss.StandardGpuResources()
+
+
+def to_gpus(index: faiss.Index, placement: str, fp16: bool) -> faiss.Index:
+    """A copy of CPU `index` on GPU 0 (`one`) or split across all GPUs (`all`); `none` returns `index`."""
+    if placement == "none":
+        return index
+    try:
+        if placement == "one" or num_gpus() == 1:
+            options = faiss.GpuClonerOptions()
+            options.useFloat16 = fp16
+            gpu_index = faiss.index_cpu_to_gpu(_gpu_resources(0), 0, index, options)
+        else:
+            options = faiss.GpuMultipleClonerOptions()
+            options.shard = True  # split the rows across GPUs instead of copying them to each
+            options.useFloat16 = fp16
+            devices = list(range(num_gpus()))
+            gpu_index = faiss.index_cpu_to_gpu_multiple_py([_gpu_resources(d) for d in devices], index,
+                                                           options, devices)
+    except RuntimeError as e:
+        raise UserError(f"faiss could not place the index on GPU ({e}); try --gpus none") from None
+    if gpu_index.ntotal != index.ntotal:
+        raise RuntimeError(f"GPU index holds {gpu_index.ntotal} of {index.ntotal} vectors")
+    return gpu_index
+
+
+def gpu_block_rows(dim: int, fp16: bool, placement: str) -> int | None:
+    """Corpus rows per block that fit in half the free memory of the GPUs used; None (no limit) on CPU.
+
+    Half, because faiss reserves scratch memory per GPU and the query batch and results need room too.
+    """
+    import torch  # torch, not faiss, reports free GPU memory
+
+    if placement == "none" or not torch.cuda.is_available():
+        return None
+
+    devices = [0] if placement == "one" else range(num_gpus())
+    free = min(torch.cuda.mem_get_info(d)[0] for d in devices) * len(devices)
+    return max(1, free // 2 // (dim * (2 if fp16 else 4)))
+
+
+# --- building and searching --------------------------------------------------------------------
+
+
+def build_index(emb: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
+    """A CPU inner-product index over `emb` [n, D] float32 (trained if approximate), search parameters set."""
+    n, dim = emb.shape
+    if spec.kind in ("ivf", "ivfpq") and spec.nlist > n:
+        raise UserError(f"nlist: expected at most the {n} rows of a corpus block, got {spec.nlist}")
+    if spec.kind == "ivfpq" and dim % spec.pq_m:
+        raise UserError(f"pq_m: expected a divisor of the embedding dimension {dim}, got {spec.pq_m}")
+    description = {"flat": "Flat", "ivf": f"IVF{spec.nlist},Flat", "hnsw": f"HNSW{spec.hnsw_m},Flat",
+                   "ivfpq": f"IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_bits}"}[spec.kind]
+    index = faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
+    if spec.kind == "ivfpq":
+        index.do_polysemous_training = False  # on by default, slow, and only serves Hamming filtering we never use
+    if not index.is_trained:
+        sample = np.random.default_rng(seed).permutation(n)[:spec.train_rows]
+        index.train(np.ascontiguousarray(emb[np.sort(sample)], dtype=np.float32))
+    index.add(np.ascontiguousarray(emb, dtype=np.float32))
+    params = {"ivf": ("nprobe", spec.nprobe), "ivfpq": ("nprobe", spec.nprobe),
+              "hnsw": ("efSearch", spec.ef_search)}
+    if spec.kind in params:
+        faiss.ParameterSpace().set_index_parameter(index, *params[spec.kind])
+    return index
+
+
+def search_index(index: faiss.Index, queries: np.ndarray, k: int,
+                 query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Queries [Q, D] -> (scores [Q, k] float32, rows [Q, k] int64), best first; rows -1 past the index's end."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), query_batch):
+        stop = start + query_batch
+        scores[start:stop], rows[start:stop] = index.search(queries[start:stop], k)
+    return scores, rows
+
+
+def merge_topk(scores_a: np.ndarray, rows_a: np.ndarray, scores_b: np.ndarray, rows_b: np.ndarray,
+               k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of two result lists [Q, ka] and [Q, kb] over disjoint rows -> [Q, k] each.
+
+    Ordered by score descending, equal scores by row ascending, so the result does not depend on how
+    the corpus was split; rows -1 (no result) sort last with score -inf.
+    """
+    scores = np.concatenate([scores_a, scores_b], axis=1)
+    rows = np.concatenate([rows_a, rows_b], axis=1)
+    missing = rows < 0
+    scores = np.where(missing, -np.inf, scores).astype(np.float32)
+    row_key = np.where(missing, np.iinfo(np.int64).max, rows)
+    order = np.lexsort((row_key, -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(np.where(missing, -1, rows), order, 1)
+
+
+def iter_blocks(parts: Iterable[np.ndarray], block_rows: int | None) -> Iterator[tuple[int, np.ndarray]]:
+    """(first global row, block [n_b, D]) over the concatenation of `parts`, `block_rows` rows at most.
+
+    With block_rows None each part is one block. Blocks never span parts, so memory-mapped shards
+    are read one block at a time.
+    """
+    offset = 0
+    for part in parts:
+        step = block_rows or max(len(part), 1)
+        for start in range(0, len(part), step):
+            yield offset + start, part[start:start + step]
+        offset += len(part)
+
+
+def search(queries: np.ndarray, corpus_parts: Iterable[np.ndarray], k: int, spec: IndexSpec | None = None,
+           block_rows: int | None = None, query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k corpus rows by inner product for each query -> (scores [Q, k] float32, rows [Q, k] int64).
+
+    `corpus_parts` are consecutive row blocks of the corpus (e.g. the memory-mapped shards of
+    `encode.iter_shards`, or `[matrix]`); rows are numbered over their concatenation, -1 where the
+    corpus has fewer than k rows. Each block of at most `block_rows` rows (on GPU, by default, as many
+    as fit in memory) is indexed and searched on its own and the results merged exactly.
+    """
+    spec = spec or IndexSpec()
+    spec.validate(k)
+    if (block_rows is not None and block_rows < 1) or query_batch < 1:
+        raise UserError(f"block_rows and query_batch: expected positive integers, got {block_rows}, {query_batch}")
+    placement = resolve_gpus(spec, k)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if block_rows is None:
+        block_rows = gpu_block_rows(queries.shape[1], spec.fp16, placement)
+    best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    best_rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for first_row, block in iter_blocks(corpus_parts, block_rows):
+        index = to_gpus(build_index(block, spec), placement, spec.fp16)
+        scores, rows = search_index(index, queries, min(k, len(block)), query_batch)
+        rows = np.where(rows < 0, -1, rows + first_row)
+        best_scores, best_rows = merge_topk(best_scores, best_rows, scores, rows, k)
+        del index  # free GPU memory before the next block is placed
+    return best_scores, best_rows
