@@ -51,6 +51,12 @@ class DataConfig:
     """Passage (title + text) length in tokens."""
     sentence_max_len: int = 64
     """Parallel and monolingual sentence length in tokens."""
+    dev_queries: str | None = None
+    """Optional dev set for evaluation during training: queries jsonl/tsv (query_id, query, lang)."""
+    dev_corpus: str | None = None
+    """Dev corpus jsonl (docid, title, text)."""
+    dev_qrels: str | None = None
+    """Dev qrels, TREC format."""
     bad_records: str = "error"
     """Policy for malformed records: `error` stops with file/line/field, `skip` drops and counts them."""
     cache_dir: str | None = None
@@ -111,6 +117,8 @@ class TrainConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     log_every: int = 1
     """Steps between TensorBoard/console log lines."""
+    eval_every: int = 0
+    """Steps between dev-set evaluations (MRR@10, Recall@100 per language, to TensorBoard); 0: never."""
     save_every: int = 0
     """Steps between checkpoints; 0 saves only at the end."""
     keep_last: int = 2
@@ -256,6 +264,9 @@ def validate(cfg: RunConfig) -> None:
         (t.chunk_size <= max(t.ir_batch_size * data.train_group_size, 1), "train.chunk_size",
          f"at most the largest per-step batch ({t.ir_batch_size * data.train_group_size} passages)"),
         (t.log_every > 0, "train.log_every", "a positive integer"),
+        (t.eval_every >= 0, "train.eval_every", "an integer >= 0"),
+        (t.eval_every == 0 or all((data.dev_queries, data.dev_corpus, data.dev_qrels)), "data.dev_*",
+         "dev_queries, dev_corpus and dev_qrels when train.eval_every > 0"),
         (t.save_every >= 0, "train.save_every", "an integer >= 0"),
         (t.keep_last >= 1, "train.keep_last", "an integer >= 1"),
         (t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "an integer >= 1"),
@@ -304,7 +315,8 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
 # exact), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
 # model, the data order or the optimisation, and would silently produce a different run.
 RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
-                     "train.chunk_size", "train.grad_reduction", "train.num_threads", "train.dist_timeout_s",
+                     "train.chunk_size", "train.grad_reduction", "train.eval_every",
+                     "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
                      "data.cache_dir", "model.gradient_checkpointing"}
 

@@ -131,6 +131,12 @@ class Trainer:
         torch.manual_seed(t.seed + dist.rank())  # dropout differs per rank, as it would on separate GPUs
         cache_dir = self.run_dir / "cache" if cfg.data.cache_dir is None else Path(cfg.data.cache_dir)
         self.data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), cache_dir)
+        self.dev = None
+        if t.eval_every:
+            from .evaluation.evaluate import load_dev_set
+
+            d = cfg.data
+            self.dev = load_dev_set(d.dev_queries, d.dev_corpus, d.dev_qrels)
         if dist.is_main():  # only now, with the data validated, does the run directory become this run's
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.run_dir / "config.yaml")
@@ -195,7 +201,9 @@ class Trainer:
                 self.state.step += 1
                 progress.update(1)
                 progress.set_postfix(loss=f"{scalars.get('loss/total', math.nan):.4f}")
-                if self.state.step % t.log_every == 0:
+                if t.eval_every and self.state.step % t.eval_every == 0:
+                    scalars.update(self.evaluate())
+                if self.state.step % t.log_every == 0 or t.eval_every and self.state.step % t.eval_every == 0:
                     self.log(scalars)
                 if t.save_every and self.state.step % t.save_every == 0 and self.state.step < t.max_steps:
                     self.save()
@@ -229,6 +237,19 @@ class Trainer:
             scalars.update(diagnostics(self.tap.reps, meta))
         scalars["train/epoch"] = meta["epoch"]
         return scalars
+
+    def evaluate(self) -> dict[str, float]:
+        """*Collective.* Dev-set metrics per language (eval mode: no dropout, no RNG consumed)."""
+        from .evaluation.evaluate import evaluate_dev
+
+        self.engine.train(False)
+        try:
+            return evaluate_dev(self.engine.module, self.tokenizer, self.dev, metrics=("mrr@10", "recall@100"),
+                                query_max_len=self.cfg.data.query_max_len,
+                                passage_max_len=self.cfg.data.passage_max_len,
+                                dtype=self.cfg.train.precision)
+        finally:
+            self.engine.train(True)
 
     def skip_step(self, cache) -> dict[str, float]:
         """A non-finite loss or representation gradient on any rank: no update, counted; too many stop."""

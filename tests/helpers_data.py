@@ -48,3 +48,18 @@ def write_training_data(folder: Path, n_ir: int = 32, n_para: int = 32, n_mono: 
     return {"train_ir": str(write_jsonl(folder / "ir.jsonl", ir_records(n_ir))),
             "parallel": str(write_jsonl(folder / "parallel.jsonl", parallel_records(n_para))),
             "monolingual": str(write_jsonl(folder / "mono.jsonl", monolingual_records(n_mono)))}
+
+
+def write_dev_set(folder: Path, n: int = 8) -> dict[str, str]:
+    """Queries in two languages over the positives of `ir_records(n)`, with TREC qrels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = ir_records(n)
+    corpus = [p for r in records for p in r["positive_passages"] + r["negative_passages"]]
+    queries = [{"query_id": r["query_id"], "query": r["query"], "lang": "en" if i % 2 else "de"}
+               for i, r in enumerate(records)]
+    write_jsonl(folder / "corpus.jsonl", corpus)
+    write_jsonl(folder / "queries.jsonl", queries)
+    (folder / "qrels.txt").write_text("".join(f"{r['query_id']} 0 {r['positive_passages'][0]['docid']} 1\n"
+                                              for r in records))
+    return {"dev_queries": str(folder / "queries.jsonl"), "dev_corpus": str(folder / "corpus.jsonl"),
+            "dev_qrels": str(folder / "qrels.txt")}

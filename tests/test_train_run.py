@@ -52,3 +52,18 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, tiny_model_dir, training_d
                expect_rc=2)
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_periodic_dev_evaluation_is_logged(tmp_path, tiny_model_dir, training_data):
+    from helpers_data import write_dev_set
+
+    dev = write_dev_set(tmp_path / "dev")
+    out = tmp_path / "run"
+    run([sys.executable, *train_args(tiny_model_dir, training_data, out, "train.max_steps=4", "train.eval_every=2",
+                                     "train.log_every=4", *(f"data.{k}={v}" for k, v in dev.items()))],
+        timeout=300)
+    logged = scalars(out)
+    for tag in ("eval/mrr@10/de", "eval/mrr@10/en", "eval/mrr@10/macro", "eval/recall@100/all"):
+        assert len(logged[tag]) == 2, tag  # steps 2 and 4
+        assert all(0 <= v <= 1 for v in logged[tag])
+    assert logged["eval/recall@100/all"][-1] == 1.0  # 32 passages: every positive is in the top 100
