@@ -40,7 +40,8 @@ def default_backend() -> str:
 
 def device() -> torch.device:
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank())
+        # Modulo: some clusters show each task only its own GPU(s), whatever its local rank.
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
     return torch.device("cpu")
 
 
@@ -55,7 +56,7 @@ def init_process_group(timeout_s: int, backend: str | None = None) -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
+        torch.cuda.set_device(device())
     dist.init_process_group(backend=backend or default_backend(),
                             timeout=datetime.timedelta(seconds=timeout_s))
 

@@ -117,6 +117,7 @@ def diagnostics(global_reps: dict[str, Tensor], meta: dict) -> dict[str, float]:
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        self.stop = StopSignal()  # first: a signal during start-up must not kill the job uncheckpointed
         t = cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -190,7 +191,6 @@ class Trainer:
     def train(self) -> dict[str, float]:
         """Train to train.max_steps; returns the last step's logged scalars."""
         t = self.cfg.train
-        stop = StopSignal()
         self.resume()
         self.engine.train()
         scalars: dict[str, float] = {}
@@ -207,7 +207,7 @@ class Trainer:
                     self.log(scalars)
                 if t.save_every and self.state.step % t.save_every == 0 and self.state.step < t.max_steps:
                     self.save()
-                if stop.requested():
+                if self.stop.requested():
                     self.save()
                     raise ResumeRequested(f"stopped by signal at step {self.state.step}; run again to resume")
         finally:

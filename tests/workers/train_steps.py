@@ -8,10 +8,8 @@ usage: train_steps.py CONFIG.yaml NUM_STEPS [section.key=value ...]
 import json
 import sys
 import threading
-import time
 
 import psutil
-
 import torch
 
 from dist_lacl import distributed as dist
