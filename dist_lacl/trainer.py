@@ -130,18 +130,8 @@ class Trainer:
         self.engine = build_engine(model, cfg)
         check_world_size(cfg, dist.world_size())
         torch.manual_seed(t.seed + dist.rank())  # dropout differs per rank, as it would on separate GPUs
-        cache_dir = self.run_dir / "cache" if cfg.data.cache_dir is None else Path(cfg.data.cache_dir)
-        self.data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), cache_dir)
-        self.dev = None
-        if t.eval_every:
-            from .evaluation.evaluate import load_dev_set
-
-            d = cfg.data
-            self.dev = load_dev_set(d.dev_queries, d.dev_corpus, d.dev_qrels)
-        if dist.is_main():  # only now, with the data validated, does the run directory become this run's
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.yaml")
-        dist.barrier()
+        self.data, self.dev = self.load_data()
+        self.claim_run_dir()
         self.state = TrainState()
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", t.keep_last)
         self.tap = RepsTap()
@@ -156,6 +146,25 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # -- set-up ------------------------------------------------------------------------------
+
+    def load_data(self):
+        """*Collective.* The validated training streams and, with train.eval_every, the dev set."""
+        cfg, d = self.cfg, self.cfg.data
+        cache_dir = self.run_dir / "cache" if d.cache_dir is None else Path(d.cache_dir)
+        data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), cache_dir)
+        dev = None
+        if cfg.train.eval_every:
+            from .evaluation.evaluate import load_dev_set
+
+            dev = load_dev_set(d.dev_queries, d.dev_corpus, d.dev_qrels)
+        return data, dev
+
+    def claim_run_dir(self) -> None:
+        """*Collective.* Only with config and data validated does the run directory become this run's."""
+        if dist.is_main():
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.run_dir / "config.yaml")
+        dist.barrier()
 
     def resume(self) -> None:
         """*Collective.* Continue from the newest complete checkpoint, if any."""
