@@ -141,9 +141,6 @@ class Trainer:
             chunk_size=t.chunk_size, chunk_context=self.engine.chunk_context,
             backward_context=self.engine.backward_context)
         self.writer = None
-        if dist.is_main():
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -176,6 +173,15 @@ class Trainer:
         self.data.load_state_dict(state["data"])
         log.info("resumed from %s at step %d", latest, self.state.step)
 
+    def open_writer(self) -> None:
+        """TensorBoard on rank 0. After a resume, events a crashed run logged past its last checkpoint
+        are marked stale (purge_step), so the curve shows each step once."""
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"),
+                                        purge_step=self.state.step + 1 if self.state.step else None)
+
     def trainer_state(self) -> dict:
         return {"train": asdict(self.state), "data": self.data.state_dict(), "world_size": dist.world_size()}
 
@@ -201,6 +207,7 @@ class Trainer:
         """Train to train.max_steps; returns the last step's logged scalars."""
         t = self.cfg.train
         self.resume()
+        self.open_writer()
         self.engine.train()
         scalars: dict[str, float] = {}
         progress = _progress(t.max_steps, self.state.step)

@@ -44,3 +44,79 @@ def test_too_many_nonfinite_steps_in_a_row_stop_training(tmp_path, tiny_model_di
     assert out["state"]["step"] == 2 and out["state"]["skipped_steps"] == 2
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")) == ["step-0000001",
                                                                                      "step-0000002"]
+
+
+# ------------------------------------------------------------------ crashes, dead ranks, repeated restarts
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from helpers_launch import REPO, launch_env  # noqa: E402
+from test_resume import STEPS, args, final_weights, interrupt_after  # noqa: E402
+from test_train_run import scalars  # noqa: E402
+
+from dist_lacl.distributed import free_port  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, training_data):
+    """The reference: the same 2-rank run, never interrupted."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    return final_weights(out), scalars(out)["loss/total"]
+
+
+def assert_same_run(out, uninterrupted):
+    weights, losses = uninterrupted
+    resumed = final_weights(out)
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
+    assert scalars(out)["loss/total"] == losses
+
+
+@pytest.mark.parametrize("phase", ["shards", "rng", "metadata", "rename", "latest"])
+def test_crash_during_checkpoint_write_never_loads_a_partial_one(tmp_path, tiny_model_dir, training_data,
+                                                                 uninterrupted, phase):
+    out = tmp_path / "run"
+    crashed = torchrun(WORKERS / "crash_in_checkpoint.py", phase, 8, *args(tiny_model_dir, training_data, out)[2:],
+                       timeout=600, expect_rc=None)
+    assert crashed.returncode != 0
+    assert not (out / "checkpoints" / "step-0000012").exists()
+    relaunch = torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    log = relaunch.stdout + relaunch.stderr
+    # Renamed with its manifest, step 8 is complete even though `latest` was not moved yet.
+    expected = "step-0000008" if phase == "latest" else "step-0000004"
+    assert f"resumed from {out / 'checkpoints' / expected}" in log
+    if phase in ("metadata", "rng", "shards", "rename"):
+        assert "interrupted checkpoint write" in log  # the leftover .tmp-step-0000008 is named
+    assert_same_run(out, uninterrupted)
+
+
+def test_dead_rank_ends_the_job_and_a_relaunch_recovers(tmp_path, tiny_model_dir, training_data, uninterrupted):
+    """SIGKILL one of two ranks mid-run: the other exits on its own (no launcher to kill it) within the
+    collective timeout; a relaunch resumes from the last complete checkpoint and ends as if nothing happened."""
+    out, port = tmp_path / "run", free_port()
+    cmd = [sys.executable, *args(tiny_model_dir, training_data, out, "train.dist_timeout_s=30")]
+    ranks = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=launch_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
+                                             MASTER_PORT=port)) for r in (0, 1)]
+    deadline = time.time() + 300
+    while not (out / "tensorboard").is_dir() or len(scalars(out).get("loss/total", [])) < 6:
+        assert time.time() < deadline and ranks[0].poll() is None, "the run did not get going"
+        time.sleep(0.5)
+    ranks[1].kill()
+    killed_at = time.time()
+    _, err = ranks[0].communicate(timeout=180)
+    assert ranks[0].returncode != 0 and time.time() - killed_at < 30 + 60, err[-2000:]
+    torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    assert_same_run(out, uninterrupted)
+
+
+def test_soak_interrupted_three_times_equals_uninterrupted(tmp_path, tiny_model_dir, training_data, uninterrupted):
+    out = tmp_path / "run"
+    for after_step in (3, 6, 9):  # signals at (about) these steps; the run stops wherever the flag is seen
+        interrupt_after(args(tiny_model_dir, training_data, out), out, after_step=after_step)
+    assert len(scalars(out)["loss/total"]) < STEPS
+    torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    assert_same_run(out, uninterrupted)
