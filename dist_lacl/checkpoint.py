@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
+from .errors import write_failure
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,20 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an interrupted write
             tmp.mkdir()
         dist.barrier()
+        try:
+            self._write(engine, tmp, final, step, trainer_state, extra_files)
+        except (OSError, RuntimeError) as e:
+            failure = write_failure(e, self.root, f"checkpoint {final.name}",
+                                    "; the newest complete checkpoint is intact")
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed write should not also keep a partial copy
+            if failure is None:
+                raise
+            raise failure from None
+        dist.barrier()
+        return final
+
+    def _write(self, engine, tmp: Path, final: Path, step: int, trainer_state: dict,
+               extra_files: dict[str, bytes]) -> None:
         engine.save(tmp, client_state={"trainer_state": trainer_state})
         torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
         dist.barrier()
@@ -111,8 +126,6 @@ class Checkpointer:
             os.rename(tmp, final)
             write_atomic(self.root / "latest", final.name.encode())
             self._prune()
-        dist.barrier()
-        return final
 
     def _prune(self) -> None:
         complete = [p for p in self._candidates() if verify(p) is None]

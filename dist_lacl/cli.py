@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -44,6 +45,9 @@ def run_train(args) -> None:
     train(adopt_launcher_settings(load_config(args.config, args.overrides)))
 
 
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -58,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dist-lacl {args.command}: error: {e}" if not isinstance(e, ResumeRequested)
               else f"dist-lacl {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        # The storage's problems (full, read-only, not permitted) are the user's to fix, not a bug.
+        if args.debug or e.errno not in _STORAGE_ERRORS:
+            raise
+        print(f"dist-lacl {args.command}: error: {e.strerror}: {e.filename} ({os.strerror(e.errno)})",
+              file=sys.stderr)
+        return UserError.exit_code
     finally:
         dist.destroy()
     return 0

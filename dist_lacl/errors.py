@@ -1,5 +1,9 @@
 """User-facing errors: one readable message, a non-zero exit, no traceback (unless --debug)."""
 
+import errno
+import os
+import shutil
+
 
 class UserError(Exception):
     """Bad input or configuration that the user can fix. The message names the file, line or field."""
@@ -31,3 +35,16 @@ class NonFiniteError(Exception):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
     exit_code = 4
+
+
+def write_failure(error: BaseException, directory, what: str, note: str = "") -> OSError | None:
+    """The OSError (with an errno) to report for a failed write into `directory`, or None if it was not
+    a storage problem. torch and numpy report a full disk without an errno ("iostream error",
+    "N requested and M written"), so a write that failed while the disk is full counts as ENOSPC.
+    Call before cleaning up, while the partial files still take their space."""
+    code = getattr(error, "errno", None)
+    if not code and isinstance(error, (OSError, RuntimeError)) and shutil.disk_usage(directory).free < 2**20:
+        code = errno.ENOSPC
+    if not code:
+        return None
+    return OSError(code, f"{what} was not written ({os.strerror(code)}){note}", str(directory))

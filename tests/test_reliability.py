@@ -120,3 +120,49 @@ def test_soak_interrupted_three_times_equals_uninterrupted(tmp_path, tiny_model_
     assert len(scalars(out)["loss/total"]) < STEPS
     torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
     assert_same_run(out, uninterrupted)
+
+
+def test_disk_full_during_checkpointing_keeps_the_previous_one(tmp_path, tiny_model_dir, training_data):
+    """The output directory on a 1.5 MB filesystem: the third checkpoint does not fit. One clear line,
+    exit 2, no partial checkpoint left, and the previous complete one still loads."""
+    from helpers_launch import run
+
+    from dist_lacl.checkpoint import Checkpointer, verify
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root and mount rights)")
+    try:
+        out = mnt / "run"
+        proc = run([sys.executable, *args(tiny_model_dir, training_data, out, "train.save_every=1",
+                                          "train.keep_last=3", f"data.cache_dir={tmp_path / 'cache'}")],
+                   expect_rc=None, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "No space left on device" in proc.stderr and "the newest complete checkpoint is intact" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not list((out / "checkpoints").glob(".tmp-*"))
+        latest = Checkpointer(out / "checkpoints", 3).latest_complete()
+        assert latest is not None and verify(latest) is None
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_disk_full_during_encoding(tmp_path, tiny_model_dir):
+    from helpers_data import write_jsonl
+    from helpers_launch import run
+
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [{"docid": f"d{i}", "title": "", "text": f"passage {i}"}
+                                                     for i in range(3000)])  # 3000 x 32 floats = 384 KB
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100k", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a small filesystem here (needs root and mount rights)")
+    try:
+        proc = run([sys.executable, "-m", "dist_lacl.cli", "encode", "--model", str(tiny_model_dir), "--input",
+                    str(corpus), "--kind", "corpus", "--output", str(mnt / "emb")], expect_rc=None, timeout=300)
+        assert proc.returncode == 2 and "No space left on device" in proc.stderr, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        assert not [p for p in (mnt / "emb").rglob("*") if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", str(mnt)])

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..errors import UserError
+from ..errors import UserError, write_failure
 from .inputs import TextSet
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,17 @@ def _shard_is_complete(emb_path: Path, ids_path: Path, meta: dict) -> bool:
 def _write_atomic(path: Path, write) -> None:
     """Write through `write(file)` to a temporary name, then rename: readers never see a partial file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with tmp.open("wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        failure = write_failure(e, path.parent, str(path))
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
+        if failure is None:
+            raise
+        raise failure from None
     os.replace(tmp, path)
 
 
