@@ -53,7 +53,9 @@ def evaluate(model_path: str, eval_dir: Path, pooling: str, normalize: bool) -> 
 
 
 def train(config: Path, data: Path, model: str, out: Path, overrides: list[str]) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561",
+    from .distributed import free_port
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "dist_lacl.cli", "train", "--config", str(config), f"model.name_or_path={model}",
            f"data.train_ir={data / 'train_ir.jsonl'}", f"data.parallel={data / 'parallel.jsonl'}",
            f"data.monolingual={data / 'monolingual.jsonl'}", f"train.output_dir={out}", *overrides]
