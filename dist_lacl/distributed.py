@@ -52,13 +52,16 @@ def init_process_group(timeout_s: int, backend: str | None = None) -> None:
     """
     if is_initialized():
         return
-    if "RANK" not in os.environ:  # not launched: a one-process group on a free local port
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(device())
-    dist.init_process_group(backend=backend or default_backend(),
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    options = dict(backend=backend or default_backend(), timeout=datetime.timedelta(seconds=timeout_s))
+    if "RANK" not in os.environ:
+        # Not launched: a one-process group on a free local port, passed directly rather than through
+        # MASTER_PORT & co., which processes started from this one later would inherit as a stale
+        # rendezvous. DeepSpeed insists on LOCAL_RANK, which is harmless to inherit.
+        options.update(init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        os.environ.setdefault("LOCAL_RANK", "0")
+    dist.init_process_group(**options)
 
 
 def free_port() -> int:

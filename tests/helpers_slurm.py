@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_launch import RENDEZVOUS_VARS
 
 DEBIAN_PACKAGES = ("slurm-wlm", "munge")
 PROGRAMS = ("sbatch", "srun", "scontrol", "scancel", "sinfo", "squeue", "slurmctld", "slurmd", "munged", "munge")
@@ -59,7 +60,8 @@ def free_ports(n: int) -> list[int]:
 def client_env(**extra) -> dict[str, str]:
     """The caller's environment without SLURM variables of any enclosing job (a test run inside a SLURM
     allocation would otherwise submit into it)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_")) and k not in RENDEZVOUS_VARS}
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -29,6 +29,11 @@ pytestmark = pytest.mark.slow
 ZERO_GRAD_NOISE = 1e-9
 # ... and Adam normalises that noise into an update of up to lr * noise / eps ~ 1e-6 on those biases.
 ZERO_GRAD_UPDATE = 1e-6
+# Across processes the sums run in yet another order (per rank, per chunk, then all-reduced), and the
+# CPU's BLAS kernels differ between machines: a near-cancelling entry has been seen off by 8e-5 of its
+# tensor's largest entry on one CPU, 3e-6 on another. A real fault is of another order: the naive
+# per-chunk backward is off by more than 10%, a wrong world-size factor by 50% or more.
+CROSS_PROCESS = dict(rtol=1e-4, scale_tol=1e-3)
 
 
 def write_config(tmp_path, model_dir, data, **train):
@@ -74,7 +79,7 @@ def test_two_ranks_with_gathered_negatives_equal_one_process(tmp_path, tiny_mode
     loss, grads, _ = reference_step(cfg)
     result = run_worker(tmp_path, config, "plain")
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
-    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE)
+    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
 
 
 @pytest.mark.parametrize("grad_reduction", ["coalesced", "per_chunk"])
@@ -84,8 +89,8 @@ def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, 
     loss, grads, params = reference_step(cfg)
     result = run_worker(tmp_path, config, "engine")
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
-    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE)
-    assert_same_grads(result["params"], params, floor=ZERO_GRAD_UPDATE)
+    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
+    assert_same_grads(result["params"], params, floor=ZERO_GRAD_UPDATE, **CROSS_PROCESS)
     # The step changed the weights, so the parameter comparison is not trivially true.
     assert any(not torch.equal(p, q) for p, q in zip(params.values(), build_model(cfg.model).state_dict().values()))
 
@@ -97,7 +102,7 @@ def test_zero2_naive_per_chunk_backward_loses_gradients(tmp_path, tiny_model_no_
     _, grads, _ = reference_step(cfg)
     result = run_worker(tmp_path, config, "naive")
     with pytest.raises(AssertionError):
-        assert_same_grads(result["grads"], grads)
+        assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
     errors = [float((result["grads"][n] - g).norm() / g.norm()) for n, g in grads.items() if g.norm() > 0]
     assert max(errors) > 0.1
 
@@ -107,5 +112,5 @@ def test_accelerate_ddp_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_
     loss, grads, params = reference_step(cfg)
     result = run_worker(tmp_path, config, "engine", launcher=accelerate_launch)
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
-    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE)
-    assert_same_grads(result["params"], params, floor=ZERO_GRAD_UPDATE)
+    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
+    assert_same_grads(result["params"], params, floor=ZERO_GRAD_UPDATE, **CROSS_PROCESS)

@@ -58,14 +58,15 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def assert_same_grads(a, b, rtol=1e-5, floor=0.0):
-    """Every tensor within rtol, elementwise, with an absolute floor of rtol x the tensor's largest entry:
-    the two paths sum the same chunk contributions in another order, so an entry that nearly cancels
-    differs by float rounding of its summands (~1e-7 of the tensor's scale), not of itself. `floor` covers
-    gradients that are zero in exact arithmetic (attention key biases: softmax is shift-invariant)."""
+def assert_same_grads(a, b, rtol=1e-5, floor=0.0, scale_tol=None):
+    """Every tensor within rtol, elementwise, with an absolute floor of scale_tol (default rtol) x the
+    tensor's largest entry: the two paths sum the same chunk contributions in another order, so an entry
+    that nearly cancels differs by float rounding of its summands (~1e-7 of the tensor's scale), not of
+    itself. `floor` covers gradients that are zero in exact arithmetic (attention key biases: softmax is
+    shift-invariant)."""
     assert a.keys() == b.keys() and len(a) > 10
     for name in a:
-        atol = max(rtol * float(b[name].abs().max()), floor)
+        atol = max((rtol if scale_tol is None else scale_tol) * float(b[name].abs().max()), floor)
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
