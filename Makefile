@@ -16,7 +16,7 @@ DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench venv debian lint clean
+.PHONY: demo test bench replicate venv debian lint clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -40,7 +40,12 @@ demo: venv debian
 	$(PY) -m dist_lacl.demo --out $(DEMO_DIR)
 
 bench: venv debian
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_grad_cache.py
+	$(PY) bench/bench_zero.py
+	$(PY) bench/bench_eval.py
+
+replicate: venv debian
+	$(PY) bench/replicate.py
 
 lint: venv
 	$(VENV)/bin/ruff check dist_lacl tests bench

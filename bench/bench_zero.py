@@ -10,7 +10,6 @@ initialisation copies do not hide what a step costs. Writes bench/results/zero.j
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path

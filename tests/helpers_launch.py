@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,3 +42,11 @@ def torchrun(*args, nproc: int = 2, **kwargs) -> subprocess.CompletedProcess:
 def accelerate_launch(*args, nproc: int = 2, extra: tuple = ("--multi_gpu",), **kwargs):
     return run([sys.executable, "-m", "accelerate.commands.launch", *extra, f"--num_processes={nproc}",
                 f"--main_process_port={free_port()}", *map(str, args)], **kwargs)
+
+
+def rank_results(stdout: str) -> list[dict]:
+    """Every `RESULT {json}` the ranks printed, in rank order. The ranks share one pipe, so another
+    rank's output (a progress bar without a newline) can run on after a result on the same line."""
+    decoder = json.JSONDecoder()
+    found = [decoder.raw_decode(part)[0] for part in stdout.split("RESULT ")[1:]]
+    return sorted(found, key=lambda r: r.get("rank", 0))

@@ -1,11 +1,10 @@
 """Faults: non-finite losses are detected on every rank together and skipped; too many in a row stop
 training with a clear message, and no checkpoint is written from a bad state."""
 
-import json
 
 import pytest
 import yaml
-from helpers_launch import WORKERS, torchrun
+from helpers_launch import WORKERS, rank_results, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -22,8 +21,7 @@ def config(tmp_path, model_dir, data):
 
 
 def result(proc):
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return rank_results(proc.stdout)[0]
 
 
 def test_nonfinite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, tiny_model_dir, training_data):

@@ -2,11 +2,10 @@
 bf16 training steps with gradient caching on 2 CPU ranks (about 9 GiB and 50 s a step per rank on one
 thread). Memory figures live in bench/bench_zero.py."""
 
-import json
 
 import pytest
 import yaml
-from helpers_launch import WORKERS, torchrun
+from helpers_launch import WORKERS, rank_results, torchrun
 from transformers import XLMRobertaConfig
 
 XLMR_LARGE = dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
@@ -30,8 +29,7 @@ def write_large_config(tmp_path, tokenizer_dir, data, ds_config="ds_configs/zero
 
 
 def results(proc) -> list[dict]:
-    return sorted((json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-                   if line.startswith("RESULT ")), key=lambda r: r["rank"])
+    return rank_results(proc.stdout)
 
 
 @pytest.mark.slow
