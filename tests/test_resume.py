@@ -2,6 +2,7 @@
 of an uninterrupted run and ends with exactly its weights; incomplete checkpoints are never loaded."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,16 +38,20 @@ def interrupt_after(cmd_args, out: Path, after_step: int) -> int:
            *cmd_args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "tensorboard").is_dir() and len(scalars(out).get("loss/total", [])) >= after_step:
+    # Read the ranks' log as it is written and signal the moment step `after_step` is logged: on an idle
+    # machine a tiny run takes ~0.1 s a step, too fast to poll TensorBoard's periodically flushed files.
+    logged, step_line, deadline = [], re.compile(r"dist_lacl\.trainer: step (\d+) "), time.time() + 300
+    for line in proc.stdout:
+        logged.append(line)
+        found = step_line.search(line)
+        if (found and int(found.group(1)) >= after_step) or time.time() > deadline:
             break
-        time.sleep(0.5)
     import psutil
 
     for child in psutil.Process(proc.pid).children(recursive=True):
         os.kill(child.pid, signal.SIGUSR1)
-    output, _ = proc.communicate(timeout=300)
+    rest, _ = proc.communicate(timeout=300)
+    output = "".join(logged) + rest
     assert "stopped by signal" in output, output[-3000:]
     return proc.returncode
 
