@@ -46,14 +46,13 @@ def test_too_many_nonfinite_steps_in_a_row_stop_training(tmp_path, tiny_model_di
 
 # ------------------------------------------------------------------ crashes, dead ranks, repeated restarts
 
-import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
 from helpers_launch import REPO, launch_env  # noqa: E402
-from test_resume import STEPS, args, final_weights, interrupt_after  # noqa: E402
+from test_resume import STEPS, args, final_weights, interrupt_after, read_log_until_step  # noqa: E402
 from test_train_run import scalars  # noqa: E402
 
 from dist_lacl.distributed import free_port  # noqa: E402
@@ -100,11 +99,7 @@ def test_dead_rank_ends_the_job_and_a_relaunch_recovers(tmp_path, tiny_model_dir
     ranks = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=launch_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
                                              MASTER_PORT=port)) for r in (0, 1)]
-    logged, step_line = [], re.compile(r"dist_lacl\.trainer: step (\d+) ")
-    for line in ranks[0].stderr:  # rank 0's log, live: kill rank 1 the moment step 6 is logged
-        logged.append(line)
-        if (found := step_line.search(line)) and int(found.group(1)) >= 6:
-            break
+    logged = read_log_until_step(ranks[0].stderr, 6)  # rank 0's log: kill rank 1 the moment step 6 is logged
     assert ranks[0].poll() is None, "the run did not get going\n" + "".join(logged)[-2000:]
     ranks[1].kill()
     killed_at = time.time()

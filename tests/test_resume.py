@@ -32,20 +32,26 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "checkpoints" / latest / "mp_rank_00_model_states.pt", weights_only=False)["module"]
 
 
+def read_log_until_step(stream, step: int, timeout_s: float = 300) -> list[str]:
+    """The lines of a live log up to the one where the trainer logs `step` (or EOF / the timeout): act
+    the moment it happens. A tiny run takes ~0.1 s a step on an idle machine, too fast to poll
+    TensorBoard's periodically flushed files."""
+    logged, step_line, deadline = [], re.compile(r"dist_lacl\.trainer: step (\d+) "), time.time() + timeout_s
+    for line in stream:
+        logged.append(line)
+        found = step_line.search(line)
+        if (found and int(found.group(1)) >= step) or time.time() > deadline:
+            break
+    return logged
+
+
 def interrupt_after(cmd_args, out: Path, after_step: int) -> int:
     """Start a 2-rank run; once it has logged `after_step` steps, SIGUSR1 its ranks as SLURM would."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            *cmd_args]
     proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    # Read the ranks' log as it is written and signal the moment step `after_step` is logged: on an idle
-    # machine a tiny run takes ~0.1 s a step, too fast to poll TensorBoard's periodically flushed files.
-    logged, step_line, deadline = [], re.compile(r"dist_lacl\.trainer: step (\d+) "), time.time() + 300
-    for line in proc.stdout:
-        logged.append(line)
-        found = step_line.search(line)
-        if (found and int(found.group(1)) >= after_step) or time.time() > deadline:
-            break
+    logged = read_log_until_step(proc.stdout, after_step)
     import psutil
 
     for child in psutil.Process(proc.pid).children(recursive=True):
