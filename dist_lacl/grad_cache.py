@@ -2,7 +2,8 @@
 
 Gao et al., "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup" (RepL4NLP 2021).
 Steps, each a method:
-  1. split every input batch into chunks of `chunk_size` sequences;
+  1. sort every input batch's rows by length and split them into chunks of `chunk_size` sequences,
+     each trimmed to its longest row (rows of similar length share a chunk: less padding computed);
   2. forward every chunk without autograd, recording the RNG state before it (dropout);
   3. compute the loss over all representations (the caller's loss may gather across ranks) and
      backpropagate it to the representations only: their gradients are the cache;
@@ -53,6 +54,7 @@ class Cache:
     loss: Tensor
     loss_out: Any
     chunks: dict[str, list[Inputs]] = field(default_factory=dict)
+    order: dict[str, Tensor] = field(default_factory=dict)
     rng: dict[str, list[RandomState]] = field(default_factory=dict)
     rep_grads: dict[str, list[Tensor]] = field(default_factory=dict)
 
@@ -70,29 +72,37 @@ class GradCache:
     chunk_context(is_last) -> context manager around each re-forward+backward.
     backward_context() -> context manager around the whole backward phase of a step.
     chunk_size 0 turns caching off: one forward with autograd per input batch, one backward.
+    sort_by_length False keeps the batch's row order in the chunks (only for comparison: more padding).
     """
 
     def __init__(self, encode: Callable[[str, Inputs], Tensor],
                  loss_fn: Callable[[dict[str, Tensor]], tuple[Tensor, Any]],
                  backward: Callable[[Tensor], None], chunk_size: int,
                  chunk_context: Callable[[bool], contextlib.AbstractContextManager] | None = None,
-                 backward_context: Callable[[], contextlib.AbstractContextManager] | None = None):
+                 backward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 sort_by_length: bool = True):
         self.encode, self.loss_fn, self.backward_fn = encode, loss_fn, backward
-        self.chunk_size = chunk_size
+        self.chunk_size, self.sort_by_length = chunk_size, sort_by_length
         self.chunk_context = chunk_context or (lambda is_last: contextlib.nullcontext())
         self.backward_context = backward_context or contextlib.nullcontext
 
-    def split(self, inputs: Inputs) -> list[Inputs]:
-        """Step 1: [B, L] tensors -> chunks of at most chunk_size rows, each trimmed to its own longest."""
-        n = inputs["input_ids"].shape[0]
+    def split(self, inputs: Inputs) -> tuple[list[Inputs], Tensor]:
+        """Step 1: [B, L] tensors -> chunks of at most chunk_size rows, each trimmed to its own longest,
+        and `order`: the input row behind each chunked row (longest first; ties keep their order)."""
+        lengths = inputs["attention_mask"].sum(1)
+        if self.sort_by_length:
+            order = torch.sort(lengths, descending=True, stable=True).indices
+        else:
+            order = torch.arange(len(lengths))
         chunks = []
-        for start in range(0, n, self.chunk_size):
-            chunk = {k: v[start:start + self.chunk_size] for k, v in inputs.items()}
-            chunks.append(_trim_padding(chunk))
-        return chunks
+        for rows in order.split(self.chunk_size):
+            chunks.append(_trim_padding({k: v[rows] for k, v in inputs.items()}))
+        return chunks, order
 
-    def forward_no_grad(self, chunks: dict[str, list[Inputs]]) -> tuple[dict[str, Tensor], dict[str, list]]:
-        """Step 2: representations of every chunk without a graph, and the RNG state before each."""
+    def forward_no_grad(self, chunks: dict[str, list[Inputs]], order: dict[str, Tensor]
+                        ) -> tuple[dict[str, Tensor], dict[str, list]]:
+        """Step 2: representations of every chunk without a graph, in input row order, and the RNG
+        state before each chunk."""
         reps, rng = {}, {}
         with torch.no_grad():
             for name, parts in chunks.items():
@@ -101,7 +111,7 @@ class GradCache:
                     # Recorded, not replayed: the stream advances so every chunk draws fresh masks.
                     rng[name].append(RandomState())
                     out.append(self.encode(name, part))
-                reps[name] = torch.cat(out)
+                reps[name] = torch.cat(out)[order[name].argsort()]
         return reps, rng
 
     def build_cache(self, reps: dict[str, Tensor]) -> tuple[Tensor, Any, dict[str, Tensor]]:
@@ -128,12 +138,13 @@ class GradCache:
             reps = {name: self.encode(name, _trim_padding(inputs)) for name, inputs in batch.items()}
             loss, loss_out = self.loss_fn(reps)
             return Cache(loss=loss, loss_out=loss_out)
-        chunks = {name: self.split(inputs) for name, inputs in batch.items()}
-        reps, rng = self.forward_no_grad(chunks)
+        split = {name: self.split(inputs) for name, inputs in batch.items()}
+        chunks = {name: parts for name, (parts, _) in split.items()}
+        order = {name: rows for name, (_, rows) in split.items()}
+        reps, rng = self.forward_no_grad(chunks, order)
         loss, loss_out, grads = self.build_cache(reps)
-        sizes = {name: [c["input_ids"].shape[0] for c in parts] for name, parts in chunks.items()}
-        rep_grads = {name: list(grads[name].split(sizes[name])) for name in chunks}
-        return Cache(loss, loss_out, chunks, rng, rep_grads)
+        rep_grads = {name: list(grads[name][order[name]].split(self.chunk_size)) for name in chunks}
+        return Cache(loss, loss_out, chunks, order, rng, rep_grads)
 
     def backward(self, cache: Cache) -> None:
         """Backpropagate the step's loss into the parameters (chunk by chunk when caching)."""

@@ -48,7 +48,10 @@ def uncached_step(cfg, model, jobs, chunk_size=2):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(123)
     gc = grad_cache_for(cfg, model, chunk_size)
-    reps = {job: torch.cat([model(**c, tower=tower_of(job)) for c in gc.split(x)]) for job, x in jobs.items()}
+    reps = {}
+    for job, x in jobs.items():
+        parts, order = gc.split(x)
+        reps[job] = torch.cat([model(**c, tower=tower_of(job)) for c in parts])[order.argsort()]
     loss, terms = make_loss_fn(cfg, RepsTap())(reps)
     loss.backward()
     return loss.item(), terms, grads(model)
@@ -113,7 +116,38 @@ def test_cache_equals_one_full_batch_pass_without_dropout(tiny_model_dir, traini
 
 
 def test_split_trims_each_chunk_to_its_longest_row():
-    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_size=2)
+    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_size=2, sort_by_length=False)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
-    chunks = gc.split({"input_ids": mask * 7, "attention_mask": mask})
+    chunks, order = gc.split({"input_ids": mask * 7, "attention_mask": mask})
     assert [c["attention_mask"].tolist() for c in chunks] == [[[1, 1, 1], [1, 0, 0]], [[1, 1]]]
+    assert order.tolist() == [0, 1, 2]
+
+
+def test_split_sorts_rows_by_length_so_chunks_hold_less_padding():
+    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_size=2)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
+    ids = torch.arange(5)[:, None] * mask  # row i holds token id i
+    chunks, order = gc.split({"input_ids": ids, "attention_mask": mask})
+    assert order.tolist() == [0, 2, 3, 1, 4]  # longest first; rows 1 and 4 tie and keep their order
+    assert [tuple(c["input_ids"].shape) for c in chunks] == [(2, 4), (2, 2), (1, 1)]  # 14 positions, not 20
+    assert torch.cat([c["input_ids"][:, 0] for c in chunks]).tolist() == order.tolist()
+
+
+def test_sorted_chunks_give_the_representations_and_grads_in_input_order():
+    """Representations come back in the batch's row order, and each row's cached gradient reaches the
+    chunk that holds that row: a loss that weights row i by i gives row i's parameter gradient x i."""
+    weight = torch.nn.Parameter(torch.tensor(1.0))
+    encode = lambda name, x: weight * x["input_ids"][:, :1].float()  # noqa: E731
+    seen = {}
+
+    def loss_fn(reps):
+        seen["reps"] = reps["x"].detach().flatten().tolist()
+        return (reps["x"].flatten() * torch.arange(5.0)).sum(), None
+
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    ids = torch.tensor([[10], [20], [30], [40], [50]]) * mask
+    gc = GradCache(encode, loss_fn, backward=lambda loss: loss.backward(), chunk_size=2)
+    cache = gc.compute_loss({"x": {"input_ids": ids, "attention_mask": mask}})
+    gc.backward(cache)
+    assert seen["reps"] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    assert cache.loss.item() == weight.grad.item() == 0 * 10 + 1 * 20 + 2 * 30 + 3 * 40 + 4 * 50
