@@ -68,10 +68,10 @@ def build_dual_encoder(model_path: str) -> DualEncoder:
     return DualEncoder(load_encoder(model_path), pooling="mean", normalize=True)
 
 
-def build_grad_cache(model: DualEncoder, chunk_size: int) -> GradCache:
+def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool = True) -> GradCache:
     return GradCache(encode=lambda name, inputs: model(**inputs, tower=name),
                      loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE), None),
-                     backward=lambda loss: loss.backward(), chunk_size=chunk_size)
+                     backward=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length)
 
 
 def forward_backward(grad_cache: GradCache, batch: dict) -> float:
@@ -274,26 +274,21 @@ def padded_tokens(chunks: list[dict]) -> int:
     return sum(c["input_ids"].shape[0] * c["input_ids"].shape[1] for c in chunks)
 
 
-def encoder_work(grad_cache: GradCache, batch: dict, st_loss, st_features: list[dict]) -> dict:
+def encoder_work(sorted_cache: GradCache, unsorted_cache: GradCache, batch: dict, st_loss,
+                 st_features: list[dict]) -> dict:
     """Token positions per forward pass over the whole batch (padding included) after each side's
-    per-chunk trimming; the same had the sequences been sorted by length before chunking; the
-    non-padding tokens."""
+    per-chunk trimming, dist-lacl with and without sorting by length; the non-padding tokens."""
     from sentence_transformers.base.losses.gradcache import _create_minibatch, _minibatch_ranges
 
-    ours = padded_tokens([c for inputs in batch.values() for c in grad_cache.split(inputs)])
+    def chunk_tokens(grad_cache: GradCache) -> int:
+        return padded_tokens([c for inputs in batch.values() for c in grad_cache.split(inputs)[0]])
+
     theirs = padded_tokens([_create_minibatch(f, b, e) for f in st_features
                             for b, e in _minibatch_ranges(f, st_loss.mini_batch_size)])
-    length_sorted = sum(sorted_chunk_tokens(inputs["attention_mask"].sum(1), grad_cache.chunk_size)
-                        for inputs in batch.values())
     real = sum(int(inputs["attention_mask"].sum()) for inputs in batch.values())
-    return {"dist_lacl_tokens_per_forward": ours, "st_tokens_per_forward": theirs,
-            "length_sorted_tokens_per_forward": length_sorted, "non_padding_tokens": real}
-
-
-def sorted_chunk_tokens(lengths: torch.Tensor, chunk_size: int) -> int:
-    """Token positions of chunks cut from the sequences sorted by length, each trimmed to its longest."""
-    ordered = lengths.sort(descending=True).values
-    return sum(int(ordered[i]) * len(ordered[i:i + chunk_size]) for i in range(0, len(ordered), chunk_size))
+    return {"dist_lacl_tokens_per_forward": chunk_tokens(sorted_cache),
+            "dist_lacl_unsorted_tokens_per_forward": chunk_tokens(unsorted_cache),
+            "st_tokens_per_forward": theirs, "non_padding_tokens": real}
 
 
 class PhaseTimer:
@@ -358,6 +353,7 @@ def measure_st(args) -> dict:
     features = st.tokenize(triples)
     tokenize_st = time.perf_counter() - start
     cached, uncached = build_grad_cache(ours, args.chunk), build_grad_cache(ours, 0)
+    unsorted = build_grad_cache(ours, args.chunk, sort_by_length=False)
 
     ours.eval(), st.model.eval()
     zero_grads(ours, st.model)
@@ -371,6 +367,7 @@ def measure_st(args) -> dict:
     ours.train(), st.model.train()
     sides = {"st_cached": lambda b, f: st.forward_backward(st.cached, f),
              "dist_lacl_cached": lambda b, f: forward_backward(cached, b),
+             "dist_lacl_cached_unsorted": lambda b, f: forward_backward(unsorted, b),
              "st_uncached_mnrl": lambda b, f: st.forward_backward(st.uncached, f),
              "dist_lacl_uncached": lambda b, f: forward_backward(uncached, b)}
     warm_batch, warm_features = slice_batch(batch, min(8, args.batch)), st.tokenize(triples[:8])
@@ -387,11 +384,11 @@ def measure_st(args) -> dict:
             start = time.perf_counter()
             sides[name](batch, features)
             times[name].append(time.perf_counter() - start)
-            if name.endswith("_cached"):
+            if name in ("dist_lacl_cached", "st_cached"):
                 phases.append({"side": name, "step_s": times[name][-1], **timer.take()})
     return {"agreement": agreement, "step_s": times, "optimizer_step_s": optimizer_s, "phases": phases,
             "tokenize_s": {"dist_lacl": tokenize_ours, "st": tokenize_st},
-            "work": encoder_work(cached, batch, st.cached, features)}
+            "work": encoder_work(cached, unsorted, batch, st.cached, features)}
 
 
 def main():
