@@ -46,24 +46,22 @@ def parallel_subset(data: Path, langs: tuple[str, ...], out: Path) -> Path:
     return path
 
 
-def language_id_accuracy(model_path: str, queries: Path, pooling: str, normalize: bool) -> float:
+def language_id_accuracy(model_path: str, queries: Path, settings: dict) -> float:
     import torch
 
     from dist_lacl.diagnostics import language_centroid_accuracy
     from dist_lacl.evaluation.encode import encode_texts
     from dist_lacl.evaluation.inputs import read_queries
-    from dist_lacl.export import load_model
 
-    model, tokenizer = load_model(model_path)
-    model.pooling, model.normalize = pooling, normalize
+    model, tokenizer = demo.load_for_eval(model_path, settings)
     faq = read_queries(queries)
     reps = encode_texts(model, tokenizer, faq.texts, "query", 64, 64, show_progress=False)
     return language_centroid_accuracy(torch.from_numpy(reps), faq.langs)
 
 
-def measure(model_path: str, eval_dir: Path, pooling: str, normalize: bool) -> dict:
-    return {"mrr@10": demo.evaluate(model_path, eval_dir, pooling, normalize),
-            "lang_id_acc": language_id_accuracy(model_path, eval_dir / "queries.jsonl", pooling, normalize)}
+def measure(model_path: str, eval_dir: Path, settings: dict) -> dict:
+    return {"mrr@10": demo.evaluate(model_path, eval_dir, settings),
+            "lang_id_acc": language_id_accuracy(model_path, eval_dir / "queries.jsonl", settings)}
 
 
 def run_setting(name: str, seed: int, args, data: Path, model: str, eval_dir: Path, cfg: dict) -> dict:
@@ -77,7 +75,7 @@ def run_setting(name: str, seed: int, args, data: Path, model: str, eval_dir: Pa
     demo.train(args.config, data, model, run_dir / "run",
                [*overrides, f"train.seed={seed}", f"train.max_steps={args.steps}",
                 f"train.save_every={args.steps}", f"train.warmup_steps={max(1, args.steps // 12)}"])
-    result = measure(str(run_dir / "run"), eval_dir, cfg["model"]["pooling"], cfg["model"]["normalize"])
+    result = measure(str(run_dir / "run"), eval_dir, cfg["model"])
     done.write_text(json.dumps(result, indent=1))
     return result
 
@@ -146,8 +144,7 @@ def main() -> int:
     untrained_path = args.out / "untrained.json"
     if not untrained_path.is_file():
         args.out.mkdir(parents=True, exist_ok=True)
-        untrained_path.write_text(json.dumps(measure(model, eval_dir, cfg["model"]["pooling"],
-                                                     cfg["model"]["normalize"]), indent=1))
+        untrained_path.write_text(json.dumps(measure(model, eval_dir, cfg["model"]), indent=1))
     untrained = json.loads(untrained_path.read_text())
     results = {name: [run_setting(name, seed, args, args.data, model, eval_dir, cfg) for seed in args.seeds]
                for name in args.settings}

@@ -28,6 +28,10 @@ class ModelConfig:
     """Sentence representation: `cls` (first token) or `mean` (over non-padding tokens)."""
     normalize: bool = False
     """L2-normalise representations, making sim() a cosine."""
+    query_prefix: str = ""
+    """Text put before every query and every parallel or monolingual sentence (e5: "query: ")."""
+    passage_prefix: str = ""
+    """Text put before every passage (e5: "passage: ")."""
     gradient_checkpointing: bool = False
     """Recompute encoder activations in backward (less memory, about 30% more time)."""
     random_init: bool = False

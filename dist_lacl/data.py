@@ -279,7 +279,9 @@ class Tokenize:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
 
-    def __call__(self, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
+    def __call__(self, texts: list[str], max_len: int, prefix: str = "") -> dict[str, torch.Tensor]:
+        if prefix:
+            texts = [prefix + text for text in texts]
         enc = self.tokenizer(texts, max_length=max_len, truncation=True, padding=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
@@ -310,23 +312,24 @@ class TrainBatches:
 
     def next(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         d, seed = self.cfg.data, self.cfg.train.seed
+        query, passage = self.cfg.model.query_prefix, self.cfg.model.passage_prefix  # auxiliary text: as queries
         idx, epoch = self.streams["ir"].next_indices()
         recs = self.ir[idx]
         rows = [dict(zip(recs, vals)) for vals in zip(*recs.values())]
         groups = [sample_group(r, d.train_group_size, seed, epoch, i) for r, i in zip(rows, idx)]
-        batch = {"query": self.tokenize([r["query"] for r in rows], d.query_max_len),
-                 "passage": self.tokenize([passage_text(p) for g in groups for p in g], d.passage_max_len)}
+        batch = {"query": self.tokenize([r["query"] for r in rows], d.query_max_len, query),
+                 "passage": self.tokenize([passage_text(p) for g in groups for p in g], d.passage_max_len, passage)}
         meta = {"epoch": epoch}
         if self.parallel is not None:
             pidx, _ = self.streams["parallel"].next_indices()
             para = self.parallel[pidx]
-            batch["para_en"] = self.tokenize(para["en"], d.sentence_max_len)
-            batch["para_xx"] = self.tokenize(para["text"], d.sentence_max_len)
+            batch["para_en"] = self.tokenize(para["en"], d.sentence_max_len, query)
+            batch["para_xx"] = self.tokenize(para["text"], d.sentence_max_len, query)
             meta["para_lang"] = para["lang"]
         if self.monolingual is not None:
             midx, _ = self.streams["monolingual"].next_indices()
             mono = self.monolingual[midx]
-            batch["mono"] = self.tokenize(mono["text"], d.sentence_max_len)
+            batch["mono"] = self.tokenize(mono["text"], d.sentence_max_len, query)
             meta["mono_lang"] = mono["lang"]
         return batch, meta
 

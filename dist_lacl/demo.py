@@ -40,13 +40,22 @@ def build_data(out: Path) -> None:
     args.func(args)
 
 
-def evaluate(model_path: str, eval_dir: Path, pooling: str, normalize: bool) -> dict[str, float]:
-    """MRR@10 per query language on `eval_dir` (queries, corpus, qrels), one process."""
-    from .evaluation.evaluate import evaluate_dev, load_dev_set
+def load_for_eval(model_path: str, settings: dict):
+    """(DualEncoder, tokenizer) with the run config's pooling, normalisation and prefixes (`settings`: its
+    model section), which a plain pretrained folder does not carry."""
     from .export import load_model
 
     model, tokenizer = load_model(model_path)
-    model.pooling, model.normalize = pooling, normalize
+    model.pooling, model.normalize = settings["pooling"], settings["normalize"]
+    model.prefixes = {"query": settings.get("query_prefix", ""), "passage": settings.get("passage_prefix", "")}
+    return model, tokenizer
+
+
+def evaluate(model_path: str, eval_dir: Path, settings: dict) -> dict[str, float]:
+    """MRR@10 per query language on `eval_dir` (queries, corpus, qrels), one process."""
+    from .evaluation.evaluate import evaluate_dev, load_dev_set
+
+    model, tokenizer = load_for_eval(model_path, settings)
     dev = load_dev_set(eval_dir / "queries.jsonl", eval_dir / "corpus.jsonl", eval_dir / "qrels.txt")
     scores = evaluate_dev(model, tokenizer, dev, metrics=("mrr@10",), query_max_len=64, passage_max_len=256)
     return {key.split("/")[-1]: value for key, value in scores.items() if key.startswith("eval/mrr@10/")}
@@ -106,16 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out, model = Path(args.out), args.model or default_model()
-    cfg = yaml.safe_load(Path(args.config).read_text())
-    pooling, normalize = cfg["model"]["pooling"], cfg["model"]["normalize"]
+    settings = yaml.safe_load(Path(args.config).read_text())["model"]
 
     build_data(out / "data")
     eval_dir = out / "data" / "debian_faq" / "to_english"
-    before = evaluate(model, eval_dir, pooling, normalize)
+    before = evaluate(model, eval_dir, settings)
     print("untrained MRR@10:", json.dumps({k: round(v, 3) for k, v in before.items()}), flush=True)
     run_dir = out / "run"
     train(Path(args.config), out / "data", model, run_dir, args.overrides)
-    after = evaluate(str(run_dir), eval_dir, pooling, normalize)
+    after = evaluate(str(run_dir), eval_dir, settings)
 
     report = table(before, after)
     print("\nDebian FAQ, question in language L -> English answer, MRR@10\n" + report)

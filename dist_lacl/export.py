@@ -1,8 +1,9 @@
 """Standalone model folders: a transformers encoder + tokenizer + pooling settings, loadable anywhere.
 
 Layout (shared encoder): a `transformers` model folder (config.json, model.safetensors, tokenizer files)
-plus `dist_lacl.json` {"pooling", "normalize", "shared_encoder"} and a sentence-transformers module
-config (modules.json, 1_Pooling/config.json) so `SentenceTransformer(path)` gives the same embeddings.
+plus `dist_lacl.json` {"pooling", "normalize", "shared_encoder", "prefixes"} and a sentence-transformers
+module config (modules.json, 1_Pooling/config.json, the prefixes as prompts) so `SentenceTransformer(path)`
+gives the same embeddings.
 Separate towers: the same, once per tower, in `query/` and `passage/`.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from .errors import UserError
-from .model import TOWERS, DualEncoder, load_encoder
+from .model import TOWERS, DualEncoder, load_encoder, prefixes_of
 
 SETTINGS = "dist_lacl.json"
 
@@ -32,7 +33,8 @@ def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
         tokenizer.save_pretrained(folder)
         _write_sentence_transformers_config(folder, model)
     (tmp / SETTINGS).write_text(json.dumps(
-        {"pooling": model.pooling, "normalize": model.normalize, "shared_encoder": model.shared}, indent=1))
+        {"pooling": model.pooling, "normalize": model.normalize, "shared_encoder": model.shared,
+         "prefixes": model.prefixes}, indent=1))
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
@@ -51,6 +53,9 @@ def _write_sentence_transformers_config(folder: Path, model: DualEncoder) -> Non
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(
         {"word_embedding_dimension": dim, "pooling_mode_cls_token": model.pooling == "cls",
          "pooling_mode_mean_tokens": model.pooling == "mean", "pooling_mode_max_tokens": False}, indent=1))
+    if any(model.prefixes.values()):  # sentence-transformers' prompts: encode(..., prompt_name="query")
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(
+            {"prompts": model.prefixes, "default_prompt_name": None}, indent=1))
 
 
 def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
@@ -63,7 +68,8 @@ def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
         query, passage, tok_dir = load_encoder(str(path)), None, path
     else:
         query, passage, tok_dir = load_encoder(str(path / "query")), load_encoder(str(path / "passage")), path / "query"
-    model = DualEncoder(query, passage, pooling=settings["pooling"], normalize=settings["normalize"])
+    model = DualEncoder(query, passage, pooling=settings["pooling"], normalize=settings["normalize"],
+                        prefixes=settings.get("prefixes"))
     return model.eval(), AutoTokenizer.from_pretrained(str(tok_dir))
 
 
@@ -95,7 +101,8 @@ def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:
     cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()), str(checkpoint))
     query = load_encoder(cfg.model.name_or_path, random_init=True)
     passage = None if cfg.model.shared_encoder else load_encoder(cfg.model.name_or_path, random_init=True)
-    model = DualEncoder(query, passage, pooling=cfg.model.pooling, normalize=cfg.model.normalize)
+    model = DualEncoder(query, passage, pooling=cfg.model.pooling, normalize=cfg.model.normalize,
+                        prefixes=prefixes_of(cfg.model))
     missing, unexpected = model.load_state_dict(consolidated_weights(checkpoint), strict=False)
     if missing or unexpected:
         raise UserError(f"{checkpoint}: weights do not fit {cfg.model.name_or_path} "

@@ -12,17 +12,19 @@ TOWERS = ("query", "passage")
 class DualEncoder(nn.Module):
     """Encodes token batches into sentence representations with the query or passage tower.
 
-    With `shared_encoder` both names refer to one module (and one set of parameters).
+    With `shared_encoder` both names refer to one module (and one set of parameters). `prefixes`: the
+    text each tower's inputs start with (e5's "query: " / "passage: "), for whoever tokenizes them.
     """
 
     def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None = None,
-                 pooling: str = "cls", normalize: bool = False):
+                 pooling: str = "cls", normalize: bool = False, prefixes: dict[str, str] | None = None):
         super().__init__()
         self.query_encoder = query_encoder
         # Registered only when separate, so a shared encoder is saved and optimised once.
         self.passage_encoder = passage_encoder
         self.pooling = pooling
         self.normalize = normalize
+        self.prefixes = {"query": "", "passage": "", **(prefixes or {})}
 
     @property
     def shared(self) -> bool:
@@ -56,7 +58,12 @@ def build_model(cfg) -> DualEncoder:
         for enc in (query, passage):
             if enc is not None:
                 enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return DualEncoder(query, passage, pooling=cfg.pooling, normalize=cfg.normalize)
+    return DualEncoder(query, passage, pooling=cfg.pooling, normalize=cfg.normalize, prefixes=prefixes_of(cfg))
+
+
+def prefixes_of(cfg) -> dict[str, str]:
+    """{tower: prefix} of a config.ModelConfig."""
+    return {"query": cfg.query_prefix, "passage": cfg.passage_prefix}
 
 
 # BERT-like models carry a pooler the dual encoder never uses; left in, its parameters get no gradient.

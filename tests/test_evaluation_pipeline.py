@@ -98,6 +98,25 @@ def test_encode_uses_the_requested_tower_and_restores_train_mode(tiny_model_dir,
     assert model.training
 
 
+def test_encode_puts_each_towers_prefix_before_its_texts(tiny_model_dir, setup, tmp_path):
+    """e5-style prefixes: encoding "x" with the query prefix "query: " is encoding "query: x"; the
+    prefixes survive an export (and become sentence-transformers prompts)."""
+    from dist_lacl.export import load_dual_encoder, save_dual_encoder
+
+    _, tok, _ = setup
+    plain = tiny_dual_encoder(tiny_model_dir)
+    prefixed = tiny_dual_encoder(tiny_model_dir)
+    prefixed.prefixes = {"query": "query: ", "passage": "passage: "}
+    for tower in ("query", "passage"):
+        got = encode_texts(prefixed, tok, TEXTS[:3], tower, 64, 2, show_progress=False)
+        expected = encode_texts(plain, tok, [f"{tower}: {t}" for t in TEXTS[:3]], tower, 64, 2, show_progress=False)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert not np.allclose(got, encode_texts(plain, tok, TEXTS[:3], tower, 64, 2, show_progress=False), atol=1e-3)
+    folder = save_dual_encoder(prefixed, tok, tmp_path / "exported")
+    assert load_dual_encoder(folder)[0].prefixes == prefixed.prefixes
+    assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == prefixed.prefixes
+
+
 def test_encode_bf16_on_cpu_is_close_and_fp16_is_refused(setup):
     model, tok, _ = setup
     fp32 = encode_texts(model, tok, TEXTS, "query", 32, 8, show_progress=False)

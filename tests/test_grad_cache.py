@@ -151,3 +151,22 @@ def test_sorted_chunks_give_the_representations_and_grads_in_input_order():
     gc.backward(cache)
     assert seen["reps"] == [10.0, 20.0, 30.0, 40.0, 50.0]
     assert cache.loss.item() == weight.grad.item() == 0 * 10 + 1 * 20 + 2 * 30 + 3 * 40 + 4 * 50
+
+
+def test_prefixes_start_every_query_passage_and_auxiliary_sentence(tiny_model_dir, training_data, tmp_path):
+    """model.query_prefix before queries and parallel/monolingual sentences, model.passage_prefix
+    before passages: each row is the unprefixed row with the prefix's tokens after the first token."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    _, _, plain = make_step(tiny_model_dir, training_data, tmp_path / "plain")
+    _, _, prefixed = make_step(tiny_model_dir, training_data, tmp_path / "prefixed",
+                               query_prefix="query: ", passage_prefix="passage: ")
+    assert plain.keys() == prefixed.keys() and len(plain) >= 4
+    for job in plain:
+        prefix = "passage: " if job == "passage" else "query: "
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        for row, (ids, mask) in enumerate(zip(prefixed[job]["input_ids"], prefixed[job]["attention_mask"])):
+            got = ids[mask.bool()].tolist()
+            expected = plain[job]["input_ids"][row][plain[job]["attention_mask"][row].bool()].tolist()
+            assert got[1:1 + len(prefix_ids)] == prefix_ids, job
+            body = got[1 + len(prefix_ids):-1]
+            assert body == expected[1:-1][:len(body)], job  # the same text (cut earlier by the max length)

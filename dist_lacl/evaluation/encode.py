@@ -44,7 +44,8 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 def encode_texts(model, tokenizer, texts: Sequence[str], tower: str, max_len: int, batch_size: int,
                  dtype: str = "fp32", device: torch.device | None = None, sort_by_length: bool = True,
                  show_progress: bool = True) -> np.ndarray:
-    """N texts -> [N, D] float32 embeddings, row i for texts[i]. Not collective: only this rank's texts.
+    """N texts -> [N, D] float32 embeddings, row i for texts[i] (after the model's prefix for `tower`).
+    Not collective: only this rank's texts.
 
     With `sort_by_length`, each batch holds texts of similar token length (longest first, so running
     out of memory happens at once rather than at the end), which keeps padding small; rows are put
@@ -52,7 +53,8 @@ def encode_texts(model, tokenizer, texts: Sequence[str], tower: str, max_len: in
     train/eval mode is restored afterwards.
     """
     device = device or next(model.parameters()).device
-    token_ids = _tokenize(tokenizer, texts, max_len)
+    prefix = model.prefixes[tower]
+    token_ids = _tokenize(tokenizer, [prefix + text for text in texts] if prefix else texts, max_len)
     lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
     order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(texts))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
