@@ -36,7 +36,7 @@ def zero_config(folder: Path, stage: int, bf16: bool) -> str:
 
 
 def measure(work: Path, name: str, stage: int, precision: str, steps: int, reduction: str, **shape) -> dict:
-    run_dir = work / f"{name}-{stage}-{reduction}"
+    run_dir = work / f"{name}-{stage}-{reduction}-{precision}"
     run_dir.mkdir()
     config = write_large_config(run_dir, work / "tokenizer", json.loads((work / "data.json").read_text()),
                                 ds_config=zero_config(run_dir, stage, precision == "bf16"), precision=precision,
