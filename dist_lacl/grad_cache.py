@@ -111,7 +111,8 @@ class GradCache:
                     # Recorded, not replayed: the stream advances so every chunk draws fresh masks.
                     rng[name].append(RandomState())
                     out.append(self.encode(name, part))
-                reps[name] = torch.cat(out)[order[name].argsort()]
+                chunked = torch.cat(out)  # rows in chunk order
+                reps[name] = chunked[order[name].argsort().to(chunked.device)]  # back to input order
         return reps, rng
 
     def build_cache(self, reps: dict[str, Tensor]) -> tuple[Tensor, Any, dict[str, Tensor]]:
@@ -143,7 +144,8 @@ class GradCache:
         order = {name: rows for name, (_, rows) in split.items()}
         reps, rng = self.forward_no_grad(chunks, order)
         loss, loss_out, grads = self.build_cache(reps)
-        rep_grads = {name: list(grads[name][order[name]].split(self.chunk_size)) for name in chunks}
+        rep_grads = {name: list(grads[name][order[name].to(grads[name].device)].split(self.chunk_size))
+                     for name in chunks}
         return Cache(loss, loss_out, chunks, order, rng, rep_grads)
 
     def backward(self, cache: Cache) -> None:
