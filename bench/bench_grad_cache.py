@@ -76,6 +76,12 @@ FULL = dict(
     scaling_model="minilm", scaling_batch=32, scaling_steps=3, scaling_runs=2,
     scaling_layouts=((1, 1), (2, 1), (1, 2)), scaling_precision="fp32",
 )
+QUICK = dict(
+    memory_models=("tiny",), memory_batches=(8, 32), chunk=8, uncached_cap={"tiny": 8},
+    memory_repeats={"tiny": 1}, st_model="tiny", st_batch=16, st_repeats=2, max_len=64,
+    scaling_model="tiny", scaling_batch=8, scaling_steps=3, scaling_runs=1, scaling_layouts=((1, 1), (2, 1)),
+    scaling_precision="fp32",
+)
 
 
 def gpu_scaling(plan: dict) -> dict:
@@ -85,12 +91,6 @@ def gpu_scaling(plan: dict) -> dict:
     layouts = ((1, 1), (gpus, 1)) if gpus > 1 else ((1, 1),)
     return {**plan, "scaling_model": "xlmr-large-shape", "scaling_batch": 64 * max(gpus, 1), "scaling_steps": 5,
             "scaling_layouts": layouts, "scaling_precision": "bf16"}
-QUICK = dict(
-    memory_models=("tiny",), memory_batches=(8, 32), chunk=8, uncached_cap={"tiny": 8},
-    memory_repeats={"tiny": 1}, st_model="tiny", st_batch=16, st_repeats=2, max_len=64,
-    scaling_model="tiny", scaling_batch=8, scaling_steps=3, scaling_runs=1, scaling_layouts=((1, 1), (2, 1)),
-    scaling_precision="fp32",
-)
 
 
 # ---------------------------------------------------------------- data and models

@@ -54,7 +54,6 @@ class Cache:
     loss: Tensor
     loss_out: Any
     chunks: dict[str, list[Inputs]] = field(default_factory=dict)
-    order: dict[str, Tensor] = field(default_factory=dict)
     rng: dict[str, list[RandomState]] = field(default_factory=dict)
     rep_grads: dict[str, list[Tensor]] = field(default_factory=dict)
 
@@ -146,7 +145,7 @@ class GradCache:
         loss, loss_out, grads = self.build_cache(reps)
         rep_grads = {name: list(grads[name][order[name].to(grads[name].device)].split(self.chunk_size))
                      for name in chunks}
-        return Cache(loss, loss_out, chunks, order, rng, rep_grads)
+        return Cache(loss, loss_out, chunks, rng, rep_grads)
 
     def backward(self, cache: Cache) -> None:
         """Backpropagate the step's loss into the parameters (chunk by chunk when caching)."""

