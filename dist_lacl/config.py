@@ -166,7 +166,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            raise ConfigError(f"{path}: " + ("is a folder; expected a YAML config file" if path.is_dir()
+                                             else "config file not found"))
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
