@@ -48,7 +48,7 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     may repeat them ("auto" or equal values) but a different value is a ConfigError, never a silent pick.
     """
     t = cfg.train
-    path = Path(t.deepspeed_config)
+    path = find_deepspeed_config(t.deepspeed_config)
     if not path.is_file():
         raise ConfigError(f"train.deepspeed_config: {path} " + ("is a folder; expected a DeepSpeed JSON file"
                                                                  if path.is_dir() else "not found"))
@@ -84,6 +84,18 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     merged.setdefault("steps_per_print", 10**9)  # the trainer logs; DeepSpeed's own prints are noise
     merged.setdefault("wall_clock_breakdown", False)
     return merged
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_deepspeed_config(name: str) -> Path:
+    """`name` as given, else (a relative name such as the default `ds_configs/zero2_fp32_cpu.json`)
+    relative to the repository, so runs started from any directory find the shipped files."""
+    path = Path(name).expanduser()
+    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+        return REPO_ROOT / path
+    return path
 
 
 _RUN_FIELD = {"train_batch_size": "train.ir_batch_size", "train_micro_batch_size_per_gpu":

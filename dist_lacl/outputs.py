@@ -30,7 +30,7 @@ def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path
     _check_not_an_input(path, option, inputs)
     if path.exists() and not overwrite:
         raise UserError(f"{option} {path}: already exists; pass --overwrite to replace it, or choose a new name")
-    _check_parent(path, option)
+    check_parent_writable(path, option)
     return path
 
 
@@ -52,7 +52,7 @@ def check_output_dir(path: str | Path, option: str, marker: str, inputs: Iterabl
         if extra:
             raise UserError(f"{option} {path}: holds files this command did not write ({', '.join(extra[:3])}); "
                             "move them away or choose a new folder - nothing was changed")
-    _check_parent(path, option)
+    check_parent_writable(path, option)
     return path
 
 
@@ -101,7 +101,8 @@ def _check_not_an_input(path: Path, option: str, inputs: Iterable[str | Path | N
             raise UserError(f"{option} {path}: is (or contains) the input {given}; choose another output")
 
 
-def _check_parent(path: Path, option: str) -> None:
+def check_parent_writable(path: Path, option: str) -> None:
+    """The nearest existing folder above `path` must be a writable folder."""
     parent = path.resolve().parent
     while not parent.exists():
         parent = parent.parent

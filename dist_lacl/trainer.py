@@ -24,6 +24,7 @@ from .errors import ConfigError, NonFiniteError, ResumeRequested, UserError
 from .grad_cache import GradCache
 from .losses import LossTerms, lacl_loss
 from .model import build_model, max_tokens
+from .outputs import check_parent_writable
 from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class Trainer:
                              yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
             except UserError as e:
                 error = str(e)
+            except OSError as e:
+                error = f"train.output_dir: {self.run_dir}: cannot be written ({e.strerror})"
         error, token = dist.broadcast_object((error, token))
         if error:
             raise UserError(error)
@@ -354,6 +357,7 @@ def check_output_dir(run_dir: Path, cfg: RunConfig) -> None:
     """
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"train.output_dir: {run_dir} is a file; expected a directory")
+    check_parent_writable(run_dir, "train.output_dir")
     saved = run_dir / "config.yaml"
     if saved.is_file():
         if not has_complete_checkpoint(run_dir / "checkpoints"):
