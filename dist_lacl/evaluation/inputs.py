@@ -358,7 +358,8 @@ def _lang_field(record: dict, path, line_no: int) -> str | None:
 
 def _parse_number(text: str, kind: type, path, line_no: int, name: str):
     try:
-        value = kind(text)
+        # int() would also take " 1", "+1" and "1_0": a label is digits only
+        value = kind(text) if kind is not int or re.fullmatch(r"-?[0-9]+", text) else None
     except ValueError:
         value = None
     if value is None or not math.isfinite(value):
