@@ -33,7 +33,7 @@ def add_parsers(subparsers) -> None:
         "encode", help="encode queries or a corpus into embedding shards (one per rank; launch with torchrun)")
     encode.add_argument("--model", required=True,
                         help="exported model folder, transformers folder, or training run/checkpoint directory")
-    encode.add_argument("--input", required=True, help="queries (.jsonl or .tsv) or corpus (.jsonl)")
+    encode.add_argument("--input", required=True, help="queries (.jsonl or .tsv) or a corpus file or folder (docs/formats.md)")
     encode.add_argument("--kind", required=True, choices=("queries", "corpus"),
                         help="queries use the query tower, the corpus the passage tower")
     encode.add_argument("--output", required=True, help="directory for emb-<rank>-of-<world>.npy and ids-*.json")
