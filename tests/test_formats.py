@@ -60,6 +60,8 @@ def test_tevatron_legacy_gz_is_the_jsonl(tmp_path):
     path = jsonl(tmp_path / "train.jsonl.gz", tevatron(), gzip.open)
     assert resolve(path, "ir", ReadOptions()) == "tevatron"
     assert read(path, "ir") == expected_ir(tmp_path, tevatron())
+    misnamed = jsonl(tmp_path / "train.json", tevatron())  # jsonl named .json is not DPR's array
+    assert resolve(misnamed, "ir", ReadOptions()) == "tevatron"
 
 
 def test_tevatron_v2_queries_and_corpus(tmp_path):

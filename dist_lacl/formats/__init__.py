@@ -74,7 +74,7 @@ def _detect(path: Path, kind: str) -> str | None:
             return "msmarco" if io.find(path, "collection.tsv", "qrels.train.tsv", "queries.train.tsv") else None
         if name.startswith(("qrels.", "qidpidtriples.")) and name.endswith(".tsv"):
             return "msmarco"
-        if name.endswith(".json"):
+        if name.endswith(".json") and _starts_array(path):
             return "dpr"
         keys = _first_keys(path)
         return ("tevatron" if "positive_passages" in keys else "tevatron-v2" if "positive_document_ids" in keys
@@ -89,6 +89,14 @@ def _detect(path: Path, kind: str) -> str | None:
     if name.endswith(".txt"):
         return "text"
     return "jsonl" if "text" in _first_keys(path) else None
+
+
+def _starts_array(path: Path) -> bool:
+    """Whether the file's first non-blank character is '[' (a JSON array, not jsonl named .json)."""
+    if not path.is_file():
+        return False
+    with io.open_binary(path) as f:
+        return f.read(4096).decode("utf-8", "replace").lstrip("\ufeff \t\r\n")[:1] == "["
 
 
 def _first_keys(path: Path) -> set:
