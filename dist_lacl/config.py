@@ -42,11 +42,28 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_ir: str = ""
-    """English IR training data, Tevatron jsonl (query_id, query, positive_passages, negative_passages)."""
+    """English IR training data: Tevatron jsonl (query_id, query, positive_passages, negative_passages) or
+    another format of docs/formats.md (a file, or MS MARCO's directory)."""
+    train_ir_format: str = "auto"
+    """Format of train_ir: auto (detected), tevatron, tevatron-v2, flagembedding, msmarco or dpr."""
+    train_corpus: str | None = None
+    """Corpus that train_ir names passages from: Tevatron v2 corpus jsonl, MS MARCO collection.tsv
+    (default: corpus.jsonl / collection.tsv beside train_ir)."""
     parallel: str | None = None
-    """Parallel sentences jsonl (en, text, lang); required when loss.semantic_weight or language_weight > 0."""
+    """Parallel sentences jsonl (en, text, lang), TSV or an OPUS Moses pair; required when
+    loss.semantic_weight or language_weight > 0."""
+    parallel_format: str = "auto"
+    """Format of parallel: auto (detected), jsonl, tsv or moses."""
+    parallel_lang: str | None = None
+    """The non-English language of TSV/Moses parallel data (default: from the file name, X.de-en.tsv)."""
+    parallel_min_score: float | None = None
+    """Parallel TSV with a score column (WikiMatrix): pairs scoring below this are dropped."""
     monolingual: str | None = None
-    """Monolingual sentences jsonl (text, lang); required when loss.language_weight > 0."""
+    """Monolingual sentences jsonl (text, lang) or plain text; required when loss.language_weight > 0."""
+    monolingual_format: str = "auto"
+    """Format of monolingual: auto (detected), jsonl or text (one sentence per line, CC-100)."""
+    monolingual_lang: str | None = None
+    """Language of plain-text monolingual data (default: from the file name, de.txt.xz)."""
     train_group_size: int = 8
     """Passages per query: 1 positive + (train_group_size - 1) hard negatives."""
     query_max_len: int = 32
@@ -153,6 +170,9 @@ _CHOICES = {
     "model.aux_towers": ("query", "passage", "both"),
     "model.pooling": ("cls", "mean"),
     "data.bad_records": ("error", "skip"),
+    "data.train_ir_format": ("auto", "tevatron", "tevatron-v2", "flagembedding", "msmarco", "dpr"),
+    "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),
+    "data.monolingual_format": ("auto", "jsonl", "text"),
     "loss.language_variant": ("balanced", "squared"),
     "train.backend": ("deepspeed", "ddp"),
     "train.grad_reduction": ("coalesced", "per_chunk"),
@@ -283,7 +303,7 @@ def validate(cfg: RunConfig) -> None:
         (data.train_group_size >= 1, "data.train_group_size", "an integer >= 1"),
         (min(data.query_max_len, data.passage_max_len, data.sentence_max_len) >= 2,
          "data.*_max_len", "at least 2 tokens"),
-        (bool(data.train_ir), "data.train_ir", "a path to Tevatron jsonl training data"),
+        (bool(data.train_ir), "data.train_ir", "a path to IR training data (Tevatron jsonl, see docs/formats.md)"),
     ]
     if loss.semantic_weight > 0 or loss.language_weight > 0:
         checks.append((bool(data.parallel), "data.parallel",
