@@ -11,7 +11,6 @@ import pytest
 import torch
 from helpers_launch import run, torchrun
 from helpers_tiny import TEXTS
-
 from transformers import AutoModel
 
 from dist_lacl.cli import main
@@ -153,17 +152,24 @@ def test_choose_negatives_by_hand():
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (("--rank-range", "100-10"), "--rank-range: expected 1 <= FIRST <= LAST"),
+    (("--rank-range", "100-10"), "--rank-range: expected 1 <= FIRST <= LAST (ranks start at 1), got '100-10'"),
     (("--k", "10"), "--k: expected at least 20, the last rank of --rank-range 3-20, got 10"),
     (("--num-negatives", "0"), "--num-negatives: expected a positive integer, got 0"),
     (("--min-relevance", "2"), "4 queries have no positive passage in"),
 ])
-def test_bad_input_is_one_line_and_exit_2(extra, expected, mining_data, spread_model, tmp_path):
+def test_bad_input_is_an_error_and_exit_2(extra, expected, mining_data, spread_model, tmp_path, capsys):
     out = tmp_path / "mined.jsonl"
-    proc = run([sys.executable, "-m", "dist_lacl.cli",
-                *mine_args(mining_data, spread_model, out, tmp_path / "w", *extra)], expect_rc=2)
-    assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+    assert main(mine_args(mining_data, spread_model, out, tmp_path / "w", *extra)) == 2
+    assert expected in capsys.readouterr().err.strip().splitlines()[-1]
     assert not out.exists() and not (tmp_path / "w").exists()
+
+
+def test_bad_input_in_a_real_process_is_one_line(mining_data, spread_model, tmp_path):
+    proc = run([sys.executable, "-m", "dist_lacl.cli", *mine_args(mining_data, spread_model, tmp_path / "o.jsonl",
+                                                                  tmp_path / "w", "--rank-range", "100-10")],
+               expect_rc=2)
+    assert proc.stderr.strip().splitlines() == [
+        "dist-lacl mine: error: --rank-range: expected 1 <= FIRST <= LAST (ranks start at 1), got '100-10'"]
 
 
 def test_existing_output_and_foreign_work_dir_are_refused(first_run, mining_data, tiny_model_dir, capsys):
