@@ -31,8 +31,7 @@ from helpers_tiny import TEXTS, make_tiny_model, make_tiny_tokenizer  # noqa: E4
 
 from dist_lacl import mine  # noqa: E402
 from dist_lacl.cli import build_parser  # noqa: E402
-from dist_lacl.evaluation.encode import iter_shards, load_embeddings  # noqa: E402
-from dist_lacl.evaluation.index import IndexSpec, num_gpus, search  # noqa: E402
+from dist_lacl.evaluation.index import num_gpus  # noqa: E402
 from dist_lacl.evaluation.inputs import TextSet  # noqa: E402
 
 
@@ -55,7 +54,7 @@ def write_data(folder: Path, num_passages: int, num_queries: int, seed: int = 0)
 
 
 def run_pipeline(args, folder: Path, model_dir: Path, corpus_path: Path, train_path: Path) -> list[dict]:
-    """The steps of `mine.run_mine`, one process, each timed -> table rows."""
+    """The steps of `mine.run_mine` (its own functions, in its order), one process, each timed -> table rows."""
     out = folder / "mined.jsonl"
     margs = build_parser().parse_args([
         "mine", "--model", str(model_dir), "--corpus", str(corpus_path), "--train-ir", str(train_path),
@@ -75,21 +74,14 @@ def run_pipeline(args, folder: Path, model_dir: Path, corpus_path: Path, train_p
     queries = mine.read_training_set(str(train_path), None, None)
     corpus = timed("scan corpus (ids, offsets)", n, "passages", lambda: mine.CorpusFile(corpus_path))
     work = folder / "work"
-    mine.claim_work_dir(work, mine._fingerprint(margs, corpus.path))
-    step = args.chunk_passages
-    chunks = [(corpus.chunk(lo, min(lo + step, n)), work / "corpus" / f"chunk-{lo // step:05d}", "passage",
-               margs.passage_max_len) for lo in range(0, n, step)]
+    mine.claim_work_dir(work, mine.fingerprint(margs, corpus.path))
+    chunks = mine.corpus_chunks(corpus, work, margs)
     timed("encode corpus", n, "passages", lambda: mine.encode_all(margs, chunks))
     query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))
     timed("encode queries", len(queries), "queries",
           lambda: mine.encode_all(margs, [(query_set, work / "queries", "query", margs.query_max_len)]))
-
-    def do_search():
-        _, q_emb = load_embeddings(work / "queries")
-        parts = (emb for _, d, _, _ in chunks for _, emb in iter_shards(d))
-        return search(q_emb, parts, settings.k, IndexSpec(gpus=margs.gpus), margs.block_rows, margs.query_batch)[1]
-
-    found = timed(f"search top {settings.k} ({len(queries)} queries)", n, "passages", do_search)
+    found = timed(f"search top {settings.k} ({len(queries)} queries)", n, "passages",
+                  lambda: mine.search_top_k(work, chunks, query_set.ids, settings.k, margs))
     timed("choose and write negatives", len(queries), "queries",
           lambda: mine.write_mined(out, queries, found, corpus, settings))
     total = sum(r["seconds"] for r in rows)

@@ -242,7 +242,7 @@ def check_args(args) -> MineSettings:
 # --- the work directory --------------------------------------------------------------------------
 
 
-def _fingerprint(args, corpus: Path) -> dict:
+def fingerprint(args, corpus: Path) -> dict:
     """What the embeddings in the work directory depend on; a rerun with other values must not reuse them."""
     def file_key(path):
         if not path:
@@ -317,6 +317,23 @@ def encode_all(args, sets: list[tuple[TextSet, Path, str, int]]) -> int:
         encode_to_shards(model, tokenizer, records, out, tower, max_len, args.batch_size, dtype=dtype,
                          device=device, sort_by_length=True)
     return len(todo)
+
+
+def corpus_chunks(corpus: CorpusFile, work: Path, args) -> list[tuple[TextSet, Path, str, int]]:
+    """The corpus as chunks of `--chunk-passages` rows, each with its embedding directory, for `encode_all`."""
+    step = args.chunk_passages
+    return [(corpus.chunk(lo, min(lo + step, len(corpus))), work / "corpus" / f"chunk-{lo // step:05d}",
+             "passage", args.passage_max_len) for lo in range(0, len(corpus), step)]
+
+
+def search_top_k(work: Path, chunks: list, query_ids: list[str], k: int, args) -> np.ndarray:
+    """Corpus rows [Q, k] of each query's top k, best first (-1 past the corpus's end). One process: the
+    chunks' shards are memory-mapped and indexed block by block (`index.search`)."""
+    found_ids, q_emb = load_embeddings(work / "queries")
+    if found_ids != query_ids:
+        raise UserError(f"{work / 'queries'}: holds embeddings of other queries; remove it to encode them again")
+    parts = (emb for _, chunk_dir, _, _ in chunks for _, emb in iter_shards(chunk_dir))
+    return search(q_emb, parts, k, IndexSpec(gpus=args.gpus), args.block_rows, args.query_batch)[1]
 
 
 # --- choosing and writing negatives ----------------------------------------------------------------
@@ -442,19 +459,14 @@ def run_mine(args) -> None:
     queries = read_training_set(args.train_ir, args.queries, args.qrels, args.min_relevance, args.skip_unjudged)
     corpus = CorpusFile(args.corpus)
     work = Path(args.work_dir or f"{out}.work")
-    claim_work_dir(work, _fingerprint(args, corpus.path))
-    step = args.chunk_passages
-    chunks = [(corpus.chunk(lo, min(lo + step, len(corpus))), work / "corpus" / f"chunk-{lo // step:05d}",
-               "passage", args.passage_max_len) for lo in range(0, len(corpus), step)]
+    claim_work_dir(work, fingerprint(args, corpus.path))
+    chunks = corpus_chunks(corpus, work, args)
     query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))
     encode_all(args, chunks + [(query_set, work / "queries", "query", args.query_max_len)])
     log.info("rank %d: encoding done", dist.rank())
     if not dist.is_main():
         return  # searching and writing happen in one process
-    query_ids, q_emb = load_embeddings(work / "queries")
-    assert query_ids == query_set.ids
-    parts = (emb for _, chunk_dir, _, _ in chunks for _, emb in iter_shards(chunk_dir))
-    _, rows = search(q_emb, parts, settings.k, IndexSpec(gpus=args.gpus), args.block_rows, args.query_batch)
+    rows = search_top_k(work, chunks, query_set.ids, settings.k, args)
     stats = write_mined(out, queries, rows, corpus, settings)
     log.info("wrote %s: %d queries, %.1f negatives each from ranks %d-%d (%d with fewer than %d); "
              "%d of %d positives retrieved in the top %d", out, stats["queries"],
