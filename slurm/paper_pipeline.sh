@@ -9,7 +9,9 @@
 # Every stage is idempotent, so a cancelled, failed or requeued job started again goes on where it
 # stopped: mining reuses its finished corpus chunks and skips itself once its output exists, training
 # resumes from its newest checkpoint, export is skipped once the model folder exists, encoding keeps
-# finished shards, and a stage whose report exists is not run again.
+# finished shards, and a stage whose report exists is not run again. The time-limit signal (USR1, 300 s
+# before the end) makes training checkpoint and the job requeue itself; during another stage it ends
+# that stage's processes, and resubmitting the job goes on from what they had finished.
 #
 # Environment (#SBATCH lines are GPU-cluster defaults; override them on the sbatch command line):
 #   CONFIG               run config (default configs/paper_mbert_nq.yaml)
