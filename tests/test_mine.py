@@ -116,10 +116,13 @@ def test_negatives_come_from_the_rank_range_and_are_never_positives(first_run, m
 def test_rerun_resumes_finished_chunks_and_gives_the_same_file(first_run, mining_data, spread_model,
                                                                tmp_path):
     out, work = first_run
-    # An interrupted run: chunks 0 and 1 finished, chunk 2 and the queries not yet encoded.
+    # An interrupted run: chunks 0 and 1 finished, chunk 2 and the queries not.
     resumed_work = tmp_path / "work"
     shutil.copytree(work, resumed_work)
-    shutil.rmtree(resumed_work / "corpus" / "chunk-00002")
+    # Chunk 2 holds one shard of an interrupted run on 2 ranks, which cannot mix with this run's.
+    chunk2 = resumed_work / "corpus" / "chunk-00002"
+    for path in chunk2.iterdir():
+        path.rename(chunk2 / path.name.replace("0-of-1", "1-of-2"))
     shutil.rmtree(resumed_work / "queries")
     finished = sorted((resumed_work / "corpus").glob("chunk-0000[01]/*"))
     assert len(finished) == 4
@@ -127,7 +130,7 @@ def test_rerun_resumes_finished_chunks_and_gives_the_same_file(first_run, mining
     resumed_out = tmp_path / "mined.jsonl"
     assert main(mine_args(mining_data, spread_model, resumed_out, resumed_work)) == 0
     assert [p.stat().st_mtime_ns for p in finished] == mtimes
-    assert (resumed_work / "corpus" / "chunk-00002" / "ids-0-of-1.json").is_file()
+    assert sorted(p.name for p in chunk2.iterdir()) == ["emb-0-of-1.npy", "ids-0-of-1.json"]
     assert resumed_out.read_bytes() == out.read_bytes()
     # Another seed draws other negatives from the same embeddings, reusing every chunk.
     other = tmp_path / "seed8.jsonl"
