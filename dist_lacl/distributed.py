@@ -11,6 +11,7 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
 
 
@@ -78,18 +79,46 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_keep_local_grad(local: Tensor) -> Tensor:
-    """*Collective.* Concatenate every rank's `local` [n, ...] in rank order -> [world_size * n, ...].
+def gather_for_loss(local: Tensor, sharded: bool = False) -> Tensor:
+    """*Collective.* Concatenate every rank's `local` [n, ...] in rank order -> [world_size * n, ...],
+    with the backward the loss mode needs. Every rank must pass the same n.
 
-    Why the local gradient is complete: every rank computes the same loss over the same global batch,
-    so d(loss)/d(local rows), computed on this rank alone, is already the full derivative; other ranks'
-    copies of these rows need no gradient. The data-parallel engine then *averages* parameter gradients
-    over ranks, so the gradient is scaled by world_size here, once, to turn that mean back into the
-    gradient of the single global loss. Every rank must pass the same n.
+    Why the gradient of `local` is complete:
+    - replicated (`sharded` False): every rank computes the same loss over the same global batch, so
+      d(loss)/d(local rows), computed on this rank alone, is already the full derivative; other ranks'
+      copies of these rows need no gradient, and the backward keeps this rank's slice.
+    - sharded: rank r computes only its share l_r of the loss L = sum_r l_r (its own anchor rows
+      against all candidates). This rank's rows appear in every share (as candidates, and in its own as
+      anchors), so the backward sums the gradient of this slice over ranks (the differentiable
+      all-gather's reduce-scatter): sum_r dl_r/d(local rows) = dL/d(local rows).
+    Either way the local gradient is dL/d(local rows). The data-parallel engine then *averages*
+    parameter gradients over ranks, so the gradient is scaled by world_size here, once, to turn that
+    mean back into the gradient of the single global loss. Nothing else rescales.
     """
     if not is_initialized() or dist.get_world_size() == 1:
         return local
+    local = _ScaleGrad.apply(local, dist.get_world_size())  # the one world-size factor (see above)
+    if sharded:
+        return torch.cat(dist_nn.all_gather(local.contiguous()))
     return _GatherKeepLocalGrad.apply(local)
+
+
+def gather_keep_local_grad(local: Tensor) -> Tensor:
+    """*Collective.* The replicated mode's gather (see gather_for_loss)."""
+    return gather_for_loss(local, sharded=False)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by `factor`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: int) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
 
 
 class _GatherKeepLocalGrad(torch.autograd.Function):
@@ -97,13 +126,38 @@ class _GatherKeepLocalGrad(torch.autograd.Function):
     def forward(ctx, local: Tensor) -> Tensor:
         parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, local.contiguous())
-        ctx.n, ctx.rank, ctx.world_size = local.shape[0], dist.get_rank(), dist.get_world_size()
+        ctx.n, ctx.rank = local.shape[0], dist.get_rank()
         return torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         start = ctx.rank * ctx.n
-        return grad[start:start + ctx.n] * ctx.world_size
+        return grad[start:start + ctx.n]
+
+
+def sum_shares(shares: Tensor) -> Tensor:
+    """*Collective.* The sum over ranks of each rank's loss shares [k] (the global loss terms); backward
+    passes the gradient to this rank's shares unchanged.
+
+    Identity, not the sum's own backward (an all-reduce of every rank's 1): the global loss is one
+    objective, and the other ranks' shares already reach this rank's rows through gather_for_loss's
+    backward; counting them again here would multiply the gradient by the world size.
+    """
+    if not is_initialized() or dist.get_world_size() == 1:
+        return shares
+    return _SumKeepLocalGrad.apply(shares)
+
+
+class _SumKeepLocalGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, shares: Tensor) -> Tensor:
+        total = shares.detach().clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
 
 
 def all_reduce_max(value: float) -> float:
