@@ -11,7 +11,6 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 from torch import Tensor
 
 
@@ -89,8 +88,8 @@ def gather_for_loss(local: Tensor, sharded: bool = False) -> Tensor:
       copies of these rows need no gradient, and the backward keeps this rank's slice.
     - sharded: rank r computes only its share l_r of the loss L = sum_r l_r (its own anchor rows
       against all candidates). This rank's rows appear in every share (as candidates, and in its own as
-      anchors), so the backward sums the gradient of this slice over ranks (the differentiable
-      all-gather's reduce-scatter): sum_r dl_r/d(local rows) = dL/d(local rows).
+      anchors), so the backward sums the gradient of this slice over ranks (a reduce-scatter, the
+      all-gather's adjoint): sum_r dl_r/d(local rows) = dL/d(local rows).
     Either way the local gradient is dL/d(local rows). The data-parallel engine then *averages*
     parameter gradients over ranks, so the gradient is scaled by world_size here, once, to turn that
     mean back into the gradient of the single global loss. Nothing else rescales.
@@ -98,9 +97,7 @@ def gather_for_loss(local: Tensor, sharded: bool = False) -> Tensor:
     if not is_initialized() or dist.get_world_size() == 1:
         return local
     local = _ScaleGrad.apply(local, dist.get_world_size())  # the one world-size factor (see above)
-    if sharded:
-        return torch.cat(dist_nn.all_gather(local.contiguous()))
-    return _GatherKeepLocalGrad.apply(local)
+    return (_GatherSumGrad if sharded else _GatherKeepLocalGrad).apply(local)
 
 
 def gather_keep_local_grad(local: Tensor) -> Tensor:
@@ -121,18 +118,40 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
+def _all_gather(local: Tensor) -> Tensor:
+    """[n, ...] on every rank -> [world_size * n, ...] in rank order, written once into one tensor."""
+    out = local.new_empty((dist.get_world_size() * local.shape[0], *local.shape[1:]))
+    dist.all_gather_into_tensor(out, local.contiguous())
+    return out
+
+
 class _GatherKeepLocalGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: Tensor) -> Tensor:
-        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, local.contiguous())
         ctx.n, ctx.rank = local.shape[0], dist.get_rank()
-        return torch.cat(parts)
+        return _all_gather(local)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         start = ctx.rank * ctx.n
         return grad[start:start + ctx.n]
+
+
+class _GatherSumGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: Tensor) -> Tensor:
+        return _all_gather(local)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        world = dist.get_world_size()
+        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+        _reduce_scatter(out, grad.contiguous())  # out = sum over ranks of their grad[this rank's rows]
+        return out
+
+
+# torch >= 2.7 names it reduce_scatter_single (the old name warns); both work on gloo and nccl.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
 def sum_shares(shares: Tensor) -> Tensor:
