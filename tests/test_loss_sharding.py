@@ -151,3 +151,15 @@ def test_two_ranks_losses_and_zero2_trainer_step(tmp_path, tiny_model_no_dropout
     assert_same_grads(steps[str(shard)]["grads"], steps[str(rep)]["grads"], floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
     assert steps[str(shard)]["scalars"] == pytest.approx(steps[str(rep)]["scalars"], rel=1e-5)
     assert set(steps[str(shard)]["scalars"]) == {"loss/total", "loss/ir", "loss/semantic", "loss/language"}
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sharding", "shard", "loss.sharding: expected one of replicated, sharded, got 'shard'"),
+    ("block_rows", -1, "loss.block_rows: expected an integer >= 0"),
+])
+def test_bad_sharding_settings_name_the_field(field, value, message):
+    from dist_lacl.errors import ConfigError
+
+    raw = {"data": {"train_ir": "ir.jsonl", "parallel": "p.jsonl", "monolingual": "m.jsonl"}, "loss": {field: value}}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)
