@@ -92,16 +92,16 @@ def table(cases: list[dict]) -> str:
         rep = next(r for r in cases if r["batch"] == c["batch"] and r["sharding"] == "replicated"
                    and not r["block_rows"])
         rep_mib = rep.get("peak_mib")
-        rep_label = "" if rep_mib is not None else " (formula)"
+        rep_label = "" if rep_mib is not None else " (formula)"  # replicated not run: its formula value
         rep_mib = rep_mib if rep_mib is not None else rep["predicted_mib"]
         if "skipped" in c:
             lines.append(f"{c['batch']:>8}  {mode_name(c['sharding'], c['block_rows']):<26} {'-':>9} "
                          f"{c['predicted_mib']:>9.0f} {'-':>7}  {c['skipped']}")
             continue
-        ratio = c["peak_mib"] / (rep_mib / WORLD)
+        ratio = "-" if c is rep else f"{c['peak_mib'] / (rep_mib / WORLD):.2f}{rep_label}"
         t = f"{c['seconds'] / rep['seconds']:.2f}" if "seconds" in rep else "-"
         lines.append(f"{c['batch']:>8}  {mode_name(c['sharding'], c['block_rows']):<26} {c['peak_mib']:>9.0f} "
-                     f"{c['predicted_mib']:>9.0f} {c['seconds']:>7.1f}  {ratio:>11.2f}{rep_label:>4}  {t:>13}")
+                     f"{c['predicted_mib']:>9.0f} {c['seconds']:>7.1f}  {ratio:>15}  {t:>13}")
     lines.append(f"target: sharded peak per rank within {TARGET}x of replicated / {WORLD}")
     return "\n".join(lines)
 
