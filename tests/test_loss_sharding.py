@@ -119,9 +119,9 @@ def test_sharded_equals_replicated_equals_one_process(tmp_path, nproc):
     check_loss_cases(launch(tmp_path, nproc))
 
 
-def sharded_config(tmp_path, model_dir, data, name, loss=(), model=()):
+def sharded_config(tmp_path, model_dir, data, name, loss=(), model=(), **train):
     path, _ = write_config(tmp_path / name, model_dir, data, backend="deepspeed",
-                           deepspeed_config="ds_configs/zero2_fp32_cpu.json")
+                           deepspeed_config="ds_configs/zero2_fp32_cpu.json", **train)
     raw = yaml.safe_load(path.read_text())
     raw["loss"].update(loss)
     raw["model"].update(model)
@@ -132,18 +132,21 @@ def sharded_config(tmp_path, model_dir, data, name, loss=(), model=()):
 @pytest.mark.slow
 def test_two_ranks_losses_and_zero2_trainer_step(tmp_path, tiny_model_no_dropout, training_data):
     """The 2-rank loss cases, and Trainer steps under ZeRO-2 with the gradient cache: replicated,
-    sharded (with row blocks), sharded with separate towers, against plain PyTorch on one process."""
-    for name in ("rep", "shard", "shard-sep"):
+    sharded (with row blocks), sharded with separate towers, against plain PyTorch on one process; and
+    sharded without the cache (the reduce-scatter then runs inside the engine's backward)."""
+    for name in ("rep", "shard", "shard-sep", "shard-nocache"):
         (tmp_path / name).mkdir()
     rep, rep_cfg = sharded_config(tmp_path, tiny_model_no_dropout, training_data, "rep")
     shard, _ = sharded_config(tmp_path, tiny_model_no_dropout, training_data, "shard",
                               loss={"sharding": "sharded", "block_rows": 1})
     sep, sep_cfg = sharded_config(tmp_path, tiny_model_no_dropout, training_data, "shard-sep",
                                   loss={"sharding": "sharded"}, model={"shared_encoder": False})
-    result = launch(tmp_path, 2, rep, shard, sep)
+    nocache, _ = sharded_config(tmp_path, tiny_model_no_dropout, training_data, "shard-nocache",
+                                loss={"sharding": "sharded"}, chunk_size=0)
+    result = launch(tmp_path, 2, rep, shard, sep, nocache)
     check_loss_cases(result)
     steps = result["trainer"]
-    for config, cfg in ((rep, rep_cfg), (shard, rep_cfg), (sep, sep_cfg)):
+    for config, cfg in ((rep, rep_cfg), (shard, rep_cfg), (sep, sep_cfg), (nocache, rep_cfg)):
         loss, grads, _ = reference_step(cfg)
         assert steps[str(config)]["loss"] == pytest.approx(loss, rel=1e-5)
         assert_same_grads(steps[str(config)]["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
