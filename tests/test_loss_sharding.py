@@ -1,7 +1,7 @@
 """loss.sharding=sharded (each rank scores its own rows) == replicated == one process, exactly.
 
 One process: the shards' shares add up to the whole loss, and row blocks change nothing.
-Real gloo ranks (1, 2 and 4; one launch each): for every loss, shared and separate towers, blocked or
+World size 1 in this process; real gloo ranks (2 and 4; one launch each): for every loss, shared and separate towers, blocked or
 not, the sharded and replicated modes give the global loss on every rank and, for every rank's
 representations, world_size x the gradient of the one-process loss on the concatenated batch; on 2
 ranks also a real Trainer step (DeepSpeed ZeRO-2, gradient cache over several chunks): full parameter
@@ -113,10 +113,20 @@ def check_loss_cases(result):
                                            msg=lambda m, n=name, mo=mode, key=k: f"{n} {mo} {key}: {m}")
 
 
+def test_one_rank_sharded_equals_replicated():
+    """World size 1 (no process group, as a 1-rank gloo group: gather_for_loss and sum_shares are the
+    identity at world size 1), the worker's cases run in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loss_sharding_worker", WORKERS / "loss_sharding_worker.py")
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    check_loss_cases({"world_size": 1, "losses": worker.loss_cases()})
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [1, 4])
-def test_sharded_equals_replicated_equals_one_process(tmp_path, nproc):
-    check_loss_cases(launch(tmp_path, nproc))
+def test_four_ranks_sharded_equals_replicated_equals_one_process(tmp_path):
+    check_loss_cases(launch(tmp_path, 4))
 
 
 def sharded_config(tmp_path, model_dir, data, name, loss=(), model=(), **train):
