@@ -48,6 +48,7 @@ bench: venv debian
 	$(PY) bench/bench_grad_cache.py
 	$(PY) bench/bench_zero.py
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_loss.py
 
 replicate: venv debian
 	$(PY) bench/replicate.py

@@ -96,6 +96,11 @@ class LossConfig:
     """Average the e->f and f->e directions of the semantic loss (False: e->f only)."""
     language_variant: str = "balanced"
     """`balanced`: -0.5 log p - 0.5 log(1-p), p = softmax over (e_i, f_i); `squared`: (sim_e - sim_f)^2."""
+    sharding: str = "replicated"
+    """`replicated`: every rank scores the whole global batch; `sharded`: each rank scores only its own
+    anchor rows against every gathered candidate (score memory / world size; same loss and gradients)."""
+    block_rows: int = 0
+    """Score at most this many anchor rows at a time, recomputed in backward (exact); 0: all at once."""
 
 
 @dataclass
@@ -174,6 +179,7 @@ _CHOICES = {
     "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),
     "data.monolingual_format": ("auto", "jsonl", "text"),
     "loss.language_variant": ("balanced", "squared"),
+    "loss.sharding": ("replicated", "sharded"),
     "train.backend": ("deepspeed", "ddp"),
     "train.grad_reduction": ("coalesced", "per_chunk"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -277,6 +283,7 @@ def validate(cfg: RunConfig) -> None:
         (loss.temperature > 0, "loss.temperature", "a positive number"),
         (loss.semantic_weight >= 0, "loss.semantic_weight", "a number >= 0"),
         (loss.language_weight >= 0, "loss.language_weight", "a number >= 0"),
+        (loss.block_rows >= 0, "loss.block_rows", "an integer >= 0 (0: all rows at once)"),
         (t.lr > 0, "train.lr", "a positive number"),
         (t.weight_decay >= 0, "train.weight_decay", "a number >= 0"),
         (all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas", "two numbers in [0, 1)"),
@@ -341,13 +348,13 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
 
 
 # What a resumed run may change: schedule length, logging/saving cadence, chunking (gradient caching is
-# exact), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
+# exact), how the loss is split over ranks and blocks (exact too), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
 # model, the data order or the optimisation, and would silently produce a different run.
 RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
                      "train.chunk_size", "train.grad_reduction", "train.eval_every",
                      "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
-                     "data.cache_dir", "model.gradient_checkpointing"}
+                     "data.cache_dir", "model.gradient_checkpointing", "loss.sharding", "loss.block_rows"}
 
 
 def check_resume_compatible(previous: RunConfig, current: RunConfig, source: str) -> None:

@@ -68,9 +68,11 @@ def build_dual_encoder(model_path: str) -> DualEncoder:
     return DualEncoder(load_encoder(model_path), pooling="mean", normalize=True)
 
 
-def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool = True) -> GradCache:
+def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool = True,
+                     block_rows: int = 0) -> GradCache:
     return GradCache(encode=lambda name, inputs: model(**inputs, tower=name),
-                     loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE), None),
+                     loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE,
+                                                   block_rows=block_rows), None),
                      backward=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length)
 
 
@@ -197,8 +199,10 @@ def measure_memory(args) -> dict:
     tokenize_peak = peak_rss_mib() - before
     model = build_dual_encoder(args.model).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=2e-5)
-    grad_cache = build_grad_cache(model, args.chunk)
-    train_step(grad_cache, optimizer, slice_batch(batch, min(8, args.batch)))
+    grad_cache = build_grad_cache(model, args.chunk, block_rows=args.block_rows)
+    # The warm-up runs the loss in several blocks where blocked (checkpointing's first call is not the step's).
+    warm_up = build_grad_cache(model, args.chunk, block_rows=min(args.block_rows, 2))
+    train_step(warm_up, optimizer, slice_batch(batch, min(8, args.batch)))
     release_free_heap()
     phases = PhasePeaks(grad_cache, optimizer)
     with RssSampler() as rss, phases:
@@ -399,6 +403,7 @@ def main():
     parser.add_argument("--batch", type=int, required=True, help="queries per step")
     parser.add_argument("--chunk", type=int, required=True, help="sequences per chunk; 0 = no caching")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--block-rows", type=int, default=0, help="memory: the IR loss's loss.block_rows")
     parser.add_argument("--repeats", type=int, default=5, help="st: timed rounds")
     parser.add_argument("--max-len", type=int, default=PASSAGE_MAX_LEN, help="st: one max length for all texts")
     args = parser.parse_args()
