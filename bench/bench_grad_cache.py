@@ -584,10 +584,13 @@ def main() -> int:
     parser.add_argument("--gpu-peak-tflops", type=float, default=989.0,
                         help="per-GPU peak for MFU (default: H100 SXM dense bf16)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--st-batch", type=int, help="table 2-3: triples per step (default: the plan's)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="run only these; the others' results are kept from --out")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.st_batch:
+        plan = {**plan, "st_batch": args.st_batch}
     if torch.cuda.is_available() and not args.quick:
         plan = gpu_scaling(plan)
     started = time.time()
