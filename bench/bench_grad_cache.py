@@ -451,10 +451,10 @@ def st_profile_lines(r: dict) -> list[str]:
         rows = [p for p in r["phases"] if p["side"] == side]
         fwd, loss = median([p["forward_no_grad"] for p in rows]), median([p["build_cache"] for p in rows])
         step = median([p["step_s"] for p in rows])
-        refwd = median([p.get("reforward", p.get("forward_backward", 0.0)) for p in rows])
+        refwd = f"{median([p['reforward'] for p in rows]):.2f}" if "reforward" in rows[0] else "-"
         inputs = r["tokenize_s"][tokenize]
         lines.append(f"  {ST_SIDES[side]:22} {inputs:>7.2f} {fwd:>11.2f} {loss:>10.3f} {step - fwd - loss:>10.2f} "
-                     f"{refwd:>9.2f} {0.0:>5.1f} {opt:>6.2f} {inputs + step + opt:>7.2f}")
+                     f"{refwd:>9} {0.0:>5.1f} {opt:>6.2f} {inputs + step + opt:>7.2f}")
     ours, real = w["dist_lacl_tokens_per_forward"], w["non_padding_tokens"]
     lines.append(f"  encoder token positions per pass (padding included, after per-chunk trimming): dist-lacl "
                  f"{ours} (chunks cut after sorting by length), unsorted {w['dist_lacl_unsorted_tokens_per_forward']}, "
