@@ -99,3 +99,34 @@ def test_dropout_replays_exactly_on_cuda_through_sdpa(tiny_model_dir):
     assert again.requires_grad and torch.equal(first, again.detach())
     with same_attention_kernel():
         assert not torch.equal(first, model(ids, mask).detach())  # dropout was on
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cached_equals_uncached_with_dropout_on_cuda(tiny_model_dir, training_data, tmp_path):
+    """tests/test_grad_cache.py's equivalence on the GPU: same loss, same gradients, dropout on."""
+    from test_grad_cache import assert_same_grads, grads, make_step
+
+    from dist_lacl.grad_cache import GradCache
+    from dist_lacl.trainer import RepsTap, make_loss_fn, tower_of
+
+    cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path)
+    model.cuda()
+    jobs = {job: {k: v.cuda() for k, v in x.items()} for job, x in jobs.items()}
+    gc = GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)), loss_fn=make_loss_fn(cfg, RepsTap()),
+                   backward=lambda loss: loss.backward(), chunk_size=2)
+    torch.manual_seed(123)
+    cache = gc.compute_loss(jobs)
+    gc.backward(cache)
+    cached = grads(model)
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(123)
+    reps = {}
+    with same_attention_kernel():
+        for job, x in jobs.items():
+            parts, order = gc.split(x)
+            reps[job] = torch.cat([model(**c, tower=tower_of(job)) for c in parts])[order.argsort().cuda()]
+    loss, _ = make_loss_fn(cfg, RepsTap())(reps)
+    loss.backward()
+    assert cache.loss.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert_same_grads(cached, grads(model), rtol=1e-4)
