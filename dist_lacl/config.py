@@ -122,7 +122,10 @@ class TrainConfig:
     monolingual_batch_size: int = 32
     """Monolingual sentences per step across all ranks."""
     chunk_size: int = 8
-    """Gradient-cache chunk, in sequences per forward; 0 disables gradient caching."""
+    """Gradient-cache chunk, in sequences per forward; 0 disables gradient caching (unless chunk_tokens)."""
+    chunk_tokens: int = 0
+    """Gradient-cache chunk as a token budget instead (rows x longest row, after sorting by length): big
+    chunks of short sentences, small ones of long passages; needs train.chunk_size 0. 0: off."""
     grad_reduction: str = "coalesced"
     """ZeRO-2 with several chunks: `coalesced` keeps full gradients locally and reduces once per step
     (memory of ZeRO-1 gradients, one reduce-scatter); `per_chunk` reduce-scatters after every chunk
@@ -299,6 +302,12 @@ def validate(cfg: RunConfig) -> None:
         (t.chunk_size >= 0, "train.chunk_size", "an integer >= 0 (0 disables gradient caching)"),
         (t.chunk_size <= max(t.ir_batch_size * data.train_group_size, 1), "train.chunk_size",
          f"at most the largest per-step batch ({t.ir_batch_size * data.train_group_size} passages)"),
+        (t.chunk_tokens >= 0, "train.chunk_tokens", "an integer >= 0 (0: chunks of train.chunk_size rows)"),
+        (not (t.chunk_tokens and t.chunk_size), "train.chunk_tokens",
+         "train.chunk_size 0 with it (a token budget replaces chunks of train.chunk_size rows)"),
+        (not t.chunk_tokens or t.chunk_tokens >= max(data.query_max_len, data.passage_max_len,
+                                                     data.sentence_max_len), "train.chunk_tokens",
+         "at least the longest max length (data.*_max_len), so every row fits in a chunk"),
         (t.log_every > 0, "train.log_every", "a positive integer"),
         (t.eval_every >= 0, "train.eval_every", "an integer >= 0"),
         (t.eval_every == 0 or all((data.dev_queries, data.dev_corpus, data.dev_qrels)), "data.dev_*",
@@ -351,7 +360,7 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
 # exact), how the loss is split over ranks and blocks (exact too), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
 # model, the data order or the optimisation, and would silently produce a different run.
 RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
-                     "train.chunk_size", "train.grad_reduction", "train.eval_every",
+                     "train.chunk_size", "train.chunk_tokens", "train.grad_reduction", "train.eval_every",
                      "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
                      "data.cache_dir", "model.gradient_checkpointing", "loss.sharding", "loss.block_rows"}

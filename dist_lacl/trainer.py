@@ -169,7 +169,7 @@ class Trainer:
         self.grad_cache = GradCache(
             encode=lambda job, inputs: self.engine.encode(inputs, tower_of(job)),
             loss_fn=make_loss_fn(cfg, self.tap), backward=self.engine.backward,
-            chunk_size=t.chunk_size, chunk_context=self.engine.chunk_context,
+            chunk_size=t.chunk_size, chunk_tokens=t.chunk_tokens, chunk_context=self.engine.chunk_context,
             backward_context=self.engine.backward_context)
         self.writer = None
 
