@@ -147,11 +147,15 @@ class CacheEntry:
             procs = min(num_proc, len(parts))
             log.info("%s: building the Arrow cache in %s (%d parts, %d processes)", self.source, self.dir,
                      len(parts), procs)
-            results = []
+            results, last_log = [], time.perf_counter()
             jobs = [(str(self.source), part, self.kind, self.bad_records, str(tmp), features, read) for part in parts]
             for result in _run(jobs, procs):
                 results.append(result)
                 _write_json(self.lock / "progress.json", {"parts_done": len(results), "parts": len(parts)})
+                if time.perf_counter() - last_log > _progress_s():
+                    last_log = time.perf_counter()
+                    log.info("%s: %d of %d parts cached (%d records, %.0f s)", self.source, len(results),
+                             len(parts), sum(r["num_rows"] for r in results), last_log - start)
             manifest = self._manifest(results)
             delay = float(os.environ.get("DIST_LACL_TEST_CACHE_DELAY_S", 0))
             if delay:  # tests: a build slower than the collective timeout, without a huge file
@@ -194,9 +198,11 @@ class CacheEntry:
 
     # -- the other ranks ---------------------------------------------------------------------
 
-    def wait(self, nonce: str, stale_s: float, progress_s: float = 30.0) -> None:
+    def wait(self, nonce: str, stale_s: float, progress_s: float | None = None) -> None:
         """Poll until the cache is complete (no collective, so no timeout); log progress every
-        progress_s; raise if this run's builder failed or stopped beating."""
+        progress_s (default $DIST_LACL_CACHE_PROGRESS_S or 30); raise if this run's builder failed or
+        stopped beating."""
+        progress_s = progress_s or _progress_s()
         start, last_log, missing_since = time.time(), time.time(), None
         marker = self.failure_marker(nonce)
         while not self.ready():
@@ -219,7 +225,8 @@ class CacheEntry:
                     "system that all ranks share)")
             if now - last_log >= progress_s:
                 last_log = now
-                log.info("waiting for the data cache of %s: %.0f s, %s", self.source, now - start, self._progress())
+                # A warning: the waiting ranks log nothing below that, and a silent wait looks hung.
+                log.warning("waiting for the data cache of %s: %.0f s, %s", self.source, now - start, self._progress())
             time.sleep(0.2)
 
     def _progress(self) -> str:
@@ -248,6 +255,10 @@ class Heartbeat:
     def stop(self):
         self.done.set()
         self.thread.join()
+
+
+def _progress_s() -> float:
+    return float(os.environ.get("DIST_LACL_CACHE_PROGRESS_S", 30))
 
 
 def plan_parts(path: Path, size: int, num_proc: int) -> list[Part]:
