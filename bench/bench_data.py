@@ -6,7 +6,8 @@ parallel file of that many pairs (~80 bytes a line):
   1. its cache built in this process with 1 and with N (= CPUs) processes: records/s;
   2. a real training run on `--ranks` gloo ranks (tiny model, DDP) whose caches start empty: time from
      launch to the end of step 1 and peak RSS per rank; then the same run again on the same files
-     (the caches are reused): its time to the first step.
+     (the caches are reused): its time to the first step. Both also report the time spent in
+     Trainer.load_data (building or opening the caches), which process start-up does not blur.
 Then a prefetch case, 1 rank: long passages (~300 words, truncated to 128 tokens), 16 queries x 8 passages
 a step, the 2-layer hidden-32 encoder, so tokenisation is a visible share of a step; the share of step
 time spent in TrainBatches.next() with data.prefetch=0 and 1. Writes bench/results/data.json.
@@ -56,9 +57,9 @@ def build_rate(path: Path, root: Path, num_proc: int) -> float:
     return entry.manifest()["num_rows"] / (time.perf_counter() - start)
 
 
-def write_config(work: Path, name: str, model: Path, data: dict, **extra) -> Path:
+def write_config(work: Path, name: str, model: Path, files: dict, **extra) -> Path:
     raw = {"model": {"name_or_path": str(model), "pooling": "mean"},
-           "data": {**data, "train_group_size": 2, **extra.pop("data", {})},
+           "data": {**files, "train_group_size": 2, **extra.pop("data", {})},
            "loss": extra.pop("loss", {}),
            "train": {"backend": "ddp", "ir_batch_size": 8, "parallel_batch_size": 8, "monolingual_batch_size": 8,
                      "chunk_size": 0, "max_steps": 100, "lr": 1e-3, "warmup_steps": 0, "num_threads": 1,
@@ -86,6 +87,8 @@ def size_case(work: Path, model: Path, small: dict, n: int, ranks: int) -> dict:
     again = launch(config, 2, ranks, cache)
     row.update(first_step_s=round(max(r["first_step_s"] for r in first), 1),
                reused_first_step_s=round(max(r["first_step_s"] for r in again), 1),
+               data_load_s=round(max(r["data_load_s"] for r in first), 2),
+               reused_data_load_s=round(max(r["data_load_s"] for r in again), 2),
                peak_rss_gib_per_rank=[round(r["peak_rss_gib"], 2) for r in first])
     path.unlink()
     return row
@@ -97,10 +100,10 @@ def prefetch_case(work: Path, model: Path, small: dict) -> dict:
                                         for p in r["positive_passages"]],
              "negative_passages": [{**p, "text": " ".join(rng.choice(WORDS) for _ in range(300))}
                                    for p in r["negative_passages"]]} for r in ir_records(256, num_negatives=7)]
-    data = {"train_ir": str(write_jsonl(work / "long.jsonl", long))}
+    files = {"train_ir": str(write_jsonl(work / "long.jsonl", long))}
     out = {}
     for depth in (0, 1):
-        config = write_config(work, f"prefetch-{depth}", model, data,
+        config = write_config(work, f"prefetch-{depth}", model, files,
                               data={"train_group_size": 8, "passage_max_len": 128, "prefetch": depth},
                               loss={"semantic_weight": 0.0, "language_weight": 0.0}, ir_batch_size=16)
         (result,) = launch(config, 12, 1, work / "cache-prefetch")
@@ -133,11 +136,11 @@ def main():
 
 def print_table(results: dict) -> None:
     print(f"{'pairs':>10} {'MiB':>7} {'build rec/s 1 proc':>19} {'N procs':>15} {'1st step s':>11} "
-          f"{'reused 1st step s':>18} {'peak RSS GiB/rank':>18}")
+          f"{'reused':>7} {'data load s':>12} {'reused':>7} {'peak RSS GiB/rank':>18}")
     for r in results["sizes"]:
         print(f"{r['pairs']:>10} {r['file_mib']:>7} {r['build_rps_1']:>19} {r['build_rps_n']:>9} ({r['procs']}) "
-              f"{r['first_step_s']:>11} {r['reused_first_step_s']:>18} "
-              f"{' '.join(map(str, r['peak_rss_gib_per_rank'])):>18}")
+              f"{r['first_step_s']:>11} {r['reused_first_step_s']:>7} {r.get('data_load_s', '-'):>12} "
+              f"{r.get('reused_data_load_s', '-'):>7} {' '.join(map(str, r['peak_rss_gib_per_rank'])):>18}")
     p = results["prefetch"]
     print(f"\ninput wait share of step time (long passages, tiny encoder, 1 rank): prefetch off "
           f"{p['prefetch_0']['input_wait_share']:.1%} (step {p['prefetch_0']['step_s']} s), on "

@@ -103,3 +103,15 @@ def test_a_dead_rank_among_four_ends_them_all_within_the_timeout(tmp_path, tiny_
         for p in ranks:
             if p.poll() is None:
                 p.kill()
+
+
+def test_prefetch_keeps_the_loss_curve(tmp_path, tiny_model_dir, training_data):
+    """2 ranks, dropout on, 5 steps (an IR epoch is 8): the same losses, bit for bit, with the inputs
+    built in the training loop and two steps ahead by the prefetching thread."""
+    config, _ = equiv.write_config(tmp_path, tiny_model_dir, training_data, backend="ddp")
+    curves = []
+    for depth in (0, 2):
+        proc = torchrun(WORKERS / "train_steps.py", config, 5, f"data.prefetch={depth}",
+                        f"train.output_dir={tmp_path / f'run{depth}'}", timeout=600)
+        curves.append([r["losses"] for r in rank_results(proc.stdout)])
+    assert curves[0] == curves[1] and len(curves[0][0]) == 5
