@@ -66,7 +66,7 @@ class DataConfig:
     cache_dir: str | None = None
     """Root of the Arrow caches (one per input file, shared by runs); default $DIST_LACL_CACHE or ~/.cache/dist_lacl."""
     cache_build_procs: int = 0
-    """Processes that build a file's cache (it is cut at newlines); 0 = one per CPU, 1 = in rank 0 itself."""
+    """Processes that build a file's cache (cut at newlines); 0 = one per CPU (at most 16), 1 = rank 0 alone."""
     prefetch: int = 1
     """Steps whose inputs a background thread reads and tokenises ahead of training; 0 = in the loop."""
 

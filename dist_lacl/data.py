@@ -169,7 +169,7 @@ def load_dataset(path: str | Path, kind: str, cache_dir: str | Path | None = Non
     """*Collective.* The validated, memory-mapped Arrow dataset of a jsonl file.
 
     Rank 0 builds the cache once per file (see data_cache: keyed by the file, shared by runs, built by
-    num_proc processes; 0 = one per CPU) while the other ranks poll the file system for it, which no
+    num_proc processes; 0 = one per CPU, at most 16) while the other ranks poll the file system for it, which no
     collective timeout limits; all meet in a barrier once it is complete. If rank 0's build fails,
     every rank raises its message; if rank 0 stops beating for stale_s, the others raise too.
     """
@@ -179,7 +179,8 @@ def load_dataset(path: str | Path, kind: str, cache_dir: str | Path | None = Non
     entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records)
     nonce = dist.broadcast_object(uuid.uuid4().hex if dist.is_main() else None)
     if dist.is_main():
-        entry.build(_features(kind), read_records, num_proc or os.cpu_count() or 1, nonce, stale_s)
+        # Auto: one process per CPU, at most 16 (each imports torch and datasets: ~0.3 GB apiece).
+        entry.build(_features(kind), read_records, num_proc or min(os.cpu_count() or 1, 16), nonce, stale_s)
     else:
         entry.wait(nonce, stale_s)
     dist.barrier()
