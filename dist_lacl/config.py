@@ -81,7 +81,11 @@ class DataConfig:
     bad_records: str = "error"
     """Policy for malformed records: `error` stops with file/line/field, `skip` drops and counts them."""
     cache_dir: str | None = None
-    """Where `datasets` keeps its Arrow cache; defaults to <output_dir>/cache."""
+    """Root of the Arrow caches (one per input file, shared by runs); default $DIST_LACL_CACHE or ~/.cache/dist_lacl."""
+    cache_build_procs: int = 0
+    """Processes that build a file's cache (cut at newlines); 0 = one per CPU (at most 16), 1 = rank 0 alone."""
+    prefetch: int = 1
+    """Steps whose inputs a background thread reads and tokenises ahead of training; 0 = in the loop."""
 
 
 @dataclass
@@ -317,6 +321,8 @@ def validate(cfg: RunConfig) -> None:
         (t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "an integer >= 1"),
         (t.dist_timeout_s > 0, "train.dist_timeout_s", "a positive integer"),
         (data.train_group_size >= 1, "data.train_group_size", "an integer >= 1"),
+        (data.cache_build_procs >= 0, "data.cache_build_procs", "an integer >= 0 (0 = one per CPU)"),
+        (0 <= data.prefetch <= 8, "data.prefetch", "an integer from 0 (off) to 8 steps"),
         (min(data.query_max_len, data.passage_max_len, data.sentence_max_len) >= 2,
          "data.*_max_len", "at least 2 tokens"),
         (bool(data.train_ir), "data.train_ir", "a path to IR training data (Tevatron jsonl, see docs/formats.md)"),
@@ -363,7 +369,8 @@ RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "
                      "train.chunk_size", "train.chunk_tokens", "train.grad_reduction", "train.eval_every",
                      "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
-                     "data.cache_dir", "model.gradient_checkpointing", "loss.sharding", "loss.block_rows"}
+                     "data.cache_dir", "data.cache_build_procs", "data.prefetch", "model.gradient_checkpointing",
+                     "loss.sharding", "loss.block_rows"}
 
 
 def check_resume_compatible(previous: RunConfig, current: RunConfig, source: str) -> None:

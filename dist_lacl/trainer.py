@@ -178,8 +178,7 @@ class Trainer:
     def load_data(self):
         """*Collective.* The validated training streams and, with train.eval_every, the dev set."""
         cfg, d = self.cfg, self.cfg.data
-        cache_dir = self.run_dir / "cache" if d.cache_dir is None else Path(d.cache_dir)
-        data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), cache_dir)
+        data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), d.cache_dir)
         dev = None
         if cfg.train.eval_every:
             from .evaluation.evaluate import load_dev_set
