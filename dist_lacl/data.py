@@ -137,9 +137,11 @@ class BatchStream:
 
     ORDER = "keyed-feistel-1"  # the permutation's name, kept in checkpoints
 
-    def __init__(self, num_examples: int, global_batch_size: int, seed: int, rank: int, world_size: int):
+    def __init__(self, num_examples: int, global_batch_size: int, seed: int, rank: int, world_size: int,
+                 source: str = "the data", batch_key: str = "the global batch size"):
         if num_examples < global_batch_size:
-            raise UserError(f"only {num_examples} examples for a global batch of {global_batch_size}")
+            raise UserError(f"{source}: only {num_examples} examples for {batch_key}={global_batch_size}; "
+                            f"lower {batch_key} or add data")
         self.num_examples, self.global_batch_size = num_examples, global_batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.position = StreamPosition()
@@ -276,16 +278,20 @@ class TrainBatches:
         self.ir = load(d.train_ir, "ir", options=formats.options_for(d, "ir"))
         if d.train_group_size > 1:
             check_has_negatives(self.ir, d.train_ir, d.train_group_size)
-        self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size)}
+        self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size,
+                                          f"data.train_ir ({d.train_ir})", "train.ir_batch_size")}
         self.parallel = self.monolingual = None
         if cfg.loss.semantic_weight > 0 or cfg.loss.language_weight > 0:
             self.parallel = load(d.parallel, "parallel", options=formats.options_for(d, "parallel"))
             self.streams["parallel"] = BatchStream(len(self.parallel), t.parallel_batch_size, t.seed + 1,
-                                                   rank, world_size)
+                                                   rank, world_size, f"data.parallel ({d.parallel})",
+                                                   "train.parallel_batch_size")
         if cfg.loss.language_weight > 0:
             self.monolingual = load(d.monolingual, "monolingual", options=formats.options_for(d, "monolingual"))
             self.streams["monolingual"] = BatchStream(len(self.monolingual), t.monolingual_batch_size,
-                                                      t.seed + 2, rank, world_size)
+                                                      t.seed + 2, rank, world_size,
+                                                      f"data.monolingual ({d.monolingual})",
+                                                      "train.monolingual_batch_size")
         self.depth = d.prefetch
         # Its own tokenizer: a fast tokenizer's padding/truncation settings are mutable state, which the
         # training loop's own use (evaluation) must not share with the thread.
