@@ -520,7 +520,7 @@ def test_breadth_options_resolve():
     args = make_parser().parse_args(["data", "all", "-o", "x", "--breadth", "--monolingual-langs", "de"])
     cli._resolve_breadth(args)
     assert (args.parallel_langs, args.monolingual_langs, args.min_pairs, args.debian_reference) == ("", "de", 2000, True)
-    assert len(cli.BREADTH_MONOLINGUAL_LANGS.split(",")) == 25
+    assert len(cli.BREADTH_MONOLINGUAL_LANGS.split(",")) == 27
     assert cli.data_packages("de", "en", "de,pt-br")[-3:] == [
         "debian-reference-en", "debian-reference-de", "debian-reference-pt-br"]
 

@@ -27,9 +27,10 @@ MANPAGES_PACKAGES = {lang: f"manpages-{lang}" for lang in
                      "cs da de el es fi fr hu id it ja mk nb nl pl pt-br ro ru sr sv tr uk vi".split()}
 MANPAGES_PACKAGES |= {"zh-cn": "manpages-zh", "zh-tw": "manpages-zh"}
 
-# `data all --breadth`: every language with a translated manpages-* package, gettext languages with at
-# least this many unique pairs (Django's catalogs included), and the Debian Reference as a second domain.
-BREADTH_MONOLINGUAL_LANGS = ",".join(sorted(MANPAGES_PACKAGES))
+# `data all --breadth`: every language with a translated manpages-* package (and ko, pt, which the
+# evaluation sets need), gettext languages with at least this many unique pairs (Django's catalogs
+# included), and the Debian Reference as a second domain.
+BREADTH_MONOLINGUAL_LANGS = ",".join(sorted(set(MANPAGES_PACKAGES) | {"ko", "pt"}))  # ko, pt: other packages
 BREADTH_MIN_PAIRS = 2000
 REFERENCE_LANGS = ",".join(debian_reference.LANGS)
 
