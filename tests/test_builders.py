@@ -587,5 +587,5 @@ def test_cli_debian_reference_writes_a_manifest(reference_root, tmp_path):
 
 def test_real_debian_reference(tmp_path):
     root = installed(debian_reference.DEFAULT_ROOT + "/ch01.de.html").parent
-    counts = debian_reference.build_debian_reference(tmp_path, root, langs="de,ja")
-    assert counts["en"] >= 300 and counts["de"] >= 300 and counts["ja"] >= 300
+    counts = debian_reference.build_debian_reference(tmp_path, root, langs="de")
+    assert counts["en"] >= 300 and counts["de"] >= 300
