@@ -531,17 +531,17 @@ def reference_root(tmp_path) -> Path:
     root = tmp_path / "debian-reference"
     root.mkdir()
     pages = {
-        "apa.en": [("maze", "A.1. The Debian maze", "<p>Debian is a maze.</p>", 2)],
+        "apa.en": [("the maze", "A.1. The Debian maze", "<p>Debian is a maze.</p>", 2)],  # a space in the id
         "ch01.en": [("cfg", "1.1. Package configuration", "<p>Configure packages with debconf.</p>", 2),
                     ("basics1", "1.1.1. Basics", "<p>First basics text.</p>", 3),
                     ("archive", "1.2. Archive basics", "<p>The archive holds every package of the release.</p>", 2),
                     ("basics2", "1.2.1. Basics", "<p>Second basics text.</p>", 3)],  # a repeated title: no query
-        "apa.de": [("maze", "A.1. Das Debian-Labyrinth", "<p>Debian ist ein Labyrinth.</p>", 2)],
+        "apa.de": [("the maze", "A.1. Das Debian-Labyrinth", "<p>Debian ist ein Labyrinth.</p>", 2)],
         "ch01.de": [("cfg", "1.1. Paketkonfiguration", "<p>Pakete mit debconf konfigurieren.</p>", 2),
                     ("basics1", "1.1.1. Grundlagen", "<p>Erste Grundlagen.</p>", 3),
                     ("archive", "1.2. Grundlagen des Archivs", "<p>The archive holds every package of the release.</p>", 2),
                     ("basics2", "1.2.1. Grundlagen", "<p>Zweite Grundlagen.</p>", 3)],
-        "apa.ja": [("maze", "A.1. Debian の迷路", "<p>Debian は迷路です。</p>", 2)],
+        "apa.ja": [("the maze", "A.1. Debian の迷路", "<p>Debian は迷路です。</p>", 2)],
         "ch01.ja": [("cfg", "1.1. パッケージ設定", "<p>debconf でパッケージを設定します。</p>", 2),
                     ("archive", "1.2. Archive basics", "<p>アーカイブ。</p>", 2)],  # title left in English
     }
@@ -555,17 +555,17 @@ def test_debian_reference_sets(reference_root, tmp_path):
     counts = debian_reference.build_debian_reference(out, reference_root, langs="de,ja", min_chars=5)
     assert counts == {"en": 3, "de": 3, "ja": 2}
     assert [(d["docid"], d["text"]) for d in read_jsonl(out / "to_english/corpus.jsonl")] == [
-        ("maze", "Debian is a maze."), ("cfg", "Configure packages with debconf."),
+        ("the_maze", "Debian is a maze."), ("cfg", "Configure packages with debconf."),
         ("basics1", "First basics text."), ("archive", "The archive holds every package of the release."),
         ("basics2", "Second basics text.")]
     assert [(q["query_id"], q["query"]) for q in read_jsonl(out / "to_english/queries.jsonl")] == [
-        ("en-maze", "The Debian maze"), ("en-cfg", "Package configuration"), ("en-archive", "Archive basics"),
-        ("de-maze", "Das Debian-Labyrinth"), ("de-cfg", "Paketkonfiguration"), ("de-archive", "Grundlagen des Archivs"),
-        ("ja-maze", "Debian の迷路"), ("ja-cfg", "パッケージ設定")]
-    assert (out / "to_english/qrels.txt").read_text().splitlines()[3] == "de-maze 0 maze 1"
+        ("en-the_maze", "The Debian maze"), ("en-cfg", "Package configuration"), ("en-archive", "Archive basics"),
+        ("de-the_maze", "Das Debian-Labyrinth"), ("de-cfg", "Paketkonfiguration"),
+        ("de-archive", "Grundlagen des Archivs"), ("ja-the_maze", "Debian の迷路"), ("ja-cfg", "パッケージ設定")]
+    assert (out / "to_english/qrels.txt").read_text().splitlines()[3] == "de-the_maze 0 the_maze 1"
     # de's "archive" text was left in English: not a same-language query.
-    assert (out / "same_language/de/qrels.txt").read_text().splitlines() == ["de-maze 0 maze 1", "de-cfg 0 cfg 1"]
-    assert [d["docid"] for d in read_jsonl(out / "same_language/ja/corpus.jsonl")] == ["maze", "cfg", "archive"]
+    assert (out / "same_language/de/qrels.txt").read_text().splitlines() == ["de-the_maze 0 the_maze 1", "de-cfg 0 cfg 1"]
+    assert [d["docid"] for d in read_jsonl(out / "same_language/ja/corpus.jsonl")] == ["the_maze", "cfg", "archive"]
     debian_reference.build_debian_reference(tmp_path / "b", reference_root, langs="de,ja", min_chars=5)
     for f in sorted(out.rglob("*.*")):
         assert f.read_bytes() == (tmp_path / "b" / f.relative_to(out)).read_bytes()
@@ -589,3 +589,7 @@ def test_real_debian_reference(tmp_path):
     root = installed(debian_reference.DEFAULT_ROOT + "/ch01.de.html").parent
     counts = debian_reference.build_debian_reference(tmp_path, root, langs="de")
     assert counts["en"] >= 300 and counts["de"] >= 300
+    from dist_lacl.evaluation.evaluate import load_dev_set
+
+    for split in (tmp_path / "to_english", tmp_path / "same_language/de"):  # ids the evaluation accepts
+        load_dev_set(split / "queries.jsonl", split / "corpus.jsonl", split / "qrels.txt")

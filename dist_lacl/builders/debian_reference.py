@@ -39,7 +39,10 @@ def read_language(root: Path, lang: str, max_chars: int) -> dict[str, Section]:
         for s in parse_page(path.read_text(encoding="utf-8")):
             # parse_page strips "2.1." from a heading; appendices number theirs "A.1.".
             title = re.sub(r"^[A-Z](\.\d+)+\.?\s+", "", s.question)
-            sections.setdefault(s.id, Section(s.id, title, _cut(s.answer, max_chars)))
+            # Ids become query ids and docids, which may not hold whitespace; a few anchors do
+            # ("_customizing_vim_with internal_features").
+            sid = "_".join(s.id.split())
+            sections.setdefault(sid, Section(sid, title, _cut(s.answer, max_chars)))
     return sections
 
 
