@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= cpu,demo,test,e5
 DEBIAN_PACKAGES := python3.11-doc gcc-12-locales \
 	debian-faq debian-faq-de debian-faq-fr debian-faq-it debian-faq-ja debian-faq-ko debian-faq-nl \
-	debian-faq-pt debian-faq-ru debian-faq-zh-cn \
+	debian-faq-pt debian-faq-ru debian-faq-zh-cn debian-reference-en debian-reference-de \
 	manpages-de manpages-fr manpages-it manpages-ja manpages-nl manpages-ru manpages-zh \
 	slurm-wlm munge
 DEMO_DIR ?= runs/demo

@@ -144,7 +144,7 @@ def test_data_outputs_never_replace_the_users_files(tmp_path):
     before = snapshot(tmp_path)
     assert_clean_failure(run([*CLI, "data", "gettext", "-o", str(existing), "--langs", "de"], expect_rc=None),
                          "pairs.jsonl: already exists; pass --overwrite")
-    for command in ("all", "debian-faq", "e5-model"):
+    for command in ("all", "debian-faq", "debian-reference", "e5-model"):
         assert_clean_failure(run([*CLI, "data", command, "-o", str(home), "--overwrite"], expect_rc=None),
                              "is not empty and is not a previous output of this command")
     assert_clean_failure(run([*CLI, "data", "manpages", "-o", str(home)], expect_rc=None),
