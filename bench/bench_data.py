@@ -31,8 +31,7 @@ from helpers_data import ir_records, monolingual_records, write_jsonl  # noqa: E
 from helpers_launch import rank_results, torchrun  # noqa: E402
 from helpers_tiny import TEXTS, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
-from dist_lacl.data import _features, read_records  # noqa: E402
-from dist_lacl.data_cache import CacheEntry  # noqa: E402
+from dist_lacl.data import _features, cache_entry, read_records  # noqa: E402
 
 WORDS = " ".join(TEXTS).split()
 LANGS = ["de", "fr", "ru", "ja", "zh", "sw"]
@@ -51,7 +50,7 @@ def write_parallel(path: Path, n: int) -> Path:
 
 
 def build_rate(path: Path, root: Path, num_proc: int) -> float:
-    entry = CacheEntry(root, path, "parallel", "error")
+    entry = cache_entry(path, "parallel", root, "error")[0]
     start = time.perf_counter()
     entry.build(_features("parallel"), read_records, num_proc, uuid.uuid4().hex, stale_s=120)
     return entry.manifest()["num_rows"] / (time.perf_counter() - start)

@@ -81,6 +81,19 @@ def _features(kind: str) -> datasets.Features:
     }[kind])
 
 
+def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None, bad_records: str = "error",
+                options: ReadOptions | None = None) -> tuple[CacheEntry, ReadOptions]:
+    """The cache entry of training data `path` (format resolved and logged) and the options to read it with."""
+    path, options = Path(path), options or ReadOptions()
+    fmt = formats.resolve(path, kind, options)
+    sources = formats.files(path, kind, fmt, options)
+    options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
+    log.info("%s: %s data in the %s format", path, kind, fmt)
+    entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records, sources=sources,
+                       options=dataclasses.asdict(options), splittable=(kind, fmt) in LINE_SPLITTABLE)
+    return entry, options
+
+
 # Formats whose files hold one record per line on their own, so the cache can build byte ranges of
 # them in parallel (a reader that needs the file's name or a companion file reads the whole file).
 LINE_SPLITTABLE = {("ir", "tevatron"), ("ir", "flagembedding"), ("parallel", "jsonl"), ("monolingual", "jsonl")}
@@ -97,13 +110,7 @@ def load_dataset(path: str | Path, kind: str, cache_dir: str | Path | None = Non
     timeout limits; all meet in a barrier once it is complete. If rank 0's build fails, every rank
     raises its message; if rank 0 stops beating for stale_s, the others raise too.
     """
-    path, options = Path(path), options or ReadOptions()
-    fmt = formats.resolve(path, kind, options)
-    sources = formats.files(path, kind, fmt, options)
-    options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
-    log.info("%s: %s data in the %s format", path, kind, fmt)
-    entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records, sources=sources,
-                       options=dataclasses.asdict(options), splittable=(kind, fmt) in LINE_SPLITTABLE)
+    entry, options = cache_entry(path, kind, cache_dir, bad_records, options)
     nonce = dist.broadcast_object(uuid.uuid4().hex if dist.is_main() else None)
     if dist.is_main():
         # Auto: one process per CPU, at most 16 (each imports torch and datasets: ~0.3 GB apiece).

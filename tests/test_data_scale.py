@@ -13,8 +13,7 @@ from test_distributed_equivalence import write_config
 from transformers import AutoTokenizer
 
 from dist_lacl import data_cache
-from dist_lacl.data import BatchStream, TrainBatches, _features, load_dataset, read_records
-from dist_lacl.data_cache import CacheEntry
+from dist_lacl.data import BatchStream, TrainBatches, _features, cache_entry, load_dataset, read_records
 from dist_lacl.errors import DataError, UserError
 from dist_lacl.shuffle import KeyedPermutation
 
@@ -103,7 +102,7 @@ def test_cache_built_in_parts_keeps_file_order(tmp_path, monkeypatch, num_proc):
     small_parts(monkeypatch)
     path = write_jsonl(tmp_path / "ir.jsonl", ir_records(60))
     ds = load_dataset(path, "ir", tmp_path / "cache", num_proc=num_proc)
-    entry = CacheEntry(tmp_path / "cache", path, "ir", "error")
+    entry = cache_entry(path, "ir", tmp_path / "cache", "error")[0]
     assert len(entry.manifest()["parts"]) > 3
     assert ds.to_list() == list(read_records(path, "ir"))
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temporary left
@@ -113,11 +112,11 @@ def test_cache_is_reused_and_keyed_by_the_file(tmp_path):
     path = write_jsonl(tmp_path / "ir.jsonl", ir_records(8))
     root = tmp_path / "cache"
     load_dataset(path, "ir", root)
-    entry = CacheEntry(root, path, "ir", "error")
+    entry = cache_entry(path, "ir", root, "error")[0]
     built = (entry.dir / "MANIFEST.json").stat().st_mtime_ns
     load_dataset(path, "ir", root)
     assert (entry.dir / "MANIFEST.json").stat().st_mtime_ns == built  # reused, not rebuilt
-    assert CacheEntry(root, path, "ir", "skip").name != entry.name  # another policy, another cache
+    assert cache_entry(path, "ir", root, "skip")[0].name != entry.name  # another policy, another cache
     time.sleep(0.01)
     write_jsonl(path, ir_records(9))
     assert len(load_dataset(path, "ir", root)) == 9  # an edited file is read again
@@ -133,7 +132,7 @@ def test_bad_record_is_reported_with_its_line_in_the_whole_file(tmp_path, monkey
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=rf"^{path}, line 48: field 'query': expected a non-empty string"):
         load_dataset(path, "ir", tmp_path / "cache", num_proc=1)  # one process, still several parts
-    entry = CacheEntry(tmp_path / "cache", path, "ir", "error")
+    entry = cache_entry(path, "ir", tmp_path / "cache", "error")[0]
     assert not entry.dir.exists() and not entry.lock.exists()
     assert not list((tmp_path / "cache").glob(".tmp-*"))
 
@@ -165,7 +164,7 @@ def test_a_crashed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     monkeypatch.setattr(data_cache, "build_part", crash_on_part_3)
     with pytest.raises(OSError):
         load_dataset(path, "ir", root, num_proc=1)
-    entry = CacheEntry(root, path, "ir", "error")
+    entry = cache_entry(path, "ir", root, "error")[0]
     assert not entry.ready() and not list(root.glob(".tmp-*")) and not entry.lock.exists()
     # A waiting rank of that run is told what failed.
     (marker,) = root.glob(f".{entry.name}.failed-*")
@@ -177,7 +176,7 @@ def test_a_crashed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
 
 def test_waiting_rank_gives_up_when_the_builder_stops_beating(tmp_path):
     path = write_jsonl(tmp_path / "ir.jsonl", ir_records(4))
-    entry = CacheEntry(tmp_path, path, "ir", "error")
+    entry = cache_entry(path, "ir", tmp_path, "error")[0]
     entry.lock.mkdir()
     (entry.lock / "heartbeat").touch()
     start = time.time()
