@@ -100,6 +100,9 @@ class LossConfig:
     """Average the e->f and f->e directions of the semantic loss (False: e->f only)."""
     language_variant: str = "balanced"
     """`balanced`: -0.5 log p - 0.5 log(1-p), p = softmax over (e_i, f_i); `squared`: (sim_e - sim_f)^2."""
+    language_temperature: float | None = None
+    """tau of the language loss alone (a larger one keeps its gradient proportional to the gap, see
+    losses_variants); None: loss.temperature."""
     sharding: str = "replicated"
     """`replicated`: every rank scores the whole global batch; `sharded`: each rank scores only its own
     anchor rows against every gathered candidate (score memory / world size; same loss and gradients)."""
@@ -288,6 +291,8 @@ def validate(cfg: RunConfig) -> None:
     t, loss, data = cfg.train, cfg.loss, cfg.data
     checks = [
         (loss.temperature > 0, "loss.temperature", "a positive number"),
+        (loss.language_temperature is None or loss.language_temperature > 0, "loss.language_temperature",
+         "a positive number or null (null: loss.temperature)"),
         (loss.semantic_weight >= 0, "loss.semantic_weight", "a number >= 0"),
         (loss.language_weight >= 0, "loss.language_weight", "a number >= 0"),
         (loss.block_rows >= 0, "loss.block_rows", "an integer >= 0 (0: all rows at once)"),

@@ -153,7 +153,7 @@ def lacl_loss(reps: dict[str, Tensor], cfg, shard: Shard = WHOLE) -> LossTerms:
         total = total + cfg.semantic_weight * sem
     if cfg.language_weight > 0:
         lang = torch.stack([language_loss(reps[_k("mono", t)], reps[_k("para_en", t)], reps[_k("para_xx", t)],
-                                          cfg.temperature, cfg.language_variant, shard, blocks)
+                                          _language_tau(cfg), cfg.language_variant, shard, blocks)
                             for t in towers]).mean()
         total = total + cfg.language_weight * lang
     return LossTerms(total, ir, sem, lang)
@@ -161,3 +161,9 @@ def lacl_loss(reps: dict[str, Tensor], cfg, shard: Shard = WHOLE) -> LossTerms:
 
 def _k(name: str, tower: str) -> str:
     return f"{name}@{tower}" if tower else name
+
+
+def _language_tau(cfg) -> float:
+    """loss.language_temperature, else the shared loss.temperature."""
+    tau = getattr(cfg, "language_temperature", None)
+    return cfg.temperature if tau is None else tau

@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import similarity
+from .losses import _language_tau, similarity
 
 
 def language_temperature(cfg) -> float:
-    """The language loss's temperature: `cfg.language_temperature` if set, else `cfg.temperature`."""
-    value = getattr(cfg, "language_temperature", None)
-    return cfg.temperature if value is None else value
+    """The language loss's temperature: `cfg.language_temperature` if set, else `cfg.temperature`
+    (what `losses.lacl_loss` uses)."""
+    return _language_tau(cfg)
 
 
 def same_language_mask(mono_langs: Tensor, pair_langs: Tensor, fallback: bool = True) -> Tensor:

@@ -77,3 +77,16 @@ def test_all_true_mask_is_the_default_loss_and_an_empty_one_is_zero_with_a_graph
 
 def test_language_ids_follow_the_vocabulary():
     assert language_ids(["ja", "de", "ja"], ["de", "fr", "ja"]).tolist() == [2, 0, 2]
+
+
+def test_lacl_loss_uses_the_language_temperature():
+    from dist_lacl.losses import lacl_loss, language_loss
+
+    torch.manual_seed(0)
+    reps = {name: torch.randn(n, 4) for name, n in
+            (("query", 2), ("passage", 4), ("para_en", 3), ("para_xx", 3), ("mono", 5))}
+    own = lacl_loss(reps, LossConfig(temperature=0.05, language_temperature=0.5))
+    shared = lacl_loss(reps, LossConfig(temperature=0.05))
+    assert torch.allclose(own.language, language_loss(reps["mono"], reps["para_en"], reps["para_xx"], 0.5))
+    assert torch.allclose(shared.language, language_loss(reps["mono"], reps["para_en"], reps["para_xx"], 0.05))
+    assert torch.allclose(own.ir, shared.ir) and torch.allclose(own.semantic, shared.semantic)
