@@ -63,11 +63,12 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 echo "[$(date '+%F %T')] job $SLURM_JOB_ID: ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NUM_NODES:-?} node(s)" \
      "($SLURM_JOB_NODELIST); model $MODEL -> $EVAL_DIR"
 
-# One task per GPU, as in train_large.sh: RANK/WORLD_SIZE/LOCAL_RANK set inside each task.
+# One task per GPU, as in train_large.sh: RANK/WORLD_SIZE/LOCAL_RANK set inside each task, every task
+# sees its node's GPUs (--gpu-bind=none) and LOCAL_RANK picks one.
 encode() {  # encode KIND INPUT PORT
     echo "[$(date '+%F %T')] encoding $1 ($2)"
     # shellcheck disable=SC2016  # expanded by each task's own bash, not here
-    MASTER_PORT=$3 srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
+    MASTER_PORT=$3 srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --gpu-bind=none \
         bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' \
         dist-lacl-task "${cmd[@]}" encode --model "$MODEL" --kind "$1" --input "$2" \
         --output "$EVAL_DIR/$1-emb" ${encode_args[@]+"${encode_args[@]}"}

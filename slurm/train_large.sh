@@ -80,12 +80,16 @@ echo "[$(date '+%F %T')] ${cmd[*]} train --config $CONFIG ${overrides[*]:-}"
 # One task per GPU; RANK/WORLD_SIZE/LOCAL_RANK are per task, so they are set inside the task. `exec`
 # leaves no shell between slurmstepd and Python: the step's SIGUSR1 reaches only processes that handle
 # it. --cpus-per-task is passed on because srun 22.05 no longer inherits it from sbatch.
+# GPU binding: --gpu-bind=none shows every task all of its node's GPUs, and LOCAL_RANK=SLURM_LOCALID picks
+# one (cuda:LOCAL_RANK, the rule DeepSpeed and accelerate follow; NCCL's fast paths between the GPUs of a
+# node need them visible). A site that forces one GPU per task still works: the trainer then takes the
+# one it sees. See slurm/README.md, GPU binding.
 # Ending the step: ranks leave a few seconds apart (interpreter teardown), and the first to exit with 3
 # must not get the others killed before they exit 3 as well, so --kill-on-bad-exit is off (whatever
 # the site's KillOnBadExit). Instead --wait bounds the wait after the first exit: a rank that crashed
 # takes the others down after 120 s rather than after the trainer's collective timeout.
 # shellcheck disable=SC2016  # expanded by each task's own bash, not here
-srun --kill-on-bad-exit=0 --wait=120 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
+srun --kill-on-bad-exit=0 --wait=120 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --gpu-bind=none \
     bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' \
     dist-lacl-task "${cmd[@]}" train --config "$CONFIG" ${overrides[@]+"${overrides[@]}"}
 status=$?
