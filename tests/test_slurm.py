@@ -263,14 +263,15 @@ def test_sbatch_wait_trains_on_two_tasks(slurm_cluster, tmp_path, tiny_model_dir
     assert [step for step, _ in merged_scalars(out / "tensorboard", "loss/total")] == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.slow
-def test_signal_before_time_limit_requeues_and_resumes_one_curve(slurm_cluster, tmp_path, tiny_model_dir,  # noqa: F811
-                                                                 training_data):
-    steps = 60
-    config = tiny_config(tmp_path / "tiny.yaml", tiny_model_dir, training_data, max_steps=steps, save_every=10)
+def preempt_and_finish(cluster, tmp_path: Path, model_dir, data, steps: int, signal_after: int, nodes: int = 1,
+                       tasks_per_node: int = 2) -> tuple[dict[str, str], str, int]:
+    """Submit train_large.sh; once `signal_after` steps are logged, signal it as SLURM does before the time
+    limit; check that it checkpointed, requeued itself once and finished one continuous curve. Returns
+    the job (`scontrol show job`), its log and the step the signal stopped it at."""
+    config = tiny_config(tmp_path / "tiny.yaml", model_dir, data, max_steps=steps, save_every=10)
     out = tmp_path / "run"
-    job_id = slurm_cluster.run(
-        ["sbatch", "--parsable", *cpu_job_options(tmp_path, "tiny-preempt"), str(TRAIN_LARGE)],
+    job_id = cluster.run(
+        ["sbatch", "--parsable", *cpu_job_options(tmp_path, "tiny-preempt", nodes, tasks_per_node), str(TRAIN_LARGE)],
         env=job_env(config, out), cwd=REPO).stdout.strip().split(";")[0]
     log_path = tmp_path / f"slurm-{job_id}.out"
 
@@ -279,26 +280,26 @@ def test_signal_before_time_limit_requeues_and_resumes_one_curve(slurm_cluster, 
         return sum(map(len, files))
 
     def progressed() -> bool:
-        state = slurm_cluster.job(job_id)["JobState"]
+        state = cluster.job(job_id)["JobState"]
         if state not in ("PENDING", "RUNNING"):
             raise AssertionError(f"job {job_id} is {state} before the signal\n{log_path.read_text()[-6000:]}")
-        return logged_steps() >= 4
+        return logged_steps() >= signal_after
 
-    slurm_cluster.wait_for(progressed, 240, "training progress")
-    # What slurmctld does at `--signal=USR1@300`: SIGUSR1 to every process of the job's steps, not to
-    # the batch shell.
-    slurm_cluster.run(["scancel", "--signal=USR1", job_id])
+    cluster.wait_for(progressed, 240, "training progress")
+    # What slurmctld does at `--signal=USR1@300`: SIGUSR1 to every process of the job's steps (on every
+    # node), not to the batch shell.
+    cluster.run(["scancel", "--signal=USR1", job_id])
 
     def finished():
-        job = slurm_cluster.job(job_id)
+        job = cluster.job(job_id)
         return job if job["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL") else None
 
-    job = slurm_cluster.wait_for(finished, 300, f"job {job_id} to finish")
+    job = cluster.wait_for(finished, 300, f"job {job_id} to finish")
     log = log_path.read_text()
     assert (job["JobState"], job["ExitCode"], job["Restarts"]) == ("COMPLETED", "0:0", "1"), log[-6000:]
 
     stopped_at = int(re.search(r"stopped by signal at step (\d+)", log).group(1))
-    assert 4 <= stopped_at < steps
+    assert signal_after <= stopped_at < steps
     assert f"requeueing job {job_id}" in log and "restart 1:" in log
     assert re.search(rf"resumed from \S*step-{stopped_at:07d} at step {stopped_at}\b", log), log[-6000:]
 
@@ -313,10 +314,19 @@ def test_signal_before_time_limit_requeues_and_resumes_one_curve(slurm_cluster, 
     lrs = [lr for _, lr in merged_scalars(out / "tensorboard", "train/lr")]
     assert lrs == pytest.approx([2e-3] + [3e-3 * (steps - s) / (steps - 2) for s in range(2, steps + 1)])
     assert (out / "checkpoints" / "latest").read_text() == f"step-{steps:07d}"
+    final = out / "checkpoints" / f"step-{steps:07d}"
+    assert json.loads((final / "trainer_state.json").read_text())["world_size"] == nodes * tasks_per_node
+    return job, log, stopped_at
 
 
 @pytest.mark.slow
-def test_evaluate_script_encodes_on_two_tasks_and_scores(slurm_cluster, tmp_path, tiny_model_dir):  # noqa: F811
+def test_signal_before_time_limit_requeues_and_resumes_one_curve(slurm_cluster, tmp_path, tiny_model_dir,  # noqa: F811
+                                                                 training_data):
+    preempt_and_finish(slurm_cluster, tmp_path, tiny_model_dir, training_data, steps=60, signal_after=4)
+
+
+def evaluate_with_script(cluster, tmp_path: Path, tiny_model_dir, nodes: int = 1, tasks_per_node: int = 2) -> str:
+    """Export a tiny dual encoder, run evaluate.sh on it; check the shards and the scores. Returns the log."""
     model_dir = save_dual_encoder(tiny_dual_encoder(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir),
                                   tmp_path / "model")
     paths = write_eval_set(tmp_path / "eval-set")
@@ -325,8 +335,8 @@ def test_evaluate_script_encodes_on_two_tasks_and_scores(slurm_cluster, tmp_path
            "EVAL_DIR": out, "ENCODE_ARGS": "--max-len 64 --batch-size 8", "EVAL_ARGS": "--metrics mrr@10,ndcg@5",
            "DIST_LACL_CMD": f"{sys.executable} -m dist_lacl.cli", "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = slurm_cluster.run(["sbatch", "--wait", "--parsable", *cpu_job_options(tmp_path, "tiny-eval"),
-                              str(REPO / "slurm" / "evaluate.sh")], env=env, cwd=REPO, timeout=300, check=False)
+    proc = cluster.run(["sbatch", "--wait", "--parsable", *cpu_job_options(tmp_path, "tiny-eval", nodes, tasks_per_node),
+                        str(EVALUATE)], env=env, cwd=REPO, timeout=300, check=False)
     job_id = proc.stdout.strip().split(";")[0]
     log = (tmp_path / f"slurm-{job_id}.out").read_text()
     assert proc.returncode == 0, f"sbatch --wait exited {proc.returncode}\n{proc.stderr}\n{log[-6000:]}"
@@ -336,3 +346,36 @@ def test_evaluate_script_encodes_on_two_tasks_and_scores(slurm_cluster, tmp_path
     # A shared, normalised encoder finds every query's own sentence first (cosine 1).
     assert report["all"]["num_queries"] == 26 and report["all"]["mrr@10"] == pytest.approx(1.0)
     assert len((out / "run.trec").read_text().splitlines()) == 26 * 10
+    return log
+
+
+@pytest.mark.slow
+def test_evaluate_script_encodes_on_two_tasks_and_scores(slurm_cluster, tmp_path, tiny_model_dir):  # noqa: F811
+    evaluate_with_script(slurm_cluster, tmp_path, tiny_model_dir)
+
+
+# -------------------------------------------- two nodes: network namespaces, one task per node (slow)
+
+@pytest.mark.slow
+def test_two_nodes_train_requeue_and_finish_one_curve(slurm_two_nodes, tmp_path, tiny_model_dir,  # noqa: F811
+                                                      training_data):
+    """`sbatch --nodes=2 --ntasks-per-node=1 slurm/train_large.sh`: rank 1 on dlacl2 rendezvouses with rank 0
+    on dlacl1 over the veth pair; signalled before its time limit, the job requeues and finishes one
+    curve. (24 steps rather than a handful: the signal must land while steps remain.)"""
+    sent_before = slurm_two_nodes.veth_bytes(1)
+    job, log, _ = preempt_and_finish(slurm_two_nodes, tmp_path, tiny_model_dir, training_data, steps=24,
+                                     signal_after=3, nodes=2, tasks_per_node=1)
+    assert (job["NodeList"], job["NumNodes"], job["NumTasks"]) == ("dlacl[1-2]", "2", "2")
+    assert len(re.findall(r"2 tasks on 2 node\(s\) \(dlacl\[1-2\]\), rendezvous dlacl1:\d+", log)) == 2  # both runs
+    # The gradients and ZeRO-2 partitions went between the nodes: rank 1 sends at least its half of the
+    # gradient (reduce-scatter) and of the updated weights (all-gather) every step, 4 bytes a number.
+    from transformers import AutoModel
+
+    params = sum(p.numel() for p in AutoModel.from_pretrained(tiny_model_dir).parameters())
+    assert slurm_two_nodes.veth_bytes(1) - sent_before >= 24 * params * 4
+
+
+@pytest.mark.slow
+def test_two_nodes_evaluate_script(slurm_two_nodes, tmp_path, tiny_model_dir):  # noqa: F811
+    log = evaluate_with_script(slurm_two_nodes, tmp_path, tiny_model_dir, nodes=2, tasks_per_node=1)
+    assert "2 tasks on 2 node(s) (dlacl[1-2])" in log
