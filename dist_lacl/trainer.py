@@ -223,9 +223,7 @@ class Trainer:
                     self.log(scalars)
                 if t.save_every and self.state.step % t.save_every == 0 and self.state.step < t.max_steps:
                     self.save()
-                # A signal during the last step ends the run as finished (status 0, below): "resume
-                # me" would requeue a run with nothing left to do. (All ranks are at one step.)
-                if self.state.step < t.max_steps and self.stop.requested():
+                if self.stop.requested():
                     self.save()
                     raise ResumeRequested(f"stopped by signal at step {self.state.step}; run again to resume")
         finally:
