@@ -42,11 +42,28 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_ir: str = ""
-    """English IR training data, Tevatron jsonl (query_id, query, positive_passages, negative_passages)."""
+    """English IR training data: Tevatron jsonl (query_id, query, positive_passages, negative_passages) or
+    another format of docs/formats.md (a file, or MS MARCO's directory)."""
+    train_ir_format: str = "auto"
+    """Format of train_ir: auto (detected), tevatron, tevatron-v2, flagembedding, msmarco or dpr."""
+    train_corpus: str | None = None
+    """Corpus that train_ir names passages from: Tevatron v2 corpus jsonl, MS MARCO collection.tsv
+    (default: corpus.jsonl / collection.tsv beside train_ir)."""
     parallel: str | None = None
-    """Parallel sentences jsonl (en, text, lang); required when loss.semantic_weight or language_weight > 0."""
+    """Parallel sentences jsonl (en, text, lang), TSV or an OPUS Moses pair; required when
+    loss.semantic_weight or language_weight > 0."""
+    parallel_format: str = "auto"
+    """Format of parallel: auto (detected), jsonl, tsv or moses."""
+    parallel_lang: str | None = None
+    """The non-English language of TSV/Moses parallel data (default: from the file name, X.de-en.tsv)."""
+    parallel_min_score: float | None = None
+    """Parallel TSV with a score column (WikiMatrix): pairs scoring below this are dropped."""
     monolingual: str | None = None
-    """Monolingual sentences jsonl (text, lang); required when loss.language_weight > 0."""
+    """Monolingual sentences jsonl (text, lang) or plain text; required when loss.language_weight > 0."""
+    monolingual_format: str = "auto"
+    """Format of monolingual: auto (detected), jsonl or text (one sentence per line, CC-100)."""
+    monolingual_lang: str | None = None
+    """Language of plain-text monolingual data (default: from the file name, de.txt.xz)."""
     train_group_size: int = 8
     """Passages per query: 1 positive + (train_group_size - 1) hard negatives."""
     query_max_len: int = 32
@@ -153,6 +170,9 @@ _CHOICES = {
     "model.aux_towers": ("query", "passage", "both"),
     "model.pooling": ("cls", "mean"),
     "data.bad_records": ("error", "skip"),
+    "data.train_ir_format": ("auto", "tevatron", "tevatron-v2", "flagembedding", "msmarco", "dpr"),
+    "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),
+    "data.monolingual_format": ("auto", "jsonl", "text"),
     "loss.language_variant": ("balanced", "squared"),
     "train.backend": ("deepspeed", "ddp"),
     "train.grad_reduction": ("coalesced", "per_chunk"),
@@ -166,7 +186,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            raise ConfigError(f"{path}: " + ("is a folder; expected a YAML config file" if path.is_dir()
+                                             else "config file not found"))
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -258,6 +279,10 @@ def validate(cfg: RunConfig) -> None:
         (loss.language_weight >= 0, "loss.language_weight", "a number >= 0"),
         (t.lr > 0, "train.lr", "a positive number"),
         (t.weight_decay >= 0, "train.weight_decay", "a number >= 0"),
+        (all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas", "two numbers in [0, 1)"),
+        (t.adam_eps > 0, "train.adam_eps", "a positive number"),
+        (0 <= t.seed < 2**31, "train.seed", "an integer from 0 to 2^31 - 1"),
+        (t.num_threads >= 0, "train.num_threads", "an integer >= 0 (0: torch's default)"),
         (t.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables clipping)"),
         (t.max_steps > 0, "train.max_steps", "a positive integer"),
         (t.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0"),
@@ -278,7 +303,7 @@ def validate(cfg: RunConfig) -> None:
         (data.train_group_size >= 1, "data.train_group_size", "an integer >= 1"),
         (min(data.query_max_len, data.passage_max_len, data.sentence_max_len) >= 2,
          "data.*_max_len", "at least 2 tokens"),
-        (bool(data.train_ir), "data.train_ir", "a path to Tevatron jsonl training data"),
+        (bool(data.train_ir), "data.train_ir", "a path to IR training data (Tevatron jsonl, see docs/formats.md)"),
     ]
     if loss.semantic_weight > 0 or loss.language_weight > 0:
         checks.append((bool(data.parallel), "data.parallel",

@@ -1,6 +1,6 @@
-"""Training data: formats and validation, deterministic per-rank batches with a resumable position.
+"""Training data: reading and validation, deterministic per-rank batches with a resumable position.
 
-Formats (one JSON object per line, UTF-8):
+Formats: the documented jsonl of each kind and the field's distributed ones (`formats`, docs/formats.md):
   IR (Tevatron): {"query_id": str, "query": str, "positive_passages": [{"docid", "title", "text"}],
                   "negative_passages": [...]}
   parallel:      {"en": str, "text": str, "lang": str}   (text = the translation of en into lang)
@@ -11,9 +11,8 @@ than RAM are fine); a bad record stops with file, line and field, or is skipped 
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,120 +20,38 @@ import datasets
 import torch
 
 from . import distributed as dist
+from . import formats
 from .errors import DataError, UserError
+from .formats import ReadOptions
+from .formats.records import Suspicious
 
 log = logging.getLogger(__name__)
 
-# ISO 639-1 codes; a 3-letter ISO 639-2/3 code or a region/script suffix (pt-br, zh_CN, sr@latin) is also accepted.
-_ISO639_1 = set(
-    "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz "
-    "ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik "
-    "io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml "
-    "mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd "
-    "se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi "
-    "vo wa wo xh yi yo za zh zu".split())
-_LANG = re.compile(r"^([a-z]{2,3})([-_][a-z0-9]{2,8})*(@[a-z]+)?$", re.IGNORECASE)
 
+# ---------------------------------------------------------------- reading, any format
 
-def is_language_code(code: str) -> bool:
-    m = _LANG.match(code)
-    return bool(m) and (len(m.group(1)) == 3 or m.group(1).lower() in _ISO639_1)
+def read_records(path: str | Path, kind: str, bad_records: str = "error", skipped: list | None = None,
+                 options: ReadOptions | None = None):
+    """Yield validated internal records of `kind` (ir, parallel, monolingual) from `path` in any format
+    of `formats.READERS` (named in `options.format`, or detected); DataError names file, line and field.
 
-
-# ---------------------------------------------------------------- validation, one record at a time
-
-def _text(rec: dict, key: str, where) -> str:
-    value = rec.get(key)
-    if key not in rec:
-        raise DataError(*where, key, "missing; expected a non-empty string")
-    if not isinstance(value, str):
-        raise DataError(*where, key, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(*where, key, "expected a non-empty string, got an empty one")
-    return value
-
-
-def _lang(rec: dict, where) -> str:
-    code = _text(rec, "lang", where)
-    if not is_language_code(code):
-        raise DataError(*where, "lang", f"expected a language code such as 'de' or 'pt-br', got {code!r}")
-    return code.lower().replace("_", "-")
-
-
-def _passages(rec: dict, key: str, where, required: bool) -> list[dict]:
-    value = rec.get(key, [] if not required else None)
-    if not isinstance(value, list):
-        raise DataError(*where, key, "expected a list of {docid, title, text} objects")
-    if required and not value:
-        raise DataError(*where, key, "expected at least one positive passage")
-    out = []
-    for i, p in enumerate(value):
-        if not isinstance(p, dict):
-            raise DataError(*where, f"{key}[{i}]", "expected an object {docid, title, text}")
-        title = p.get("title", "")
-        if not isinstance(title, str):
-            raise DataError(*where, f"{key}[{i}].title", "expected a string")
-        docid = p.get("docid")
-        if not isinstance(docid, (str, int)) or isinstance(docid, bool):
-            raise DataError(*where, f"{key}[{i}].docid", "expected a string")
-        out.append({"docid": str(docid), "title": title, "text": _text(p, "text", (where[0], where[1]))})
-    return out
-
-
-def parse_ir(rec: dict, where) -> dict:
-    qid = rec.get("query_id")
-    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
-        raise DataError(*where, "query_id", "expected a string")
-    return {"query_id": str(qid), "query": _text(rec, "query", where),
-            "positives": _passages(rec, "positive_passages", where, required=True),
-            "negatives": _passages(rec, "negative_passages", where, required=False)}
-
-
-def parse_parallel(rec: dict, where) -> dict:
-    return {"en": _text(rec, "en", where), "text": _text(rec, "text", where), "lang": _lang(rec, where)}
-
-
-def parse_monolingual(rec: dict, where) -> dict:
-    return {"text": _text(rec, "text", where), "lang": _lang(rec, where)}
-
-
-PARSERS = {"ir": parse_ir, "parallel": parse_parallel, "monolingual": parse_monolingual}
-
-
-def read_records(path: str | Path, kind: str, bad_records: str = "error", skipped: list | None = None):
-    """Yield validated records of `kind` from a jsonl file; DataError names file, line and field.
-
-    With bad_records="skip", malformed lines are dropped and (line, reason) appended to `skipped`.
+    With bad_records="skip", malformed records are dropped and (line, reason) appended to `skipped`.
+    Suspicious records (a hard negative that is its query's positive: dropped; a parallel pair in
+    English, or whose text equals the English) are counted and warned about once per file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (expected {kind} jsonl)")
-    parse, n = PARSERS[kind], 0
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = (path, line_no)
-            try:
-                if not raw.strip():
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(path, line_no, None, f"not valid UTF-8 (byte {e.start})") from None
-                try:
-                    rec = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, line_no, None, f"not valid JSON ({e.msg}, column {e.colno})") from None
-                if not isinstance(rec, dict):
-                    raise DataError(path, line_no, None, "expected a JSON object")
-                out = parse(rec, where)
-            except DataError as e:
-                if bad_records != "skip":
-                    raise
-                if skipped is not None:
-                    skipped.append((line_no, str(e)))
-                continue
-            n += 1
-            yield out
+    options = options or ReadOptions()
+    on_error = None
+    if bad_records == "skip":
+        def on_error(e: DataError) -> None:
+            if skipped is not None:
+                skipped.append((e.line, str(e)))
+    fmt, rows = formats.read(path, kind, options, on_error)
+    log.info("%s: reading %s data as %s", path, kind, fmt)
+    suspicious, n = Suspicious(path), 0
+    for line_no, rec in rows:
+        n += 1
+        yield suspicious.check(kind, rec, line_no)
+    suspicious.report()
     if n == 0:
         raise DataError(path, None, None, f"no valid {kind} records (empty file?)")
 
@@ -151,29 +68,33 @@ def _features(kind: str) -> datasets.Features:
     }[kind])
 
 
-def _generate(path: str, kind: str, bad_records: str, stamp: str):
+def _generate(path: str, kind: str, bad_records: str, stamp: str, options: dict | None = None):
     skipped: list = []
-    yield from read_records(path, kind, bad_records, skipped)
+    yield from read_records(path, kind, bad_records, skipped, ReadOptions(**(options or {})))
     if skipped:
         log.warning("%s: skipped %d malformed records (first: %s)", path, len(skipped), skipped[0][1])
     del stamp  # part of the cache key only
 
 
-def load_dataset(path: str | Path, kind: str, cache_dir: str | Path, bad_records: str = "error") -> datasets.Dataset:
-    """*Collective.* The validated Arrow dataset of a jsonl file; rank 0 builds the cache, the others reuse it.
+def load_dataset(path: str | Path, kind: str, cache_dir: str | Path, bad_records: str = "error",
+                 options: ReadOptions | None = None) -> datasets.Dataset:
+    """*Collective.* The validated Arrow dataset of training data in any format (`read_records`); rank 0
+    builds the cache, the others reuse it.
 
-    The file's size and mtime are part of the cache key, so an edited file is read again.
+    The sizes and mtimes of every file the format reads are part of the cache key, so an edited file is
+    read again.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (expected {kind} jsonl)")
-    st = path.stat()
-    stamp = f"{st.st_size}-{st.st_mtime_ns}"
+    path, options = Path(path), options or ReadOptions()
+    fmt = formats.resolve(path, kind, options)
+    stamp = "/".join(f"{st.st_size}-{st.st_mtime_ns}"
+                     for st in (f.stat() for f in formats.files(path, kind, fmt, options)))
+    log.info("%s: %s data in the %s format", path, kind, fmt)
     with dist.main_process_first():
         try:
             return datasets.Dataset.from_generator(
                 _generate, features=_features(kind), cache_dir=str(cache_dir),
-                gen_kwargs={"path": str(path.resolve()), "kind": kind, "bad_records": bad_records, "stamp": stamp})
+                gen_kwargs={"path": str(path.resolve()), "kind": kind, "bad_records": bad_records, "stamp": stamp,
+                            "options": dataclasses.asdict(options)})
         except datasets.exceptions.DatasetGenerationError as e:
             # `datasets` wraps whatever the generator raised; a bad record is the user's to fix.
             if isinstance(e.__cause__, UserError):
@@ -296,17 +217,19 @@ class TrainBatches:
     def __init__(self, cfg, tokenizer, rank: int, world_size: int, cache_dir: str | Path):
         d, t = cfg.data, cfg.train
         self.cfg, self.tokenize = cfg, Tokenize(tokenizer)
-        self.ir = load_dataset(d.train_ir, "ir", cache_dir, d.bad_records)
+        self.ir = load_dataset(d.train_ir, "ir", cache_dir, d.bad_records, formats.options_for(d, "ir"))
         if d.train_group_size > 1:
             check_has_negatives(self.ir, d.train_ir, d.train_group_size)
         self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size)}
         self.parallel = self.monolingual = None
         if cfg.loss.semantic_weight > 0 or cfg.loss.language_weight > 0:
-            self.parallel = load_dataset(d.parallel, "parallel", cache_dir, d.bad_records)
+            self.parallel = load_dataset(d.parallel, "parallel", cache_dir, d.bad_records,
+                                         formats.options_for(d, "parallel"))
             self.streams["parallel"] = BatchStream(len(self.parallel), t.parallel_batch_size, t.seed + 1,
                                                    rank, world_size)
         if cfg.loss.language_weight > 0:
-            self.monolingual = load_dataset(d.monolingual, "monolingual", cache_dir, d.bad_records)
+            self.monolingual = load_dataset(d.monolingual, "monolingual", cache_dir, d.bad_records,
+                                            formats.options_for(d, "monolingual"))
             self.streams["monolingual"] = BatchStream(len(self.monolingual), t.monolingual_batch_size,
                                                       t.seed + 2, rank, world_size)
 

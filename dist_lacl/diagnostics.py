@@ -32,11 +32,18 @@ def language_centroid_accuracy(reps: Tensor, langs: list[str]) -> float:
     if len(names) < 2:
         return float("nan")
     x = F.normalize(reps[keep].float(), dim=-1)
-    label = torch.tensor([names.index(langs[i]) for i in keep])
-    sums = torch.zeros(len(names), x.shape[1]).index_add_(0, label, x)
-    counts = torch.bincount(label, minlength=len(names)).float().unsqueeze(1)
+    # Built on the representations' device: CUDA reps index-added into CPU sums would fail.
+    label = torch.tensor([names.index(langs[i]) for i in keep], device=x.device)
+    return float((centroid_predictions(x, label, len(names)) == label).float().mean())
+
+
+def centroid_predictions(x: Tensor, label: Tensor, num_langs: int) -> Tensor:
+    """Leave-one-out nearest-centroid predictions [N] for unit vectors x [N, D] with labels [N] (each
+    language at least twice). Pure tensor code on x's device (testable on the `meta` device)."""
+    sums = torch.zeros(num_langs, x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, label, x)
+    counts = torch.zeros(num_langs, 1, device=x.device, dtype=x.dtype).index_add_(0, label, torch.ones_like(x[:, :1]))
     scores = x @ (sums / counts).T
     # Each point is scored against its own language's centroid computed without it.
     own = (sums[label] - x) / (counts[label] - 1)
-    scores[torch.arange(len(keep)), label] = (x * own).sum(1)
-    return float((scores.argmax(1) == label).float().mean())
+    scores[torch.arange(len(label), device=x.device), label] = (x * own).sum(1)
+    return scores.argmax(1)

@@ -136,6 +136,35 @@ class _GatherKeepLocalGrad(torch.autograd.Function):
         return grad[start:start + ctx.n] * ctx.world_size
 
 
+def average_gradients_(params: list[torch.nn.Parameter], bucket_numel: int = 2**24) -> None:
+    """*Collective.* Replace each parameter's gradient by its mean over ranks (all-reduce in flat buckets
+    of about `bucket_numel` elements, so the extra memory is one bucket, not a copy of every gradient).
+
+    A parameter that has a gradient on some rank but not on this one counts as zeros here; one that has
+    none on any rank keeps none (the optimizer then leaves it alone, as without data parallelism).
+    """
+    if not is_initialized() or dist.get_world_size() == 1:
+        return
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=_comm_device())
+    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+    reached = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+    for p in reached:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.nn.Parameter] = []
+    for i, p in enumerate(reached):
+        bucket.append(p)
+        if sum(q.numel() for q in bucket) >= bucket_numel or i == len(reached) - 1:
+            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            offset = 0
+            for q in bucket:
+                q.grad.copy_(flat[offset:offset + q.numel()].view_as(q.grad))
+                offset += q.numel()
+            bucket = []
+
+
 def all_reduce_max(value: float) -> float:
     """*Collective.* The largest `value` over ranks (e.g. 1.0 if any rank saw a non-finite loss)."""
     if not is_initialized():

@@ -149,11 +149,11 @@ class GradCache:
 
     def backward(self, cache: Cache) -> None:
         """Backpropagate the step's loss into the parameters (chunk by chunk when caching)."""
-        if self.chunk_size == 0:
-            with self.chunk_context(True):
-                self.backward_fn(cache.loss)
-        else:
-            with self.backward_context():
+        with self.backward_context():
+            if self.chunk_size == 0:
+                with self.chunk_context(True):
+                    self.backward_fn(cache.loss)
+            else:
                 self.forward_backward(cache)
 
 

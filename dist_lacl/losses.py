@@ -1,7 +1,7 @@
 """The paper's three contrastive losses, as pure functions of representation tensors.
 
 Hu et al., "Language Agnostic Multilingual Information Retrieval with Contrastive Learning",
-Findings of ACL 2023 (arXiv 2210.06633); equations as stated in shared/PAPER.md. Inputs are the
+Findings of ACL 2023 (arXiv 2210.06633); equations as stated in docs/method.md. Inputs are the
 *global* batch (every rank's rows, see `distributed.gather_keep_local_grad`). Scores are computed in
 fp32 whatever the representation dtype, so bf16 training keeps a stable softmax.
 """

