@@ -309,10 +309,11 @@ def preempt_and_finish(cluster, tmp_path: Path, model_dir, data, steps: int, sig
     assert per_file == [list(range(1, stopped_at + 1)), list(range(stopped_at + 1, steps + 1))]
     assert collections.Counter(s for steps_ in per_file for s in steps_) == collections.Counter(range(1, steps + 1))
     assert [step for step, _ in merged_scalars(out / "tensorboard", "loss/total")] == list(range(1, steps + 1))
-    # The schedule resumed too: warm-up over 2 steps to 3e-3, then linear decay to 0 at the last step,
-    # across the restart (a scheduler restarted from scratch would warm up again).
+    # The schedule resumed too: step s+1 logs the rate it trained with, warm-up 1/3 and 2/3 of 3e-3, then
+    # linear decay towards 0 at max_steps, across the restart (a scheduler restarted from scratch would
+    # warm up again).
     lrs = [lr for _, lr in merged_scalars(out / "tensorboard", "train/lr")]
-    assert lrs == pytest.approx([2e-3] + [3e-3 * (steps - s) / (steps - 2) for s in range(2, steps + 1)])
+    assert lrs == pytest.approx([1e-3, 2e-3] + [3e-3 * (steps - s) / (steps - 2) for s in range(2, steps)])
     assert (out / "checkpoints" / "latest").read_text() == f"step-{steps:07d}"
     final = out / "checkpoints" / f"step-{steps:07d}"
     assert json.loads((final / "trainer_state.json").read_text())["world_size"] == nodes * tasks_per_node
