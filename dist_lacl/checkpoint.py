@@ -39,16 +39,20 @@ def checkpoint_name(step: int) -> str:
 
 
 def rng_state() -> dict:
+    # The CUDA state of this rank's device only: a resumed task may be shown fewer GPUs than the saving one.
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # saved by an older version: every visible device's state
+        cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and cuda else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -34,8 +34,9 @@ def _optional_parsers():
     from .builders.cli import add_parsers as data_parsers
     from .evaluation.cli import add_parsers as eval_parsers
     from .export import add_parsers as export_parsers
+    from .mine import add_parsers as mine_parsers
 
-    return [export_parsers, eval_parsers, data_parsers]
+    return [export_parsers, eval_parsers, data_parsers, mine_parsers]
 
 
 def run_train(args) -> None:

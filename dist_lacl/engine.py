@@ -70,7 +70,7 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         "optimizer": {"type": "AdamW", "params": {
             "lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps, "weight_decay": t.weight_decay,
             # torch's AdamW needs no JIT build; offloaded optimizer state needs DeepSpeed's CPU Adam.
-            "torch_adam": not cpu_adam}},
+            "torch_adam": not cpu_adam, **({"fused": True} if _fused_adamw() and not offload else {})}},
     }
     merged = dict(file_cfg)
     for key, value in derived.items():
@@ -236,7 +236,7 @@ class DDPEngine:
                                                     timeout=timedelta(seconds=t.dist_timeout_s)),
                              DistributedDataParallelKwargs(find_unused_parameters=False)])
         optimizer = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas,
-                                      eps=t.adam_eps)
+                                      eps=t.adam_eps, **({"fused": True} if _fused_adamw() else {}))
         # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
         self.scheduler = make_scheduler(optimizer, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -320,8 +320,17 @@ def consolidated_weights(checkpoint: Path) -> dict[str, Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
 
 
+def _fused_adamw() -> bool:
+    """torch's fused AdamW (one kernel for all parameters) on CUDA; the tested foreach path on CPU."""
+    return torch.cuda.is_available()
+
+
 def build_engine(model: DualEncoder, cfg: RunConfig):
     """The engine named by train.backend (see config.adopt_launcher_settings for accelerate + DeepSpeed)."""
+    if torch.cuda.is_available():
+        # TF32 for the fp32 matmuls left under bf16 (the loss's scores) and for fp32 runs: 10-bit
+        # mantissa products, fp32 accumulation; no effect on CPU.
+        torch.set_float32_matmul_precision("high")
     if cfg.train.backend == "deepspeed":
         return DeepSpeedEngine(model, cfg)
     return DDPEngine(model, cfg)

@@ -94,14 +94,34 @@ class RepsTap:
 
 
 def make_loss_fn(cfg: RunConfig, tap: RepsTap):
-    """loss(reps) over the global batch; gathers every job's representations across ranks first."""
+    """loss(reps) over the global batch; gathers every job's representations across ranks first.
+
+    With loss.sharding=sharded each rank computes only its share l_r of every term (its own anchor
+    rows against all gathered candidates; L = sum_r l_r). The returned loss has the value of the global
+    L on every rank (all-reduced, for logging and the finite check) but backpropagates as this rank's
+    l_r only: the other shares' gradient with respect to this rank's rows arrives through the
+    gather's backward (summed over ranks), so every rank's cached gradient is dL/d(its rows), times
+    world_size, and the engine's average over ranks of the parameter gradients is exactly dL/dtheta.
+    """
+    sharded = cfg.loss.sharding == "sharded"
+
     def loss_fn(reps: dict[str, Tensor]) -> tuple[Tensor, LossTerms]:
-        global_reps = {name: dist.gather_keep_local_grad(r) for name, r in reps.items()}
-        terms = lacl_loss(global_reps, cfg.loss)
+        global_reps = {name: dist.gather_for_loss(r, sharded) for name, r in reps.items()}
+        if sharded:
+            terms = global_terms(lacl_loss(global_reps, cfg.loss, (dist.rank(), dist.world_size())))
+        else:
+            terms = lacl_loss(global_reps, cfg.loss)
         if tap.enabled:
             tap.reps = {k: v.detach() for k, v in global_reps.items()}
         return terms.total, terms
     return loss_fn
+
+
+def global_terms(shares: LossTerms) -> LossTerms:
+    """*Collective.* Every term summed over ranks (one all-reduce), gradients to this rank's shares."""
+    names = [n for n in ("total", "ir", "semantic", "language") if getattr(shares, n) is not None]
+    summed = dist.sum_shares(torch.stack([getattr(shares, n) for n in names]))
+    return LossTerms(**dict(zip(names, summed.unbind())))
 
 
 def diagnostics(global_reps: dict[str, Tensor], meta: dict) -> dict[str, float]:
@@ -149,7 +169,7 @@ class Trainer:
         self.grad_cache = GradCache(
             encode=lambda job, inputs: self.engine.encode(inputs, tower_of(job)),
             loss_fn=make_loss_fn(cfg, self.tap), backward=self.engine.backward,
-            chunk_size=t.chunk_size, chunk_context=self.engine.chunk_context,
+            chunk_size=t.chunk_size, chunk_tokens=t.chunk_tokens, chunk_context=self.engine.chunk_context,
             backward_context=self.engine.backward_context)
         self.writer = None
 
@@ -158,8 +178,7 @@ class Trainer:
     def load_data(self):
         """*Collective.* The validated training streams and, with train.eval_every, the dev set."""
         cfg, d = self.cfg, self.cfg.data
-        cache_dir = self.run_dir / "cache" if d.cache_dir is None else Path(d.cache_dir)
-        data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), cache_dir)
+        data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), d.cache_dir)
         dev = None
         if cfg.train.eval_every:
             from .evaluation.evaluate import load_dev_set

@@ -30,3 +30,39 @@ def test_diagnostics_on_cuda_representations():
     reps = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], device="cuda")
     assert language_centroid_accuracy(reps, ["de", "de", "fr", "fr"]) == 1.0
     assert parallel_similarity(reps[:2], reps[2:])["align/pair_cos"] < 1.0
+    from dist_lacl.diagnostics import language_linear_probe_accuracy
+    assert language_linear_probe_accuracy(reps.repeat(3, 1), ["de", "de", "fr", "fr"] * 3) == 1.0
+
+
+def test_linear_probe_fits_separable_languages_and_not_xor():
+    from dist_lacl.diagnostics import linear_probe_predictions
+
+    # Three languages along three axes: a linear probe separates them, the held-out points included.
+    torch.manual_seed(0)
+    centers = torch.eye(3)
+    x = (centers.repeat_interleave(4, 0) + 0.1 * torch.randn(12, 3))
+    y = torch.arange(3).repeat_interleave(4)
+    assert linear_probe_predictions(x[::2], y[::2], x[1::2], 3).tolist() == y[1::2].tolist()
+    # XOR: no line separates {(1,1), (-1,-1)} from {(1,-1), (-1,1)}, so at most 3 of the 4 training
+    # points can be right, whatever the fit.
+    xor = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert (linear_probe_predictions(xor, labels, xor, 2) == labels).sum().item() <= 3
+
+
+def test_language_linear_probe_accuracy_by_hand():
+    from dist_lacl.diagnostics import language_linear_probe_accuracy
+
+    torch.manual_seed(0)
+    # Separable: de near one axis, fr near the other; 10 each, 3 of each held out.
+    reps = torch.cat([torch.tensor([1.0, 0.0]) + 0.1 * torch.randn(10, 2), torch.tensor([0.0, 1.0]) + 0.1 * torch.randn(10, 2)])
+    langs = ["de"] * 10 + ["fr"] * 10
+    assert language_linear_probe_accuracy(reps, langs) == 1.0
+    assert language_linear_probe_accuracy(reps, langs + ["ja"]) == 1.0  # one ja: left out, like the centroid rule
+    # No information at all: every row the same vector, so every held-out row gets the same class,
+    # which is right for exactly the 3 held-out rows of one language out of 6.
+    same = torch.ones(20, 2)
+    acc = language_linear_probe_accuracy(same, langs)
+    assert acc == 0.5
+    assert language_linear_probe_accuracy(same, langs) == acc  # deterministic
+    assert torch.isnan(torch.tensor(language_linear_probe_accuracy(reps[:2], ["de", "fr"])))

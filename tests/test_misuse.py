@@ -144,7 +144,7 @@ def test_data_outputs_never_replace_the_users_files(tmp_path):
     before = snapshot(tmp_path)
     assert_clean_failure(run([*CLI, "data", "gettext", "-o", str(existing), "--langs", "de"], expect_rc=None),
                          "pairs.jsonl: already exists; pass --overwrite")
-    for command in ("all", "debian-faq", "e5-model"):
+    for command in ("all", "debian-faq", "debian-reference", "e5-model"):
         assert_clean_failure(run([*CLI, "data", command, "-o", str(home), "--overwrite"], expect_rc=None),
                              "is not empty and is not a previous output of this command")
     assert_clean_failure(run([*CLI, "data", "manpages", "-o", str(home)], expect_rc=None),
@@ -185,8 +185,10 @@ def test_second_training_in_a_directory_is_refused_and_a_crashed_one_leaves_it_r
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_once_and_a_second_ctrl_c_stops_at_once(tmp_path, tiny_model_dir, training_data):
     out = tmp_path / "run"
-    proc = start_training(tiny_model_dir, training_data, out, "train.max_steps=100000", "train.save_every=1",
-                          "train.keep_last=100000")
+    # Long enough steps (128 passages in chunks of 2) that a signal lands while one is running.
+    settings = ["train.save_every=1", "train.keep_last=100000", "train.ir_batch_size=32",
+                "data.train_group_size=4", "train.chunk_size=2"]
+    proc = start_training(tiny_model_dir, training_data, out, "train.max_steps=100000", *settings)
     logged = read_log_until_step(proc.stdout, 2)
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground process group
     rest, _ = proc.communicate(timeout=300)
@@ -198,11 +200,17 @@ def test_ctrl_c_checkpoints_once_and_a_second_ctrl_c_stops_at_once(tmp_path, tin
     checkpoints = sorted((out / "checkpoints").glob("step-*"))
     assert all(verify(c) is None for c in checkpoints)
 
-    second = start_training(tiny_model_dir, training_data, out, "train.max_steps=100000", "train.save_every=1",
-                            "train.keep_last=100000")
+    # Two presses close together reach Python as one signal, so the second is sent once the first was
+    # handled, with the process stopped meanwhile so that the step is still running when it lands.
+    second = start_training(tiny_model_dir, training_data, out, "train.max_steps=100000", *settings)
     read_log_until_step(second.stdout, len(checkpoints) + 1)
     os.killpg(second.pid, signal.SIGINT)
+    for line in second.stdout:
+        if "Ctrl-C again to stop at once" in line:
+            break
+    os.killpg(second.pid, signal.SIGSTOP)
     os.killpg(second.pid, signal.SIGINT)
+    os.killpg(second.pid, signal.SIGCONT)
     rest, _ = second.communicate(timeout=120)
     assert second.returncode == 130, rest[-3000:]
     assert "interrupted; complete outputs and checkpoints are intact" in rest and "Traceback" not in rest
@@ -211,7 +219,25 @@ def test_ctrl_c_checkpoints_once_and_a_second_ctrl_c_stops_at_once(tmp_path, tin
     newest = sorted((out / "checkpoints").glob("step-*"))[-1].name
     step = int(newest.split("-")[1])
     proc = run([*CLI, *train_args(tiny_model_dir, training_data, out, "train.backend=ddp",
-                                  f"train.max_steps={step + 1}", "train.save_every=1",
-                                  "train.keep_last=100000")[2:]], timeout=300)
+                                  f"train.max_steps={step + 1}", *settings)[2:]], timeout=300)
     assert f"resumed from {out / 'checkpoints' / newest} at step {step}" in proc.stderr
     json.loads((out / "checkpoints" / f"step-{step + 1:07d}" / "trainer_state.json").read_text())
+
+
+def test_stop_signal_first_ctrl_c_asks_second_interrupts():
+    """In-process: the handler as Python runs it (between bytecodes, right after os.kill)."""
+    from dist_lacl.trainer import StopSignal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        stop = StopSignal()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.received == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM changes nothing
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
