@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from .errors import UserError
+
 
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -23,6 +25,8 @@ def rank() -> int:
 
 
 def local_rank() -> int:
+    """This process's rank on its node, from LOCAL_RANK (set by torchrun, deepspeed, accelerate and the
+    slurm/ scripts); 0 when not launched."""
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
@@ -39,10 +43,37 @@ def default_backend() -> str:
 
 
 def device() -> torch.device:
-    if torch.cuda.is_available():
-        # Modulo: some clusters show each task only its own GPU(s), whatever its local rank.
-        return torch.device("cuda", local_rank() % torch.cuda.device_count())
-    return torch.device("cpu")
+    """The device this rank computes on; one rule for every launcher (see bind_device).
+
+    cuda:LOCAL_RANK when the process sees more GPUs than its local rank (every task sees all of its
+    node's GPUs, as under torchrun); cuda:0 when it sees exactly one (a cluster that binds one GPU per
+    task); any other layout is an error, since two ranks would share a GPU or one would sit idle.
+    """
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    index, count = local_rank(), torch.cuda.device_count()
+    if index < count:
+        return torch.device("cuda", index)
+    if count == 1:
+        return torch.device("cuda", 0)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
+    raise UserError(f"LOCAL_RANK={index} but this process sees {count} GPUs (CUDA_VISIBLE_DEVICES={visible}): "
+                    "give every task all of its node's GPUs (LOCAL_RANK picks one) or exactly one "
+                    "(see slurm/README.md, GPU binding)")
+
+
+def bind_device() -> torch.device:
+    """Make this rank's device (`device()`) the current CUDA device, and LOCAL_RANK name it.
+
+    DeepSpeed and accelerate choose cuda:LOCAL_RANK themselves; when a task sees only its own GPU
+    (index 0) whatever its local rank, LOCAL_RANK is set to 0 so that they pick the same device.
+    """
+    dev = device()
+    if dev.type == "cuda":
+        if dev.index != local_rank():
+            os.environ["LOCAL_RANK"] = str(dev.index)
+        torch.cuda.set_device(dev)
+    return dev
 
 
 def init_process_group(timeout_s: int, backend: str | None = None) -> None:
@@ -52,8 +83,7 @@ def init_process_group(timeout_s: int, backend: str | None = None) -> None:
     """
     if is_initialized():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(device())
+    bind_device()
     options = dict(backend=backend or default_backend(), timeout=datetime.timedelta(seconds=timeout_s))
     if "RANK" not in os.environ:
         # Not launched: a one-process group on a free local port, passed directly rather than through

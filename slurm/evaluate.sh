@@ -42,6 +42,17 @@ for name in MODEL CORPUS QUERIES QRELS; do
 done
 EVAL_DIR=${EVAL_DIR:-$MODEL/eval}
 read -r -a cmd <<<"${DIST_LACL_CMD:-dist-lacl}"
+# Every srun task is one rank: a launcher in between (torchrun, ...) would start ranks of its own.
+for word in ${cmd[@]+"${cmd[@]}"}; do
+    case ${word##*/} in
+        torchrun | torch.distributed.run | deepspeed | accelerate)
+            echo "evaluate.sh: DIST_LACL_CMD must run dist-lacl itself, not through ${word##*/}:" \
+                 "srun starts one rank per task (see slurm/README.md)" >&2
+            exit 2 ;;
+    esac
+done
+[ "${#cmd[@]}" -gt 0 ] || { echo "evaluate.sh: DIST_LACL_CMD is blank" >&2; exit 2; }
+# ${a[@]+"${a[@]}"}: a plain "${a[@]}" of an empty array is an error under set -u before bash 4.4.
 read -r -a encode_args <<<"${ENCODE_ARGS:-}"
 read -r -a eval_args <<<"${EVAL_ARGS:-}"
 
@@ -52,14 +63,15 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 echo "[$(date '+%F %T')] job $SLURM_JOB_ID: ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NUM_NODES:-?} node(s)" \
      "($SLURM_JOB_NODELIST); model $MODEL -> $EVAL_DIR"
 
-# One task per GPU, as in train_large.sh: RANK/WORLD_SIZE/LOCAL_RANK set inside each task.
+# One task per GPU, as in train_large.sh: RANK/WORLD_SIZE/LOCAL_RANK set inside each task, every task
+# sees its node's GPUs (--gpu-bind=none) and LOCAL_RANK picks one.
 encode() {  # encode KIND INPUT PORT
     echo "[$(date '+%F %T')] encoding $1 ($2)"
     # shellcheck disable=SC2016  # expanded by each task's own bash, not here
-    MASTER_PORT=$3 srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
+    MASTER_PORT=$3 srun --kill-on-bad-exit=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --gpu-bind=none \
         bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' \
         dist-lacl-task "${cmd[@]}" encode --model "$MODEL" --kind "$1" --input "$2" \
-        --output "$EVAL_DIR/$1-emb" "${encode_args[@]}"
+        --output "$EVAL_DIR/$1-emb" ${encode_args[@]+"${encode_args[@]}"}
 }
 # Each step gets its own port: the previous step's store socket may linger for a while.
 encode corpus "$CORPUS" "$port" || { status=$?; echo "encoding the corpus failed ($status)" >&2; exit "$status"; }
@@ -70,7 +82,7 @@ encode queries "$QUERIES" $((port + 1)) || { status=$?; echo "encoding the queri
 echo "[$(date '+%F %T')] searching and scoring"
 "${cmd[@]}" evaluate --qrels "$QRELS" --queries "$QUERIES" \
     --query-emb "$EVAL_DIR/queries-emb" --corpus-emb "$EVAL_DIR/corpus-emb" \
-    --output-run "$EVAL_DIR/run.trec" --report "$EVAL_DIR/report.json" "${eval_args[@]}"
+    --output-run "$EVAL_DIR/run.trec" --report "$EVAL_DIR/report.json" ${eval_args[@]+"${eval_args[@]}"}
 status=$?
 echo "[$(date '+%F %T')] evaluation exited with status $status"
 exit "$status"

@@ -46,9 +46,22 @@ cd "${DIST_LACL_WORKDIR:-${SLURM_SUBMIT_DIR:-.}}" || exit 2
 : "${SLURM_JOB_ID:?train_large.sh: submit with sbatch (no SLURM job here)}"
 CONFIG=${CONFIG:-configs/xlmr_large.yaml}
 read -r -a cmd <<<"${DIST_LACL_CMD:-dist-lacl}"
+# Every srun task is one rank. A launcher in between would start ranks of its own, die of the SIGUSR1
+# it does not handle, and report the trainer's status 3 ("resume me") as 1: the job would never requeue.
+for word in ${cmd[@]+"${cmd[@]}"}; do
+    case ${word##*/} in
+        torchrun | torch.distributed.run | deepspeed | accelerate)
+            echo "train_large.sh: DIST_LACL_CMD must run dist-lacl itself, not through ${word##*/}:" \
+                 "srun starts one rank per task (see slurm/README.md)" >&2
+            exit 2 ;;
+    esac
+done
+[ "${#cmd[@]}" -gt 0 ] || { echo "train_large.sh: DIST_LACL_CMD is blank" >&2; exit 2; }
+# Arrays that may be empty expand as ${a[@]+"${a[@]}"}: a plain "${a[@]}" of an empty array is an
+# "unbound variable" under set -u in bash before 4.4.
 read -r -a overrides <<<"${TRAIN_OVERRIDES:-}"
 if [ -n "${OUTPUT_DIR:-}" ]; then
-    overrides=("train.output_dir=$OUTPUT_DIR" "${overrides[@]}")
+    overrides=("train.output_dir=$OUTPUT_DIR" ${overrides[@]+"${overrides[@]}"})
 fi
 overrides+=("$@")
 
@@ -62,19 +75,23 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 echo "[$(date '+%F %T')] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: ${SLURM_NTASKS:-?} tasks on" \
      "${SLURM_JOB_NUM_NODES:-?} node(s) ($SLURM_JOB_NODELIST), rendezvous $MASTER_ADDR:$MASTER_PORT"
-echo "[$(date '+%F %T')] ${cmd[*]} train --config $CONFIG ${overrides[*]}"
+echo "[$(date '+%F %T')] ${cmd[*]} train --config $CONFIG ${overrides[*]:-}"
 
 # One task per GPU; RANK/WORLD_SIZE/LOCAL_RANK are per task, so they are set inside the task. `exec`
 # leaves no shell between slurmstepd and Python: the step's SIGUSR1 reaches only processes that handle
 # it. --cpus-per-task is passed on because srun 22.05 no longer inherits it from sbatch.
+# GPU binding: --gpu-bind=none shows every task all of its node's GPUs, and LOCAL_RANK=SLURM_LOCALID picks
+# one (cuda:LOCAL_RANK, the rule DeepSpeed and accelerate follow; NCCL's fast paths between the GPUs of a
+# node need them visible). A site that forces one GPU per task still works: the trainer then takes the
+# one it sees. See slurm/README.md, GPU binding.
 # Ending the step: ranks leave a few seconds apart (interpreter teardown), and the first to exit with 3
 # must not get the others killed before they exit 3 as well, so --kill-on-bad-exit is off (whatever
 # the site's KillOnBadExit). Instead --wait bounds the wait after the first exit: a rank that crashed
 # takes the others down after 120 s rather than after the trainer's collective timeout.
 # shellcheck disable=SC2016  # expanded by each task's own bash, not here
-srun --kill-on-bad-exit=0 --wait=120 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
+srun --kill-on-bad-exit=0 --wait=120 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --gpu-bind=none \
     bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' \
-    dist-lacl-task "${cmd[@]}" train --config "$CONFIG" "${overrides[@]}"
+    dist-lacl-task "${cmd[@]}" train --config "$CONFIG" ${overrides[@]+"${overrides[@]}"}
 status=$?
 
 if [ "$status" -eq 3 ]; then
