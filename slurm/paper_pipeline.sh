@@ -54,6 +54,15 @@ cd "${DIST_LACL_WORKDIR:-${SLURM_SUBMIT_DIR:-.}}"
 CONFIG=${CONFIG:-configs/paper_mbert_nq.yaml}
 STAGES=${STAGES:-mine train export mrtydi xor}
 DIST_LACL_CMD=${DIST_LACL_CMD:-dist-lacl}
+# srun starts one rank per task; a launcher in between would turn the trainer's "resume me" (3) into 1.
+for word in $DIST_LACL_CMD; do
+    case ${word##*/} in
+        torchrun | torch.distributed.run | deepspeed | accelerate)
+            echo "paper_pipeline.sh: DIST_LACL_CMD must run dist-lacl itself, not through ${word##*/}" \
+                 "(see slurm/README.md)" >&2
+            exit 2 ;;
+    esac
+done
 MINE_ARGS=${MINE_ARGS:---rank-range 10-100 --num-negatives 30}
 ENCODE_ARGS=${ENCODE_ARGS:---batch-size 512}
 MRTYDI_LANGS=${MRTYDI_LANGS:-arabic bengali english finnish indonesian japanese korean russian swahili telugu thai}
@@ -88,7 +97,9 @@ step=0
 on_all_gpus() {
     step=$((step + 1))
     # shellcheck disable=SC2016  # expanded by each task's own bash, not here
+    # --gpu-bind=none: each task sees its node's GPUs and LOCAL_RANK picks one (slurm/README.md).
     MASTER_PORT=$((port + step)) srun --kill-on-bad-exit=0 --wait=120 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
+        --gpu-bind=none \
         bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' \
         dist-lacl-task $DIST_LACL_CMD "$@"
 }
@@ -137,7 +148,7 @@ if has_stage export; then
         log "export: $MODEL exists, skipping"
     else
         log "export: $OUTPUT_DIR -> $MODEL"
-        $DIST_LACL_CMD export "$OUTPUT_DIR" --out "$MODEL"
+        $DIST_LACL_CMD export "$OUTPUT_DIR" --output "$MODEL"
     fi
 fi
 
