@@ -93,9 +93,9 @@ def test_index_parameter_errors():
         search(queries, [corpus], 5, IndexSpec(kind="ivfpq", gpus="none", nlist=2, pq_m=5))
     with pytest.raises(UserError, match="index"):
         search(queries, [corpus], 5, IndexSpec(kind="lsh"))
-    with pytest.raises(UserError, match="k"):
+    with pytest.raises(UserError, match="--k: expected a positive integer, got 0"):
         search(queries, [corpus], 0)
-    with pytest.raises(UserError, match="block_rows"):
+    with pytest.raises(UserError, match="--block-rows: expected a positive integer, got 0"):
         search(queries, [corpus], 5, block_rows=0)
 
 
