@@ -213,12 +213,13 @@ class NonFiniteEmbeddings(UserError):
     """Embedding rows with NaN or inf (typically fp16 overflow)."""
 
 
-def check_finite(emb: np.ndarray, ids: Sequence[str], what: str) -> None:
+def check_finite(emb: np.ndarray, ids: Sequence[str], what: str, advice: str = "") -> None:
     """Raise NonFiniteEmbeddings naming the ids of the rows of `emb` [n, D] that hold NaN or inf."""
     bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
     if len(bad):
         names = ", ".join(ids[i] for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise NonFiniteEmbeddings(f"{what}: non-finite (NaN or inf) embeddings for {len(bad)} ids ({names})")
+        raise NonFiniteEmbeddings(f"{what}: non-finite (NaN or inf) embeddings for {len(bad)} ids ({names})"
+                                  + (f"; {advice}" if advice else ""))
 
 
 def _encode_parts(model, tokenizer, records, parts_dir, tower, max_len, batch_size, dtype, device,
@@ -237,11 +238,12 @@ def _encode_parts(model, tokenizer, records, parts_dir, tower, max_len, batch_si
             emb = encode_texts(model, tokenizer, records.texts[start + a:start + b], tower, max_len, batch_size,
                                dtype=dtype, device=device, sort_by_length=sort_by_length, progress=bar)
             ids = records.ids[start + a:start + b]
-            hint = "with --dtype fp32 (or bf16), into a new --output directory"
-            check_finite(emb, ids, f"encoding in {dtype}; nothing was written, encode again {hint}")
+            remedy = ("the model itself gives them: check its weights" if dtype == "fp32" else
+                      f"{dtype} overflowed: encode with --dtype fp32 (or bf16 if it was fp16)")
+            check_finite(emb, ids, f"encoding in {dtype}", f"{remedy}; nothing was written")
             stored = emb.astype(shards.STORAGE[storage])
-            check_finite(stored, ids, f"storing as {storage} (values beyond its range); nothing was written, "
-                                      "encode again with --storage fp32 into a new --output directory")
+            check_finite(stored, ids, f"storing as {storage}",
+                         "values beyond its range: encode with --storage fp32; nothing was written")
             shards.write_atomic(shards.part_path(parts_dir, a, b), lambda f, x=stored: np.save(f, x))
 
 
