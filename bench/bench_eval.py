@@ -236,9 +236,10 @@ def bench_scale(args) -> list[dict]:
     folder = Path(args.scale_dir or tempfile.mkdtemp(prefix="bench-eval-scale-"))
     try:
         start = time.perf_counter()
-        write_synthetic_shards(folder / "corpus", "passage", args.scale_rows, args.dim, args.scale_storage,
-                               args.scale_shards, seed=1)
-        write_synthetic_shards(folder / "queries", "query", args.scale_queries, args.dim, "fp32", 1, seed=2)
+        if not _holds_shards(folder, args):
+            write_synthetic_shards(folder / "corpus", "passage", args.scale_rows, args.dim, args.scale_storage,
+                                   args.scale_shards, seed=1)
+            write_synthetic_shards(folder / "queries", "query", args.scale_queries, args.dim, "fp32", 1, seed=2)
         write_s = time.perf_counter() - start
         disk = sum(p.stat().st_size for p in (folder / "corpus").iterdir())
         for path in sorted((folder / "corpus").glob("emb-*")):  # one read, so no run pays for the cold cache alone
@@ -266,6 +267,17 @@ def bench_scale(args) -> list[dict]:
     finally:
         if not args.keep_scale_dir:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _holds_shards(folder: Path, args) -> bool:
+    """True if `folder` (a kept --scale-dir) already holds complete shards of these sizes: reused, not rewritten."""
+    try:
+        metas = [json.loads((folder / sub / shards.shard_name("meta", r, n)).read_text())
+                 for sub, n in (("corpus", args.scale_shards), ("queries", 1)) for r in range(n)]
+    except OSError:
+        return False
+    return (sum(m["num_rows"] for m in metas[:-1]) == args.scale_rows and metas[-1]["num_rows"] == args.scale_queries
+            and all(m["dim"] == args.dim for m in metas) and metas[0]["storage"] == args.scale_storage)
 
 
 def print_scale_table(rows: list[dict]) -> None:
@@ -354,9 +366,13 @@ def main(argv=None) -> None:
     result.update({"args" if encoding_rows or search_rows else "scale_args": vars(args), "machine": machine})
     if scale_rows and (encoding_rows or search_rows):
         result["scale_args"] = vars(args)
-    for key, rows in (("encoding", encoding_rows), ("search", search_rows), ("scale", scale_rows)):
+    for key, rows in (("encoding", encoding_rows), ("search", search_rows)):
         if rows:
             result[key] = rows
+    if scale_rows:  # one row per (corpus, block size): runs of other sizes are kept
+        fresh = {(r["corpus_rows"], r["storage"], r["block_rows"]) for r in scale_rows}
+        kept = [r for r in result.get("scale", []) if (r["corpus_rows"], r["storage"], r["block_rows"]) not in fresh]
+        result["scale"] = sorted(kept + scale_rows, key=lambda r: (r["corpus_rows"], r["block_rows"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {out}")

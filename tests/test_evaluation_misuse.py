@@ -185,6 +185,7 @@ SEARCH_CASES = [
                                     "--report", r / "set" / "./run.trec"], "is also --run"),
     ("output-run-without-search", lambda r, p: ["evaluate", "--qrels", p["qrels"], "--run", r / "set" / "run.trec",
                                                 "--output-run", r / "x.trec"], "--output-run: only with --query-emb"),
+    ("lang-empty", lambda r, p: eval_args(r, p, "--lang", ""), "--lang: expected a language code such as 'en', got ''"),
     ("qrels-is-dir", lambda r, p: ["evaluate", "--qrels", r / "set", "--run", r / "set" / "run.trec"],
      "--qrels {root}/set: expected a file, got a directory"),
     ("qrels-unknown-doc", lambda r, p: ["evaluate", "--qrels", r / "set" / "qrels-other.txt", "--query-emb",

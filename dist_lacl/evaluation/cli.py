@@ -137,6 +137,8 @@ def run_search(args) -> None:
 def run_evaluate(args) -> None:
     """Every option and input is checked, and every input read, before the search and before any write."""
     metrics = parse_metrics(args.metrics)
+    if not args.lang or any(c.isspace() for c in args.lang):
+        raise UserError(f"--lang: expected a language code such as 'en', got {args.lang!r}")
     searching = bool(args.query_emb or args.corpus_emb)
     if args.run and searching:
         raise UserError("--run: give either a run file or --query-emb and --corpus-emb, not both")

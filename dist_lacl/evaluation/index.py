@@ -167,9 +167,9 @@ def build_index(emb: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
     """A CPU inner-product index over `emb` [n, D] float32 (trained if approximate), search parameters set."""
     n, dim = emb.shape
     if spec.kind in ("ivf", "ivfpq") and spec.nlist > n:
-        raise UserError(f"nlist: expected at most the {n} rows of a corpus block, got {spec.nlist}")
+        raise UserError(f"--nlist: expected at most the {n} rows of a corpus block, got {spec.nlist}")
     if spec.kind == "ivfpq" and dim % spec.pq_m:
-        raise UserError(f"pq_m: expected a divisor of the embedding dimension {dim}, got {spec.pq_m}")
+        raise UserError(f"--pq-m: expected a divisor of the embedding dimension {dim}, got {spec.pq_m}")
     description = {"flat": "Flat", "ivf": f"IVF{spec.nlist},Flat", "hnsw": f"HNSW{spec.hnsw_m},Flat",
                    "ivfpq": f"IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_bits}"}[spec.kind]
     index = faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
