@@ -9,14 +9,14 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= cpu,demo,test,e5
 DEBIAN_PACKAGES := python3.11-doc gcc-12-locales \
 	debian-faq debian-faq-de debian-faq-fr debian-faq-it debian-faq-ja debian-faq-ko debian-faq-nl \
-	debian-faq-pt debian-faq-ru debian-faq-zh-cn \
+	debian-faq-pt debian-faq-ru debian-faq-zh-cn debian-reference-en debian-reference-de \
 	manpages-de manpages-fr manpages-it manpages-ja manpages-nl manpages-ru manpages-zh \
 	slurm-wlm munge
 DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-e5 test bench replicate venv debian lint clean
+.PHONY: demo demo-e5 test bench replicate venv debian lint clean gpu-check
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -48,9 +48,20 @@ bench: venv debian
 	$(PY) bench/bench_grad_cache.py
 	$(PY) bench/bench_zero.py
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_loss.py
 
 replicate: venv debian
 	$(PY) bench/replicate.py
+
+# On a CUDA machine: a virtualenv of its own with PyPI's CUDA torch and faiss-gpu, then every GPU test and
+# the GPU benchmarks in at most 8 minutes (bench/results/gpu.json). Without an NVIDIA GPU it stops at once.
+GPU_VENV ?= .venv-gpu
+GPU_TORCH_SPEC ?= torch==2.13.0
+GPU_EXTRAS ?= gpu,demo,test,e5
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU on this machine (nvidia-smi finds none); nothing was run" >&2; exit 2; }
+	$(MAKE) venv VENV=$(GPU_VENV) TORCH_SPEC="$(GPU_TORCH_SPEC)" EXTRAS=$(GPU_EXTRAS)
+	$(GPU_VENV)/bin/python bench/gpu_check.py
 
 lint: venv
 	$(VENV)/bin/ruff check dist_lacl tests bench

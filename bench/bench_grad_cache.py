@@ -63,7 +63,8 @@ OUT = REPO / "bench" / "results" / "grad_cache.json"
 DATA_CANDIDATES = (REPO / "runs" / "demo" / "data" / "train_ir.jsonl", Path("/tmp/lacl-data/train_ir.jsonl"))
 PYTHON_DOCS = Path("/usr/share/doc/python3.11/html/_sources")
 MEMORY_TARGET, OVERHEAD_TARGET, SPEEDUP_TARGET = 1.15, 1.35, 1.3
-SECTIONS = ("memory", "timing", "scaling")
+SECTIONS = ("memory", "chunks", "timing", "scaling")
+TOKEN_MEMORY_TARGET = 1.1
 
 FULL = dict(
     memory_models=("minilm", "tiny"), memory_batches=(32, 128, 512, 2048), chunk=32,
@@ -75,12 +76,15 @@ FULL = dict(
     st_model="minilm", st_batch=128, st_repeats=3, max_len=128,
     scaling_model="minilm", scaling_batch=32, scaling_steps=3, scaling_runs=2,
     scaling_layouts=((1, 1), (2, 1), (1, 2)), scaling_precision="fp32",
+    # 5. one batch of short sentences and one of long passages, chunked by rows and by a token budget.
+    chunks_model="minilm", chunks_batch=32, chunks_rows=32, chunks_tokens=2048, chunks_repeats=1,
 )
 QUICK = dict(
     memory_models=("tiny",), memory_batches=(8, 32), chunk=8, uncached_cap={"tiny": 8},
     memory_repeats={"tiny": 1}, st_model="tiny", st_batch=16, st_repeats=2, max_len=64,
     scaling_model="tiny", scaling_batch=8, scaling_steps=3, scaling_runs=1, scaling_layouts=((1, 1), (2, 1)),
     scaling_precision="fp32",
+    chunks_model="tiny", chunks_batch=16, chunks_rows=8, chunks_tokens=512, chunks_repeats=1,
 )
 
 
@@ -318,6 +322,59 @@ def phase_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------- 5. token-budget chunks
+
+def measure_chunks(plan: dict, models: dict, triples: Path, threads: int) -> list[dict]:
+    """Peak memory and time of one step over short sentences and over long passages, chunked by rows and
+    by a token budget: a fresh process each, as in table 1, sides alternating over the repeats."""
+    sides = [(lengths, kind) for lengths in ("short", "long") for kind in ("rows", "tokens")]
+    runs = {side: [] for side in sides}
+    for rep in range(plan["chunks_repeats"]):
+        for lengths, kind in (sides if rep % 2 == 0 else sides[::-1]):
+            progress(f"chunks {plan['chunks_model']} {lengths} texts, chunks by {kind} ({rep + 1})")
+            chunking = ({"chunk": plan["chunks_rows"]} if kind == "rows" else
+                        {"chunk": 0, "chunk_tokens": plan["chunks_tokens"]})
+            runs[(lengths, kind)].append(run_worker("memory", models[plan["chunks_model"]], triples, threads,
+                                                    batch=plan["chunks_batch"], lengths=lengths, **chunking))
+    rows = []
+    for (lengths, kind), rs in runs.items():
+        shapes = rs[0]["chunk_shapes"]
+        rows.append({"texts": lengths, "chunks_by": kind, "n": len(rs),
+                     "budget": plan["chunks_rows"] if kind == "rows" else plan["chunks_tokens"],
+                     "num_chunks": len(shapes), "max_rows_per_chunk": max(r for r, _ in shapes),
+                     "min_rows_per_chunk": min(r for r, _ in shapes),
+                     "max_positions_per_chunk": max(r * L for r, L in shapes),
+                     "sequences": sum(r for r, _ in shapes), "non_padding_tokens": rs[0]["non_padding_tokens"],
+                     "step_mib": median([(r["peak_hwm_mib"] or r["peak_sampled_mib"]) - r["baseline_mib"] for r in rs]),
+                     "refwd_mib": median([r["phase_peak_mib"].get("forward_backward", float("nan")) - r["baseline_mib"]
+                                          for r in rs]),
+                     "step_s": median([r["step_s"] for r in rs]), "runs": rs})
+    return rows
+
+
+def chunks_table(rows: list[dict], plan: dict) -> tuple[str, dict]:
+    lines = [f"5. Chunks by rows vs by a token budget: one training step (as table 1) of {plan['chunks_model']}, "
+             f"{plan['chunks_batch']} queries + {2 * plan['chunks_batch']} passages; short = every text cut at 16 "
+             f"tokens, long = passages cut at 256 (queries 32); rows = {plan['chunks_rows']} sequences per chunk, "
+             f"tokens = {plan['chunks_tokens']} positions per chunk (rows x longest row); a fresh process each, "
+             f"n = processes, median; step = peak - baseline, re-fwd = the peak within the re-forward+backward phase",
+             f"{'texts':6} {'chunks by':>9} {'n':>2} {'tokens':>7} {'chunks':>6} {'rows/chunk':>10} {'max pos':>7} "
+             f"{'step MiB':>9} {'re-fwd MiB':>10} {'step s':>7}"]
+    for r in rows:
+        lines.append(f"{r['texts']:6} {r['chunks_by']:>9} {r['n']:>2} {r['non_padding_tokens']:>7} {r['num_chunks']:>6} "
+                     f"{r['min_rows_per_chunk']:>4}-{r['max_rows_per_chunk']:<5} {r['max_positions_per_chunk']:>7} "
+                     f"{r['step_mib']:>9.0f} {r['refwd_mib']:>10.0f} {r['step_s']:>7.2f}")
+    verdict = {}
+    for kind in ("rows", "tokens"):
+        short, long = (next(r for r in rows if r["texts"] == t and r["chunks_by"] == kind) for t in ("short", "long"))
+        ratio = max(short["step_mib"], long["step_mib"]) / min(short["step_mib"], long["step_mib"])
+        verdict[kind] = {"ratio": ratio, "met": ratio <= TOKEN_MEMORY_TARGET}
+        lines.append(f"peak step memory, long passages vs short sentences, chunks by {kind}: {ratio:.2f}x"
+                     + (f" (target <= {TOKEN_MEMORY_TARGET}x) -> {'met' if ratio <= TOKEN_MEMORY_TARGET else 'NOT met'}"
+                        if kind == "tokens" else " (shown beside it)"))
+    return "\n".join(lines), verdict
+
+
 # ---------------------------------------------------------------- 2 and 3. time: caching, sentence-transformers
 
 def measure_st(plan: dict, models: dict, triples: Path, threads: int) -> dict:
@@ -380,19 +437,24 @@ def st_table(r: dict) -> str:
 
 
 def st_profile_lines(r: dict) -> list[str]:
-    """Median seconds per phase of the cached steps (ST's re-forwards run inside its backward hook and are
-    timed without the backward through them, which is left in `rest`)."""
+    """The step profile: median seconds per phase of each cached step. inputs = tokenizing the batch (the
+    trainer waits for it: its data pipeline runs in the step's thread); re-fwd+bwd = the step less the
+    no-grad forward and the loss (ST re-forwards inside its backward hook: its re-forwards alone are shown
+    apart); comm = collectives, none in one process (table 4's trainer has them); AdamW = one optimizer step
+    over the same model, the same on both sides."""
     w = r["work"]
-    lines = ["profile of the cached steps, median s per phase:",
-             f"  {'side':30} {'fwd no-grad':>11} {'loss+cache':>10} {'re-fwd(+bwd)':>12} {'rest':>6} {'step':>6}"]
-    for side in ("dist_lacl_cached", "st_cached"):
+    opt = r["optimizer_step_s"]
+    lines = ["step profile of the cached steps, median s per phase:",
+             f"  {'side':22} {'inputs':>7} {'fwd no-grad':>11} {'loss+cache':>10} {'re-fwd+bwd':>10} {'(re-fwd)':>9} "
+             f"{'comm':>5} {'AdamW':>6} {'total':>7}"]
+    for side, tokenize in (("dist_lacl_cached", "dist_lacl"), ("st_cached", "st")):
         rows = [p for p in r["phases"] if p["side"] == side]
         fwd, loss = median([p["forward_no_grad"] for p in rows]), median([p["build_cache"] for p in rows])
         step = median([p["step_s"] for p in rows])
-        refwd = median([p.get("forward_backward", p.get("reforward", 0.0)) for p in rows])
-        label = ST_SIDES[side] + (" (re-fwd only)" if side == "st_cached" else "")
-        lines.append(f"  {label:30} {fwd:>11.2f} {loss:>10.3f} {refwd:>12.2f} {step - fwd - loss - refwd:>6.2f} "
-                     f"{step:>6.2f}")
+        refwd = f"{median([p['reforward'] for p in rows]):.2f}" if "reforward" in rows[0] else "-"
+        inputs = r["tokenize_s"][tokenize]
+        lines.append(f"  {ST_SIDES[side]:22} {inputs:>7.2f} {fwd:>11.2f} {loss:>10.3f} {step - fwd - loss:>10.2f} "
+                     f"{refwd:>9} {0.0:>5.1f} {opt:>6.2f} {inputs + step + opt:>7.2f}")
     ours, real = w["dist_lacl_tokens_per_forward"], w["non_padding_tokens"]
     lines.append(f"  encoder token positions per pass (padding included, after per-chunk trimming): dist-lacl "
                  f"{ours} (chunks cut after sorting by length), unsorted {w['dist_lacl_unsorted_tokens_per_forward']}, "
@@ -522,10 +584,13 @@ def main() -> int:
     parser.add_argument("--gpu-peak-tflops", type=float, default=989.0,
                         help="per-GPU peak for MFU (default: H100 SXM dense bf16)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--st-batch", type=int, help="table 2-3: triples per step (default: the plan's)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="run only these; the others' results are kept from --out")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    if args.st_batch:
+        plan = {**plan, "st_batch": args.st_batch}
     if torch.cuda.is_available() and not args.quick:
         plan = gpu_scaling(plan)
     started = time.time()
@@ -534,7 +599,7 @@ def main() -> int:
                    "torch_threads": args.threads, "machine": machine(), "plan": plan})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        num = max(max(plan["memory_batches"]), plan["st_batch"])
+        num = max(max(plan["memory_batches"]), plan["st_batch"], plan["chunks_batch"])
         source, records = load_ir_records(num)
         result["data"] = {"source": source, "records": len(records)}
         m = result["machine"]
@@ -547,6 +612,10 @@ def main() -> int:
         if "memory" in args.sections:
             result["memory"] = measure_memory(plan, models, triples, args.threads)
             table, result["memory_target"] = memory_table(result["memory"], plan)
+            report(table, result, args.out)
+        if "chunks" in args.sections:
+            result["chunks"] = measure_chunks(plan, models, triples, args.threads)
+            table, result["chunks_target"] = chunks_table(result["chunks"], plan)
             report(table, result, args.out)
         if "timing" in args.sections:
             result["timing"] = measure_st(plan, models, triples, args.threads)

@@ -7,7 +7,8 @@ Layout under <output_dir>/checkpoints/:
     trainer_state.json    step, data position of each stream, counters (also in the engine's client state)
     config.yaml           the resolved run config
     MANIFEST.json         written last: every file and its size; a directory without it is incomplete
-  latest                  name of the newest complete checkpoint (written after the rename)
+  latest                  name of the newest complete checkpoint (written after the rename; for users
+                          and tools - loading scans for the newest complete one and warns if they differ)
 A checkpoint is written under `.tmp-step-000100/` and renamed only when every rank has finished, so a
 crash at any point leaves the previous complete checkpoint as the newest loadable one.
 """
@@ -38,16 +39,20 @@ def checkpoint_name(step: int) -> str:
 
 
 def rng_state() -> dict:
+    # The CUDA state of this rank's device only: a resumed task may be shown fewer GPUs than the saving one.
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, list):  # saved by an older version: every visible device's state
+        cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and cuda else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -83,6 +88,36 @@ def verify(directory: Path) -> str | None:
     return None
 
 
+def merge_views(views: list[dict[str, int]]) -> dict[str, int]:
+    """The union of every rank's {file: size} listing; a file two ranks see with different sizes (one of
+    them mid-write or stale) keeps the larger size, so a truncated copy fails `verify`."""
+    merged: dict[str, int] = {}
+    for view in views:
+        for name, size in view.items():
+            merged[name] = max(size, merged.get(name, 0))
+    return merged
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` (re-saving a step) is moved aside first and deleted
+    only once the new one is in place, so a crash in between still leaves one complete copy."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)  # our own leftover of an earlier interrupted re-save
+        os.rename(final, old)
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def has_complete_checkpoint(root: Path) -> bool:
+    """One process: whether `root` holds at least one complete checkpoint."""
+    root = Path(root)
+    return root.is_dir() and any(p.is_dir() and p.name.startswith(PREFIX) and verify(p) is None
+                                 for p in root.iterdir())
+
+
 class Checkpointer:
     """Saves and finds complete checkpoints in `root`; keeps the newest `keep_last`."""
 
@@ -114,16 +149,18 @@ class Checkpointer:
                extra_files: dict[str, bytes]) -> None:
         engine.save(tmp, client_state={"trainer_state": trainer_state})
         torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
-        dist.barrier()
+        # Each rank lists what it sees (its own files at least); on a network filesystem rank 0's view
+        # alone may miss another node's shard, and a manifest without it would call a partial checkpoint
+        # complete. The union is the manifest, so `verify` catches any file a later reader cannot see.
+        views = dist.all_gather_objects(_manifest(tmp))
         if dist.is_main():
             files = {"trainer_state.json": json.dumps(trainer_state, indent=1).encode(), **extra_files}
             for name, data in files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(tmp / name, data)
-            write_atomic(tmp / MANIFEST, json.dumps({"step": step, "files": _manifest(tmp)}, indent=1).encode())
-            if final.exists():  # re-saving the same step (e.g. after a resume at the end)
-                shutil.rmtree(final)
-            os.rename(tmp, final)
+            listed = merge_views([*views, _manifest(tmp)])
+            write_atomic(tmp / MANIFEST, json.dumps({"step": step, "files": listed}, indent=1).encode())
+            replace_dir(tmp, final)
             write_atomic(self.root / "latest", final.name.encode())
             self._prune()
 
@@ -151,6 +188,12 @@ class Checkpointer:
                     choice = str(candidate)
                     break
                 log.warning("not loading checkpoint %s: %s", candidate, problem)
+            pointer = self.root / "latest"
+            named = pointer.read_text().strip() if pointer.is_file() else None
+            if choice and named and named != Path(choice).name:
+                # The pointer moves after the rename: a crash in between leaves it one checkpoint behind.
+                log.warning("%s names %s, but the newest complete checkpoint is %s: loading that one",
+                            pointer, named, Path(choice).name)
         choice = dist.broadcast_object(choice)
         return Path(choice) if choice else None
 

@@ -34,8 +34,9 @@ def _optional_parsers():
     from .builders.cli import add_parsers as data_parsers
     from .evaluation.cli import add_parsers as eval_parsers
     from .export import add_parsers as export_parsers
+    from .mine import add_parsers as mine_parsers
 
-    return [export_parsers, eval_parsers, data_parsers]
+    return [export_parsers, eval_parsers, data_parsers, mine_parsers]
 
 
 def run_train(args) -> None:
@@ -62,6 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dist-lacl {args.command}: error: {e}" if not isinstance(e, ResumeRequested)
               else f"dist-lacl {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        # A second Ctrl-C in training (or the first elsewhere): every write is atomic, so whatever was
+        # complete before is intact; a half-written temporary file or checkpoint is ignored and replaced.
+        print(f"dist-lacl {args.command}: interrupted; complete outputs and checkpoints are intact",
+              file=sys.stderr)
+        return 130
     except OSError as e:
         # The storage's problems (full, read-only, not permitted) are the user's to fix, not a bug.
         if args.debug or e.errno not in _STORAGE_ERRORS:

@@ -42,11 +42,28 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train_ir: str = ""
-    """English IR training data, Tevatron jsonl (query_id, query, positive_passages, negative_passages)."""
+    """English IR training data: Tevatron jsonl (query_id, query, positive_passages, negative_passages) or
+    another format of docs/formats.md (a file, or MS MARCO's directory)."""
+    train_ir_format: str = "auto"
+    """Format of train_ir: auto (detected), tevatron, tevatron-v2, flagembedding, msmarco or dpr."""
+    train_corpus: str | None = None
+    """Corpus that train_ir names passages from: Tevatron v2 corpus jsonl, MS MARCO collection.tsv
+    (default: corpus.jsonl / collection.tsv beside train_ir)."""
     parallel: str | None = None
-    """Parallel sentences jsonl (en, text, lang); required when loss.semantic_weight or language_weight > 0."""
+    """Parallel sentences jsonl (en, text, lang), TSV or an OPUS Moses pair; required when
+    loss.semantic_weight or language_weight > 0."""
+    parallel_format: str = "auto"
+    """Format of parallel: auto (detected), jsonl, tsv or moses."""
+    parallel_lang: str | None = None
+    """The non-English language of TSV/Moses parallel data (default: from the file name, X.de-en.tsv)."""
+    parallel_min_score: float | None = None
+    """Parallel TSV with a score column (WikiMatrix): pairs scoring below this are dropped."""
     monolingual: str | None = None
-    """Monolingual sentences jsonl (text, lang); required when loss.language_weight > 0."""
+    """Monolingual sentences jsonl (text, lang) or plain text; required when loss.language_weight > 0."""
+    monolingual_format: str = "auto"
+    """Format of monolingual: auto (detected), jsonl or text (one sentence per line, CC-100)."""
+    monolingual_lang: str | None = None
+    """Language of plain-text monolingual data (default: from the file name, de.txt.xz)."""
     train_group_size: int = 8
     """Passages per query: 1 positive + (train_group_size - 1) hard negatives."""
     query_max_len: int = 32
@@ -64,7 +81,11 @@ class DataConfig:
     bad_records: str = "error"
     """Policy for malformed records: `error` stops with file/line/field, `skip` drops and counts them."""
     cache_dir: str | None = None
-    """Where `datasets` keeps its Arrow cache; defaults to <output_dir>/cache."""
+    """Root of the Arrow caches (one per input file, shared by runs); default $DIST_LACL_CACHE or ~/.cache/dist_lacl."""
+    cache_build_procs: int = 0
+    """Processes that build a file's cache (cut at newlines); 0 = one per CPU (at most 16), 1 = rank 0 alone."""
+    prefetch: int = 1
+    """Steps whose inputs a background thread reads and tokenises ahead of training; 0 = in the loop."""
 
 
 @dataclass
@@ -79,6 +100,14 @@ class LossConfig:
     """Average the e->f and f->e directions of the semantic loss (False: e->f only)."""
     language_variant: str = "balanced"
     """`balanced`: -0.5 log p - 0.5 log(1-p), p = softmax over (e_i, f_i); `squared`: (sim_e - sim_f)^2."""
+    language_temperature: float | None = None
+    """tau of the language loss alone (a larger one keeps its gradient proportional to the gap, see
+    losses_variants); None: loss.temperature."""
+    sharding: str = "replicated"
+    """`replicated`: every rank scores the whole global batch; `sharded`: each rank scores only its own
+    anchor rows against every gathered candidate (score memory / world size; same loss and gradients)."""
+    block_rows: int = 0
+    """Score at most this many anchor rows at a time, recomputed in backward (exact); 0: all at once."""
 
 
 @dataclass
@@ -100,7 +129,10 @@ class TrainConfig:
     monolingual_batch_size: int = 32
     """Monolingual sentences per step across all ranks."""
     chunk_size: int = 8
-    """Gradient-cache chunk, in sequences per forward; 0 disables gradient caching."""
+    """Gradient-cache chunk, in sequences per forward; 0 disables gradient caching (unless chunk_tokens)."""
+    chunk_tokens: int = 0
+    """Gradient-cache chunk as a token budget instead (rows x longest row, after sorting by length): big
+    chunks of short sentences, small ones of long passages; needs train.chunk_size 0. 0: off."""
     grad_reduction: str = "coalesced"
     """ZeRO-2 with several chunks: `coalesced` keeps full gradients locally and reduces once per step
     (memory of ZeRO-1 gradients, one reduce-scatter); `per_chunk` reduce-scatters after every chunk
@@ -153,7 +185,11 @@ _CHOICES = {
     "model.aux_towers": ("query", "passage", "both"),
     "model.pooling": ("cls", "mean"),
     "data.bad_records": ("error", "skip"),
+    "data.train_ir_format": ("auto", "tevatron", "tevatron-v2", "flagembedding", "msmarco", "dpr"),
+    "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),
+    "data.monolingual_format": ("auto", "jsonl", "text"),
     "loss.language_variant": ("balanced", "squared"),
+    "loss.sharding": ("replicated", "sharded"),
     "train.backend": ("deepspeed", "ddp"),
     "train.grad_reduction": ("coalesced", "per_chunk"),
     "train.precision": ("fp32", "bf16", "fp16"),
@@ -166,7 +202,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            raise ConfigError(f"{path}: " + ("is a folder; expected a YAML config file" if path.is_dir()
+                                             else "config file not found"))
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
@@ -254,10 +291,17 @@ def validate(cfg: RunConfig) -> None:
     t, loss, data = cfg.train, cfg.loss, cfg.data
     checks = [
         (loss.temperature > 0, "loss.temperature", "a positive number"),
+        (loss.language_temperature is None or loss.language_temperature > 0, "loss.language_temperature",
+         "a positive number or null (null: loss.temperature)"),
         (loss.semantic_weight >= 0, "loss.semantic_weight", "a number >= 0"),
         (loss.language_weight >= 0, "loss.language_weight", "a number >= 0"),
+        (loss.block_rows >= 0, "loss.block_rows", "an integer >= 0 (0: all rows at once)"),
         (t.lr > 0, "train.lr", "a positive number"),
         (t.weight_decay >= 0, "train.weight_decay", "a number >= 0"),
+        (all(0 <= b < 1 for b in t.adam_betas), "train.adam_betas", "two numbers in [0, 1)"),
+        (t.adam_eps > 0, "train.adam_eps", "a positive number"),
+        (0 <= t.seed < 2**31, "train.seed", "an integer from 0 to 2^31 - 1"),
+        (t.num_threads >= 0, "train.num_threads", "an integer >= 0 (0: torch's default)"),
         (t.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables clipping)"),
         (t.max_steps > 0, "train.max_steps", "a positive integer"),
         (t.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0"),
@@ -267,6 +311,12 @@ def validate(cfg: RunConfig) -> None:
         (t.chunk_size >= 0, "train.chunk_size", "an integer >= 0 (0 disables gradient caching)"),
         (t.chunk_size <= max(t.ir_batch_size * data.train_group_size, 1), "train.chunk_size",
          f"at most the largest per-step batch ({t.ir_batch_size * data.train_group_size} passages)"),
+        (t.chunk_tokens >= 0, "train.chunk_tokens", "an integer >= 0 (0: chunks of train.chunk_size rows)"),
+        (not (t.chunk_tokens and t.chunk_size), "train.chunk_tokens",
+         "train.chunk_size 0 with it (a token budget replaces chunks of train.chunk_size rows)"),
+        (not t.chunk_tokens or t.chunk_tokens >= max(data.query_max_len, data.passage_max_len,
+                                                     data.sentence_max_len), "train.chunk_tokens",
+         "at least the longest max length (data.*_max_len), so every row fits in a chunk"),
         (t.log_every > 0, "train.log_every", "a positive integer"),
         (t.eval_every >= 0, "train.eval_every", "an integer >= 0"),
         (t.eval_every == 0 or all((data.dev_queries, data.dev_corpus, data.dev_qrels)), "data.dev_*",
@@ -276,9 +326,11 @@ def validate(cfg: RunConfig) -> None:
         (t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "an integer >= 1"),
         (t.dist_timeout_s > 0, "train.dist_timeout_s", "a positive integer"),
         (data.train_group_size >= 1, "data.train_group_size", "an integer >= 1"),
+        (data.cache_build_procs >= 0, "data.cache_build_procs", "an integer >= 0 (0 = one per CPU)"),
+        (0 <= data.prefetch <= 8, "data.prefetch", "an integer from 0 (off) to 8 steps"),
         (min(data.query_max_len, data.passage_max_len, data.sentence_max_len) >= 2,
          "data.*_max_len", "at least 2 tokens"),
-        (bool(data.train_ir), "data.train_ir", "a path to Tevatron jsonl training data"),
+        (bool(data.train_ir), "data.train_ir", "a path to IR training data (Tevatron jsonl, see docs/formats.md)"),
     ]
     if loss.semantic_weight > 0 or loss.language_weight > 0:
         checks.append((bool(data.parallel), "data.parallel",
@@ -316,13 +368,14 @@ def check_world_size(cfg: RunConfig, world_size: int) -> None:
 
 
 # What a resumed run may change: schedule length, logging/saving cadence, chunking (gradient caching is
-# exact), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
+# exact), how the loss is split over ranks and blocks (exact too), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
 # model, the data order or the optimisation, and would silently produce a different run.
 RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
-                     "train.chunk_size", "train.grad_reduction", "train.eval_every",
+                     "train.chunk_size", "train.chunk_tokens", "train.grad_reduction", "train.eval_every",
                      "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
-                     "data.cache_dir", "model.gradient_checkpointing"}
+                     "data.cache_dir", "data.cache_build_procs", "data.prefetch", "model.gradient_checkpointing",
+                     "loss.sharding", "loss.block_rows"}
 
 
 def check_resume_compatible(previous: RunConfig, current: RunConfig, source: str) -> None:

@@ -1,19 +1,29 @@
-"""Training data: formats and validation, deterministic per-rank batches with a resumable position.
+"""Training data: reading and validation, deterministic per-rank batches with a resumable position.
 
-Formats (one JSON object per line, UTF-8):
+Formats: the documented jsonl of each kind and the field's distributed ones (`formats`, docs/formats.md):
   IR (Tevatron): {"query_id": str, "query": str, "positive_passages": [{"docid", "title", "text"}],
                   "negative_passages": [...]}
   parallel:      {"en": str, "text": str, "lang": str}   (text = the translation of en into lang)
   monolingual:   {"text": str, "lang": str}
-Records are validated once while `datasets` builds its Arrow cache (memory-mapped, so corpora larger
-than RAM are fine); a bad record stops with file, line and field, or is skipped and counted.
+Records are validated once while the Arrow cache is built (data_cache: once per file, in parallel,
+memory-mapped, so corpora larger than RAM are fine); a bad record stops with file, line and field, or
+is skipped and counted. The epoch order is a keyed permutation computed per index (shuffle), and the
+next steps' batches are tokenised by a background thread (Prefetcher).
 """
 
 from __future__ import annotations
 
-import json
+import collections
+import copy
+import dataclasses
+import functools
 import logging
-import re
+import os
+import queue
+import threading
+import time
+import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,120 +31,40 @@ import datasets
 import torch
 
 from . import distributed as dist
+from . import formats
+from .data_cache import CacheEntry, default_cache_root
 from .errors import DataError, UserError
+from .formats import ReadOptions
+from .formats.records import Suspicious
+from .shuffle import KeyedPermutation
 
 log = logging.getLogger(__name__)
 
-# ISO 639-1 codes; a 3-letter ISO 639-2/3 code or a region/script suffix (pt-br, zh_CN, sr@latin) is also accepted.
-_ISO639_1 = set(
-    "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz "
-    "ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik "
-    "io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml "
-    "mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd "
-    "se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi "
-    "vo wa wo xh yi yo za zh zu".split())
-_LANG = re.compile(r"^([a-z]{2,3})([-_][a-z0-9]{2,8})*(@[a-z]+)?$", re.IGNORECASE)
 
+# ---------------------------------------------------------------- reading, any format
 
-def is_language_code(code: str) -> bool:
-    m = _LANG.match(code)
-    return bool(m) and (len(m.group(1)) == 3 or m.group(1).lower() in _ISO639_1)
+def read_records(path: str | Path, kind: str, bad_records: str = "error", skipped: list | None = None,
+                 options: ReadOptions | None = None):
+    """Yield validated internal records of `kind` (ir, parallel, monolingual) from `path` in any format
+    of `formats.READERS` (named in `options.format`, or detected); DataError names file, line and field.
 
-
-# ---------------------------------------------------------------- validation, one record at a time
-
-def _text(rec: dict, key: str, where) -> str:
-    value = rec.get(key)
-    if key not in rec:
-        raise DataError(*where, key, "missing; expected a non-empty string")
-    if not isinstance(value, str):
-        raise DataError(*where, key, f"expected a string, got {type(value).__name__}")
-    if not value.strip():
-        raise DataError(*where, key, "expected a non-empty string, got an empty one")
-    return value
-
-
-def _lang(rec: dict, where) -> str:
-    code = _text(rec, "lang", where)
-    if not is_language_code(code):
-        raise DataError(*where, "lang", f"expected a language code such as 'de' or 'pt-br', got {code!r}")
-    return code.lower().replace("_", "-")
-
-
-def _passages(rec: dict, key: str, where, required: bool) -> list[dict]:
-    value = rec.get(key, [] if not required else None)
-    if not isinstance(value, list):
-        raise DataError(*where, key, "expected a list of {docid, title, text} objects")
-    if required and not value:
-        raise DataError(*where, key, "expected at least one positive passage")
-    out = []
-    for i, p in enumerate(value):
-        if not isinstance(p, dict):
-            raise DataError(*where, f"{key}[{i}]", "expected an object {docid, title, text}")
-        title = p.get("title", "")
-        if not isinstance(title, str):
-            raise DataError(*where, f"{key}[{i}].title", "expected a string")
-        docid = p.get("docid")
-        if not isinstance(docid, (str, int)) or isinstance(docid, bool):
-            raise DataError(*where, f"{key}[{i}].docid", "expected a string")
-        out.append({"docid": str(docid), "title": title, "text": _text(p, "text", (where[0], where[1]))})
-    return out
-
-
-def parse_ir(rec: dict, where) -> dict:
-    qid = rec.get("query_id")
-    if not isinstance(qid, (str, int)) or isinstance(qid, bool):
-        raise DataError(*where, "query_id", "expected a string")
-    return {"query_id": str(qid), "query": _text(rec, "query", where),
-            "positives": _passages(rec, "positive_passages", where, required=True),
-            "negatives": _passages(rec, "negative_passages", where, required=False)}
-
-
-def parse_parallel(rec: dict, where) -> dict:
-    return {"en": _text(rec, "en", where), "text": _text(rec, "text", where), "lang": _lang(rec, where)}
-
-
-def parse_monolingual(rec: dict, where) -> dict:
-    return {"text": _text(rec, "text", where), "lang": _lang(rec, where)}
-
-
-PARSERS = {"ir": parse_ir, "parallel": parse_parallel, "monolingual": parse_monolingual}
-
-
-def read_records(path: str | Path, kind: str, bad_records: str = "error", skipped: list | None = None):
-    """Yield validated records of `kind` from a jsonl file; DataError names file, line and field.
-
-    With bad_records="skip", malformed lines are dropped and (line, reason) appended to `skipped`.
+    With bad_records="skip", malformed records are dropped and (line, reason) appended to `skipped`.
+    Suspicious records (a hard negative that is its query's positive: dropped; a parallel pair in
+    English, or whose text equals the English) are counted and warned about once per file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (expected {kind} jsonl)")
-    parse, n = PARSERS[kind], 0
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            where = (path, line_no)
-            try:
-                if not raw.strip():
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(path, line_no, None, f"not valid UTF-8 (byte {e.start})") from None
-                try:
-                    rec = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise DataError(path, line_no, None, f"not valid JSON ({e.msg}, column {e.colno})") from None
-                if not isinstance(rec, dict):
-                    raise DataError(path, line_no, None, "expected a JSON object")
-                out = parse(rec, where)
-            except DataError as e:
-                if bad_records != "skip":
-                    raise
-                if skipped is not None:
-                    skipped.append((line_no, str(e)))
-                continue
-            n += 1
-            yield out
+    options = options or ReadOptions()
+    on_error = None
+    if bad_records == "skip":
+        def on_error(e: DataError) -> None:
+            if skipped is not None:
+                skipped.append((e.line, str(e)))
+    fmt, rows = formats.read(path, kind, options, on_error)
+    log.info("%s: reading %s data as %s", path, kind, fmt)
+    suspicious, n = Suspicious(path), 0
+    for line_no, rec in rows:
+        n += 1
+        yield suspicious.check(kind, rec, line_no)
+    suspicious.report()
     if n == 0:
         raise DataError(path, None, None, f"no valid {kind} records (empty file?)")
 
@@ -151,34 +81,45 @@ def _features(kind: str) -> datasets.Features:
     }[kind])
 
 
-def _generate(path: str, kind: str, bad_records: str, stamp: str):
-    skipped: list = []
-    yield from read_records(path, kind, bad_records, skipped)
-    if skipped:
-        log.warning("%s: skipped %d malformed records (first: %s)", path, len(skipped), skipped[0][1])
-    del stamp  # part of the cache key only
+def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None, bad_records: str = "error",
+                options: ReadOptions | None = None) -> tuple[CacheEntry, ReadOptions]:
+    """The cache entry of training data `path` (format resolved and logged) and the options to read it with."""
+    path, options = Path(path), options or ReadOptions()
+    fmt = formats.resolve(path, kind, options)
+    sources = formats.files(path, kind, fmt, options)
+    options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
+    log.info("%s: %s data in the %s format", path, kind, fmt)
+    entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records, sources=sources,
+                       options=dataclasses.asdict(options), splittable=(kind, fmt) in LINE_SPLITTABLE)
+    return entry, options
 
 
-def load_dataset(path: str | Path, kind: str, cache_dir: str | Path, bad_records: str = "error") -> datasets.Dataset:
-    """*Collective.* The validated Arrow dataset of a jsonl file; rank 0 builds the cache, the others reuse it.
+# Formats whose files hold one record per line on their own, so the cache can build byte ranges of
+# them in parallel (a reader that needs the file's name or a companion file reads the whole file).
+LINE_SPLITTABLE = {("ir", "tevatron"), ("ir", "flagembedding"), ("parallel", "jsonl"), ("monolingual", "jsonl")}
 
-    The file's size and mtime are part of the cache key, so an edited file is read again.
+
+def load_dataset(path: str | Path, kind: str, cache_dir: str | Path | None = None, bad_records: str = "error",
+                 options: ReadOptions | None = None, num_proc: int = 0, stale_s: float = 120.0) -> datasets.Dataset:
+    """*Collective.* The validated, memory-mapped Arrow dataset of training data in any format
+    (`read_records`, `formats`).
+
+    Rank 0 builds the cache once per input (see data_cache: keyed by every file the format reads - path,
+    size, mtime - and the reading options, shared by runs, built by num_proc processes for line formats;
+    0 = one per CPU, at most 16) while the other ranks poll the file system for it, which no collective
+    timeout limits; all meet in a barrier once it is complete. If rank 0's build fails, every rank
+    raises its message; if rank 0 stops beating for stale_s, the others raise too.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found (expected {kind} jsonl)")
-    st = path.stat()
-    stamp = f"{st.st_size}-{st.st_mtime_ns}"
-    with dist.main_process_first():
-        try:
-            return datasets.Dataset.from_generator(
-                _generate, features=_features(kind), cache_dir=str(cache_dir),
-                gen_kwargs={"path": str(path.resolve()), "kind": kind, "bad_records": bad_records, "stamp": stamp})
-        except datasets.exceptions.DatasetGenerationError as e:
-            # `datasets` wraps whatever the generator raised; a bad record is the user's to fix.
-            if isinstance(e.__cause__, UserError):
-                raise e.__cause__ from None
-            raise
+    entry, options = cache_entry(path, kind, cache_dir, bad_records, options)
+    nonce = dist.broadcast_object(uuid.uuid4().hex if dist.is_main() else None)
+    if dist.is_main():
+        # Auto: one process per CPU, at most 16 (each imports torch and datasets: ~0.3 GB apiece).
+        read = functools.partial(read_records, options=options)
+        entry.build(_features(kind), read, num_proc or min(os.cpu_count() or 1, 16), nonce, stale_s)
+    else:
+        entry.wait(nonce, stale_s)
+    dist.barrier()
+    return entry.load()
 
 
 # ---------------------------------------------------------------- deterministic, resumable order
@@ -197,21 +138,25 @@ class BatchStream:
     The position counts *examples* of the epoch's permutation consumed by all ranks together, so a run
     resumed on another world size (with the same global batch size) continues at the same example:
     none is repeated or skipped within the epoch. An incomplete last global batch is dropped; the
-    stream then moves to the next epoch's permutation.
+    stream then moves to the next epoch's permutation. The permutation is computed per index
+    (shuffle.KeyedPermutation), so its memory does not grow with the number of examples.
     """
 
-    def __init__(self, num_examples: int, global_batch_size: int, seed: int, rank: int, world_size: int):
+    ORDER = "keyed-feistel-1"  # the permutation's name, kept in checkpoints
+
+    def __init__(self, num_examples: int, global_batch_size: int, seed: int, rank: int, world_size: int,
+                 source: str = "the data", batch_key: str = "the global batch size"):
         if num_examples < global_batch_size:
-            raise UserError(f"only {num_examples} examples for a global batch of {global_batch_size}")
+            raise UserError(f"{source}: only {num_examples} examples for {batch_key}={global_batch_size}; "
+                            f"lower {batch_key} or add data")
         self.num_examples, self.global_batch_size = num_examples, global_batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.position = StreamPosition()
-        self._perm, self._perm_epoch = None, -1
+        self._perm = None
 
-    def permutation(self, epoch: int) -> torch.Tensor:
-        if self._perm_epoch != epoch:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.num_examples, generator=g), epoch
+    def permutation(self, epoch: int) -> KeyedPermutation:
+        if self._perm is None or self._perm.epoch != epoch:
+            self._perm = KeyedPermutation(self.num_examples, self.seed * 100_003, epoch)
         return self._perm
 
     def next_indices(self) -> tuple[list[int], int]:
@@ -221,19 +166,22 @@ class BatchStream:
             pos.epoch, pos.offset = pos.epoch + 1, 0
         per_rank = self.global_batch_size // self.world_size
         start = pos.offset + self.rank * per_rank
-        indices = self.permutation(pos.epoch)[start:start + per_rank].tolist()
+        indices = self.permutation(pos.epoch).slice(start, start + per_rank)
         epoch = pos.epoch
         pos.offset += self.global_batch_size
         return indices, epoch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.position.epoch, "offset": self.position.offset,
+        return {"epoch": self.position.epoch, "offset": self.position.offset, "order": self.ORDER,
                 "num_examples": self.num_examples, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict) -> None:
         if state["num_examples"] != self.num_examples:
             raise UserError(f"the checkpoint's data stream had {state['num_examples']} examples, "
                             f"the data now has {self.num_examples}: resume with the same training files")
+        if state.get("order") != self.ORDER:
+            log.warning("the checkpoint's data order predates %s: the rest of epoch %d follows the new order, "
+                        "so some examples of it may repeat or be skipped", self.ORDER, state["epoch"])
         self.position = StreamPosition(state["epoch"], state["offset"])
 
 
@@ -286,58 +234,134 @@ class Tokenize:
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
+@dataclass
+class StepPlan:
+    """What one step reads: this rank's indices (and their epoch) per stream, and the streams'
+    positions once the step is consumed."""
+
+    indices: dict[str, tuple[list[int], int]]
+    state_after: dict
+
+
+class Prefetcher:
+    """Runs make(plan) for planned steps in one daemon thread, in order, so the next step's records are
+    read and tokenised while the current step trains (tokenizers and torch release the GIL)."""
+
+    def __init__(self, make):
+        self.make, self.todo = make, queue.Queue()
+        threading.Thread(target=self._work, daemon=True, name="dist-lacl-prefetch").start()
+
+    def submit(self, plan: StepPlan) -> Future:
+        future = Future()
+        self.todo.put((plan, future))
+        return future
+
+    def _work(self):
+        while True:
+            plan, future = self.todo.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self.make(plan))
+            except BaseException as e:  # re-raised in the training loop by future.result()
+                future.set_exception(e)
+
+
 class TrainBatches:
     """The per-step inputs of every enabled stream for this rank, with one resumable state.
 
     Each step yields {role: {input_ids, attention_mask}} for roles query, passage, para_en, para_xx,
     mono (the auxiliary roles only when their losses are on), plus languages for diagnostics.
+    With data.prefetch = k > 0, the next k steps are planned ahead (the streams advance) and built by
+    a Prefetcher; state_dict() is the position after the last step *returned*, so a checkpoint
+    never counts a prefetched step as consumed. The batches are the same with or without it.
     """
 
-    def __init__(self, cfg, tokenizer, rank: int, world_size: int, cache_dir: str | Path):
+    def __init__(self, cfg, tokenizer, rank: int, world_size: int, cache_dir: str | Path | None = None):
         d, t = cfg.data, cfg.train
         self.cfg, self.tokenize = cfg, Tokenize(tokenizer)
-        self.ir = load_dataset(d.train_ir, "ir", cache_dir, d.bad_records)
+        load = functools.partial(load_dataset, cache_dir=cache_dir or d.cache_dir, bad_records=d.bad_records,
+                                 num_proc=d.cache_build_procs)
+        self.ir = load(d.train_ir, "ir", options=formats.options_for(d, "ir"))
         if d.train_group_size > 1:
             check_has_negatives(self.ir, d.train_ir, d.train_group_size)
-        self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size)}
+        self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size,
+                                          f"data.train_ir ({d.train_ir})", "train.ir_batch_size")}
         self.parallel = self.monolingual = None
         if cfg.loss.semantic_weight > 0 or cfg.loss.language_weight > 0:
-            self.parallel = load_dataset(d.parallel, "parallel", cache_dir, d.bad_records)
+            self.parallel = load(d.parallel, "parallel", options=formats.options_for(d, "parallel"))
             self.streams["parallel"] = BatchStream(len(self.parallel), t.parallel_batch_size, t.seed + 1,
-                                                   rank, world_size)
+                                                   rank, world_size, f"data.parallel ({d.parallel})",
+                                                   "train.parallel_batch_size")
         if cfg.loss.language_weight > 0:
-            self.monolingual = load_dataset(d.monolingual, "monolingual", cache_dir, d.bad_records)
+            self.monolingual = load(d.monolingual, "monolingual", options=formats.options_for(d, "monolingual"))
             self.streams["monolingual"] = BatchStream(len(self.monolingual), t.monolingual_batch_size,
-                                                      t.seed + 2, rank, world_size)
+                                                      t.seed + 2, rank, world_size,
+                                                      f"data.monolingual ({d.monolingual})",
+                                                      "train.monolingual_batch_size")
+        self.depth = d.prefetch
+        # Its own tokenizer: a fast tokenizer's padding/truncation settings are mutable state, which the
+        # training loop's own use (evaluation) must not share with the thread.
+        self.prefetcher = Prefetcher(functools.partial(self.make, tokenize=Tokenize(copy.deepcopy(tokenizer)))) \
+            if self.depth else None
+        self.pending: collections.deque[tuple[StepPlan, Future]] = collections.deque()
+        self.consumed = self._positions()
+        self.last_wait_s = 0.0  # how long the last next() waited for its inputs
+
+    def _positions(self) -> dict:
+        return {name: s.state_dict() for name, s in self.streams.items()}
+
+    def plan(self) -> StepPlan:
+        """Advance every stream by one global batch."""
+        indices = {name: s.next_indices() for name, s in self.streams.items()}
+        return StepPlan(indices, self._positions())
 
     def next(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        start = time.perf_counter()
+        if self.prefetcher is None:
+            plan = self.plan()
+            out = self.make(plan, self.tokenize)
+        else:
+            while len(self.pending) < self.depth + 1:
+                plan = self.plan()
+                self.pending.append((plan, self.prefetcher.submit(plan)))
+            plan, future = self.pending.popleft()
+            out = future.result()
+        self.consumed = plan.state_after
+        self.last_wait_s = time.perf_counter() - start
+        return out
+
+    def make(self, plan: StepPlan, tokenize: Tokenize) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        """Read and tokenise one planned step's records."""
         d, seed = self.cfg.data, self.cfg.train.seed
         query, passage = self.cfg.model.query_prefix, self.cfg.model.passage_prefix  # auxiliary text: as queries
-        idx, epoch = self.streams["ir"].next_indices()
+        idx, epoch = plan.indices["ir"]
         recs = self.ir[idx]
         rows = [dict(zip(recs, vals)) for vals in zip(*recs.values())]
         groups = [sample_group(r, d.train_group_size, seed, epoch, i) for r, i in zip(rows, idx)]
-        batch = {"query": self.tokenize([r["query"] for r in rows], d.query_max_len, query),
-                 "passage": self.tokenize([passage_text(p) for g in groups for p in g], d.passage_max_len, passage)}
+        batch = {"query": tokenize([r["query"] for r in rows], d.query_max_len, query),
+                 "passage": tokenize([passage_text(p) for g in groups for p in g], d.passage_max_len, passage)}
         meta = {"epoch": epoch}
         if self.parallel is not None:
-            pidx, _ = self.streams["parallel"].next_indices()
-            para = self.parallel[pidx]
-            batch["para_en"] = self.tokenize(para["en"], d.sentence_max_len, query)
-            batch["para_xx"] = self.tokenize(para["text"], d.sentence_max_len, query)
+            para = self.parallel[plan.indices["parallel"][0]]
+            batch["para_en"] = tokenize(para["en"], d.sentence_max_len, query)
+            batch["para_xx"] = tokenize(para["text"], d.sentence_max_len, query)
             meta["para_lang"] = para["lang"]
         if self.monolingual is not None:
-            midx, _ = self.streams["monolingual"].next_indices()
-            mono = self.monolingual[midx]
-            batch["mono"] = self.tokenize(mono["text"], d.sentence_max_len, query)
+            mono = self.monolingual[plan.indices["monolingual"][0]]
+            batch["mono"] = tokenize(mono["text"], d.sentence_max_len, query)
             meta["mono_lang"] = mono["lang"]
         return batch, meta
 
     def state_dict(self) -> dict:
-        return {name: s.state_dict() for name, s in self.streams.items()}
+        """The streams' positions after the last step next() returned (prefetched steps not counted)."""
+        return copy.deepcopy(self.consumed)
 
     def load_state_dict(self, state: dict) -> None:
+        for future in (f for _, f in self.pending):
+            future.cancel()  # planned from the old position; a running one finishes and is dropped
+        self.pending.clear()
         for name, s in self.streams.items():
             if name in state:
                 s.load_state_dict(state[name])
-
+        self.consumed = self._positions()

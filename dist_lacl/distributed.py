@@ -78,32 +78,134 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_keep_local_grad(local: Tensor) -> Tensor:
-    """*Collective.* Concatenate every rank's `local` [n, ...] in rank order -> [world_size * n, ...].
+def gather_for_loss(local: Tensor, sharded: bool = False) -> Tensor:
+    """*Collective.* Concatenate every rank's `local` [n, ...] in rank order -> [world_size * n, ...],
+    with the backward the loss mode needs. Every rank must pass the same n.
 
-    Why the local gradient is complete: every rank computes the same loss over the same global batch,
-    so d(loss)/d(local rows), computed on this rank alone, is already the full derivative; other ranks'
-    copies of these rows need no gradient. The data-parallel engine then *averages* parameter gradients
-    over ranks, so the gradient is scaled by world_size here, once, to turn that mean back into the
-    gradient of the single global loss. Every rank must pass the same n.
+    Why the gradient of `local` is complete:
+    - replicated (`sharded` False): every rank computes the same loss over the same global batch, so
+      d(loss)/d(local rows), computed on this rank alone, is already the full derivative; other ranks'
+      copies of these rows need no gradient, and the backward keeps this rank's slice.
+    - sharded: rank r computes only its share l_r of the loss L = sum_r l_r (its own anchor rows
+      against all candidates). This rank's rows appear in every share (as candidates, and in its own as
+      anchors), so the backward sums the gradient of this slice over ranks (a reduce-scatter, the
+      all-gather's adjoint): sum_r dl_r/d(local rows) = dL/d(local rows).
+    Either way the local gradient is dL/d(local rows). The data-parallel engine then *averages*
+    parameter gradients over ranks, so the gradient is scaled by world_size here, once, to turn that
+    mean back into the gradient of the single global loss. Nothing else rescales.
     """
     if not is_initialized() or dist.get_world_size() == 1:
         return local
-    return _GatherKeepLocalGrad.apply(local)
+    local = _ScaleGrad.apply(local, dist.get_world_size())  # the one world-size factor (see above)
+    return (_GatherSumGrad if sharded else _GatherKeepLocalGrad).apply(local)
+
+
+def gather_keep_local_grad(local: Tensor) -> Tensor:
+    """*Collective.* The replicated mode's gather (see gather_for_loss)."""
+    return gather_for_loss(local, sharded=False)
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by `factor`."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: int) -> Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad * ctx.factor, None
+
+
+def _all_gather(local: Tensor) -> Tensor:
+    """[n, ...] on every rank -> [world_size * n, ...] in rank order, written once into one tensor."""
+    out = local.new_empty((dist.get_world_size() * local.shape[0], *local.shape[1:]))
+    dist.all_gather_into_tensor(out, local.contiguous())
+    return out
 
 
 class _GatherKeepLocalGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, local: Tensor) -> Tensor:
-        parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, local.contiguous())
-        ctx.n, ctx.rank, ctx.world_size = local.shape[0], dist.get_rank(), dist.get_world_size()
-        return torch.cat(parts)
+        ctx.n, ctx.rank = local.shape[0], dist.get_rank()
+        return _all_gather(local)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         start = ctx.rank * ctx.n
-        return grad[start:start + ctx.n] * ctx.world_size
+        return grad[start:start + ctx.n]
+
+
+class _GatherSumGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, local: Tensor) -> Tensor:
+        return _all_gather(local)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        world = dist.get_world_size()
+        out = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+        _reduce_scatter(out, grad.contiguous())  # out = sum over ranks of their grad[this rank's rows]
+        return out
+
+
+# torch >= 2.7 names it reduce_scatter_single (the old name warns); both work on gloo and nccl.
+_reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def sum_shares(shares: Tensor) -> Tensor:
+    """*Collective.* The sum over ranks of each rank's loss shares [k] (the global loss terms); backward
+    passes the gradient to this rank's shares unchanged.
+
+    Identity, not the sum's own backward (an all-reduce of every rank's 1): the global loss is one
+    objective, and the other ranks' shares already reach this rank's rows through gather_for_loss's
+    backward; counting them again here would multiply the gradient by the world size.
+    """
+    if not is_initialized() or dist.get_world_size() == 1:
+        return shares
+    return _SumKeepLocalGrad.apply(shares)
+
+
+class _SumKeepLocalGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, shares: Tensor) -> Tensor:
+        total = shares.detach().clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+def average_gradients_(params: list[torch.nn.Parameter], bucket_numel: int = 2**24) -> None:
+    """*Collective.* Replace each parameter's gradient by its mean over ranks (all-reduce in flat buckets
+    of about `bucket_numel` elements, so the extra memory is one bucket, not a copy of every gradient).
+
+    A parameter that has a gradient on some rank but not on this one counts as zeros here; one that has
+    none on any rank keeps none (the optimizer then leaves it alone, as without data parallelism).
+    """
+    if not is_initialized() or dist.get_world_size() == 1:
+        return
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=_comm_device())
+    dist.all_reduce(has_grad, op=dist.ReduceOp.MAX)
+    reached = [p for p, flag in zip(params, has_grad.tolist()) if flag]
+    for p in reached:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.nn.Parameter] = []
+    for i, p in enumerate(reached):
+        bucket.append(p)
+        if sum(q.numel() for q in bucket) >= bucket_numel or i == len(reached) - 1:
+            flat = torch.cat([q.grad.reshape(-1) for q in bucket])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            offset = 0
+            for q in bucket:
+                q.grad.copy_(flat[offset:offset + q.numel()].view_as(q.grad))
+                offset += q.numel()
+            bucket = []
 
 
 def all_reduce_max(value: float) -> float:

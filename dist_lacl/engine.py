@@ -48,14 +48,17 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     may repeat them ("auto" or equal values) but a different value is a ConfigError, never a silent pick.
     """
     t = cfg.train
-    path = Path(t.deepspeed_config)
+    path = find_deepspeed_config(t.deepspeed_config)
     if not path.is_file():
-        raise ConfigError(f"train.deepspeed_config: {path} not found")
+        raise ConfigError(f"train.deepspeed_config: {path} " + ("is a folder; expected a DeepSpeed JSON file"
+                                                                 if path.is_dir() else "not found"))
     try:
         file_cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
     offload = file_cfg.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+    # Offloaded optimizer state runs DeepSpeed's CPU Adam (a JIT build) unless the file allows torch's.
+    cpu_adam = offload and file_cfg.get("zero_force_ds_cpu_optimizer", True)
     derived = {
         "train_batch_size": t.ir_batch_size,
         "train_micro_batch_size_per_gpu": t.ir_batch_size // world_size,
@@ -67,7 +70,7 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
         "optimizer": {"type": "AdamW", "params": {
             "lr": t.lr, "betas": list(t.adam_betas), "eps": t.adam_eps, "weight_decay": t.weight_decay,
             # torch's AdamW needs no JIT build; offloaded optimizer state needs DeepSpeed's CPU Adam.
-            "torch_adam": not offload}},
+            "torch_adam": not cpu_adam, **({"fused": True} if _fused_adamw() and not offload else {})}},
     }
     merged = dict(file_cfg)
     for key, value in derived.items():
@@ -81,6 +84,18 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     merged.setdefault("steps_per_print", 10**9)  # the trainer logs; DeepSpeed's own prints are noise
     merged.setdefault("wall_clock_breakdown", False)
     return merged
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_deepspeed_config(name: str) -> Path:
+    """`name` as given, else (a relative name such as the default `ds_configs/zero2_fp32_cpu.json`)
+    relative to the repository, so runs started from any directory find the shipped files."""
+    path = Path(name).expanduser()
+    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).is_file():
+        return REPO_ROOT / path
+    return path
 
 
 _RUN_FIELD = {"train_batch_size": "train.ir_batch_size", "train_micro_batch_size_per_gpu":
@@ -138,10 +153,11 @@ class DeepSpeedEngine:
         self.ds.backward(loss)
 
     def step(self) -> dict[str, float]:
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses; step() moves the scheduler on
         self.ds.set_gradient_accumulation_boundary(True)
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
-        return {"grad_norm": float(norm) if norm is not None else math.nan, "lr": self.scheduler.get_last_lr()[0]}
+        return {"grad_norm": float(norm) if norm is not None else math.nan, "lr": lr}
 
     def skip_step(self) -> None:
         """Drop this step's gradients without updating weights (non-finite loss: nothing was backpropagated)."""
@@ -220,7 +236,7 @@ class DDPEngine:
                                                     timeout=timedelta(seconds=t.dist_timeout_s)),
                              DistributedDataParallelKwargs(find_unused_parameters=False)])
         optimizer = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas,
-                                      eps=t.adam_eps)
+                                      eps=t.adam_eps, **({"fused": True} if _fused_adamw() else {}))
         # The scheduler is stepped by hand: accelerate's wrapper would step it once per process.
         self.scheduler = make_scheduler(optimizer, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -231,12 +247,19 @@ class DDPEngine:
         inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
         return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
 
+    @contextlib.contextmanager
     def backward_context(self):
-        return contextlib.nullcontext()
+        # Every chunk runs under no_sync and the gradients are averaged once at the end. Letting DDP
+        # reduce during the last chunk instead would miss every parameter that chunk does not reach: with
+        # separate towers the last chunk runs through one tower only, and the other tower's gradients
+        # would stay unreduced (replicas diverging) until DDP stops with "Expected to have finished
+        # reduction in the prior iteration".
+        with self.accelerator.no_sync(self.model):
+            yield
+        dist.average_gradients_([p for p in self.module.parameters() if p.requires_grad])
 
     def chunk_context(self, is_last: bool):
-        # DDP decides in forward whether the next backward all-reduces, so the context spans both.
-        return contextlib.nullcontext() if is_last else self.accelerator.no_sync(self.model)
+        return contextlib.nullcontext()
 
     def backward(self, loss: Tensor) -> None:
         self.accelerator.backward(loss)
@@ -248,10 +271,11 @@ class DDPEngine:
         else:
             norm = float(torch.linalg.vector_norm(torch.stack(
                 [p.grad.norm() for p in params if p.grad is not None])))
+        lr = self.scheduler.get_last_lr()[0]  # the rate this step uses
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": norm, "lr": self.scheduler.get_last_lr()[0]}
+        return {"grad_norm": norm, "lr": lr}
 
     def skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -296,8 +320,17 @@ def consolidated_weights(checkpoint: Path) -> dict[str, Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)
 
 
+def _fused_adamw() -> bool:
+    """torch's fused AdamW (one kernel for all parameters) on CUDA; the tested foreach path on CPU."""
+    return torch.cuda.is_available()
+
+
 def build_engine(model: DualEncoder, cfg: RunConfig):
     """The engine named by train.backend (see config.adopt_launcher_settings for accelerate + DeepSpeed)."""
+    if torch.cuda.is_available():
+        # TF32 for the fp32 matmuls left under bf16 (the loss's scores) and for fp32 runs: 10-bit
+        # mantissa products, fp32 accumulation; no effect on CPU.
+        torch.set_float32_matmul_precision("high")
     if cfg.train.backend == "deepspeed":
         return DeepSpeedEngine(model, cfg)
     return DDPEngine(model, cfg)

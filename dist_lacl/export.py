@@ -10,35 +10,42 @@ Separate towers: the same, once per tower, in `query/` and `passage/`.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 from pathlib import Path
-
-from transformers import AutoTokenizer
 
 from .errors import UserError
 from .model import TOWERS, DualEncoder, load_encoder, prefixes_of
+from .outputs import check_output_dir, discard, new_temp_dir, publish_dir
+from .tokenizer import load_tokenizer
 
 SETTINGS = "dist_lacl.json"
 
 
 def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
-    """Write `model` and `tokenizer` to `path` atomically (a temporary folder, then a rename)."""
+    """Write `model` and `tokenizer` to the folder `path` (checked with `check_export_dir` beforehand),
+    built under a temporary name and renamed into place."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    towers = [None] if model.shared else list(TOWERS)
-    for tower in towers:
-        folder = tmp if tower is None else tmp / tower
-        model.tower(tower or "query").save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        _write_sentence_transformers_config(folder, model)
-    (tmp / SETTINGS).write_text(json.dumps(
-        {"pooling": model.pooling, "normalize": model.normalize, "shared_encoder": model.shared,
-         "prefixes": model.prefixes}, indent=1))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return path
+    tmp = new_temp_dir(path)
+    try:
+        towers = [None] if model.shared else list(TOWERS)
+        for tower in towers:
+            folder = tmp if tower is None else tmp / tower
+            model.tower(tower or "query").save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            _write_sentence_transformers_config(folder, model)
+        written = sorted(os.listdir(tmp))
+        (tmp / SETTINGS).write_text(json.dumps(
+            {"pooling": model.pooling, "normalize": model.normalize, "shared_encoder": model.shared,
+             "prefixes": model.prefixes, "written": written}, indent=1))
+        return publish_dir(tmp, path)
+    except BaseException:
+        discard(tmp)
+        raise
+
+
+def check_export_dir(path: str | Path, inputs=(), overwrite: bool = False) -> Path:
+    """The export folder, if writable without touching anything of the user's (see `outputs`)."""
+    return check_output_dir(path, "--output", SETTINGS, inputs, overwrite)
 
 
 def _write_sentence_transformers_config(folder: Path, model: DualEncoder) -> None:
@@ -70,7 +77,7 @@ def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
         query, passage, tok_dir = load_encoder(str(path / "query")), load_encoder(str(path / "passage")), path / "query"
     model = DualEncoder(query, passage, pooling=settings["pooling"], normalize=settings["normalize"],
                         prefixes=settings.get("prefixes"))
-    return model.eval(), AutoTokenizer.from_pretrained(str(tok_dir))
+    return model.eval(), load_tokenizer(tok_dir, "--model")
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -99,15 +106,17 @@ def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:
 
     checkpoint = find_checkpoint(path)
     cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()), str(checkpoint))
-    query = load_encoder(cfg.model.name_or_path, random_init=True)
-    passage = None if cfg.model.shared_encoder else load_encoder(cfg.model.name_or_path, random_init=True)
+    # Checkpoints carry the encoder's config (older ones only name the base model, which must still exist).
+    arch = str(checkpoint / "model") if (checkpoint / "model" / "config.json").is_file() else cfg.model.name_or_path
+    query = load_encoder(arch, random_init=True)
+    passage = None if cfg.model.shared_encoder else load_encoder(arch, random_init=True)
     model = DualEncoder(query, passage, pooling=cfg.model.pooling, normalize=cfg.model.normalize,
                         prefixes=prefixes_of(cfg.model))
     missing, unexpected = model.load_state_dict(consolidated_weights(checkpoint), strict=False)
     if missing or unexpected:
         raise UserError(f"{checkpoint}: weights do not fit {cfg.model.name_or_path} "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval(), AutoTokenizer.from_pretrained(str(checkpoint / "tokenizer"))
+    return model.eval(), load_tokenizer(checkpoint / "tokenizer", f"{checkpoint}/tokenizer")
 
 
 def load_model(path: str | Path) -> tuple[DualEncoder, object]:
@@ -121,10 +130,14 @@ def load_model(path: str | Path) -> tuple[DualEncoder, object]:
 def add_parsers(subparsers) -> None:
     export = subparsers.add_parser("export", help="consolidate a checkpoint into a transformers model folder")
     export.add_argument("checkpoint", help="a run directory, its checkpoints/ folder, or one step-* checkpoint")
-    export.add_argument("--out", required=True, help="the model folder to write")
+    export.add_argument("--output", "-o", "--out", dest="output", required=True,
+                        help="the model folder to write (new, empty, or a previous export with --overwrite)")
+    export.add_argument("--overwrite", action="store_true", help="replace a previous export in --output")
     export.set_defaults(func=run_export)
 
 
 def run_export(args) -> None:
-    model, tokenizer = model_from_checkpoint(args.checkpoint)
-    print(f"exported to {save_dual_encoder(model, tokenizer, args.out)}")
+    checkpoint = find_checkpoint(args.checkpoint)
+    out = check_export_dir(args.output, inputs=[args.checkpoint, checkpoint], overwrite=args.overwrite)
+    model, tokenizer = model_from_checkpoint(checkpoint)
+    print(f"exported to {save_dual_encoder(model, tokenizer, out)}")

@@ -2,14 +2,24 @@
 
 Gao et al., "Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup" (RepL4NLP 2021).
 Steps, each a method:
-  1. sort every input batch's rows by length and split them into chunks of `chunk_size` sequences,
-     each trimmed to its longest row (rows of similar length share a chunk: less padding computed);
+  1. sort every input batch's rows by length and split them into chunks of `chunk_size` sequences, or
+     of at most `chunk_tokens` token positions (rows x the chunk's longest row: short sentences go in
+     big chunks, long passages in small ones, at about the same activation memory), each trimmed to its
+     longest row (rows of similar length share a chunk: less padding computed);
   2. forward every chunk without autograd, recording the RNG state before it (dropout);
   3. compute the loss over all representations (the caller's loss may gather across ranks) and
      backpropagate it to the representations only: their gradients are the cache;
   4. re-forward each chunk with autograd under its recorded RNG state (same dropout masks, so the
      same representations) and backpropagate the surrogate <reps, cached grad>, which gives exactly
      the parameter gradient of the full-batch loss, chunk by chunk.
+Precision: the loss leaves, the cached gradients and the surrogate dot product are fp32 whatever the
+encoder's dtype (`cache_dtype`). Under fp16, a cache in fp16 built by an unscaled backward flushes the
+small passage gradients of a large batch at a small temperature to zero before the engine's loss
+scale ever sees them; in fp32 the engine's backward scales the surrogate first, and the one rounding
+to the encoder's dtype happens where the uncached backward does it too. Under bf16 (fp32's exponent
+range) both round the same way. Parameter gradients accumulate over the chunks in the parameters' own
+dtype: fp32 under DDP's autocast; bf16 under DeepSpeed bf16, whose ZeRO-2 has no fp32 accumulation
+(tests/test_grad_cache_precision.py bounds that error at realistic settings).
 This class knows nothing of DeepSpeed or ranks: the caller passes `encode`, `loss_fn`, `backward`, a
 `chunk_context(is_last)` in which each chunk's re-forward and backward run (where the engine is told
 which backward closes the step: ZeRO-2 otherwise keeps only the last chunk's gradient) and a
@@ -30,21 +40,45 @@ Inputs = dict[str, Tensor]  # {input_ids, attention_mask}, [B, L] each
 
 
 class RandomState:
-    """The CPU and CUDA generator states at one point, to replay the same dropout masks later."""
+    """The CPU generator's state and the current CUDA device's at one point, to replay the same dropout
+    masks later. Only the current device: a rank computes on one GPU, and reading every visible device's
+    state costs a sync per device per chunk (and would initialise devices this rank never uses)."""
 
     def __init__(self):
         self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        self.cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+        self.cuda = None if self.cuda_device is None else torch.cuda.get_rng_state(self.cuda_device)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.cuda_device)
 
     @contextlib.contextmanager
     def replay(self):
         """Run the body from the recorded state; the surrounding RNG stream is left untouched."""
-        devices = list(range(torch.cuda.device_count())) if self.cuda is not None else []
-        with torch.random.fork_rng(devices=devices):
-            torch.set_rng_state(self.cpu)
-            if self.cuda is not None:
-                torch.cuda.set_rng_state_all(self.cuda)
+        outer = RandomState()
+        self.restore()
+        try:
             yield
+        finally:
+            outer.restore()
+
+
+def same_attention_kernel() -> contextlib.AbstractContextManager:
+    """Around both passes of every chunk: the same SDPA kernel, hence the same dropout masks.
+
+    On CUDA, attention dropout runs inside the SDPA kernel, and each kernel (flash, memory-efficient,
+    math) draws its masks its own way from the generator. The choice depends on the inputs, which are the
+    same in both passes, and on whether autograd records (flash has backward-only limits on some GPUs),
+    which is not. Allowing only the memory-efficient kernel (masks, any head size, fp32 and half) with
+    the math fallback makes the two passes pick alike. On CPU nothing differs between the passes.
+    """
+    if not torch.cuda.is_available():
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 @dataclass
@@ -70,40 +104,65 @@ class GradCache:
     backward(loss): backpropagates a scalar into the parameters (e.g. the engine's backward).
     chunk_context(is_last) -> context manager around each re-forward+backward.
     backward_context() -> context manager around the whole backward phase of a step.
-    chunk_size 0 turns caching off: one forward with autograd per input batch, one backward.
+    chunk_size: rows per chunk; or chunk_tokens: token positions per chunk (rows x longest row; a row
+        longer than the budget gets a chunk of its own). Both 0 turns caching off: one forward with
+        autograd per input batch, one backward.
     sort_by_length False keeps the batch's row order in the chunks (only for comparison: more padding).
+    cache_dtype: the least dtype of the loss leaves, cached gradients and surrogate (see the module's
+        docstring); None takes the representations' own dtype (the old behaviour, only for comparison).
     """
 
     def __init__(self, encode: Callable[[str, Inputs], Tensor],
                  loss_fn: Callable[[dict[str, Tensor]], tuple[Tensor, Any]],
-                 backward: Callable[[Tensor], None], chunk_size: int,
+                 backward: Callable[[Tensor], None], chunk_size: int = 0,
                  chunk_context: Callable[[bool], contextlib.AbstractContextManager] | None = None,
                  backward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
-                 sort_by_length: bool = True):
+                 sort_by_length: bool = True, chunk_tokens: int = 0,
+                 cache_dtype: torch.dtype | None = torch.float32):
+        if chunk_size and chunk_tokens:
+            raise ValueError("chunk_size and chunk_tokens are alternatives: give one of them")
         self.encode, self.loss_fn, self.backward_fn = encode, loss_fn, backward
-        self.chunk_size, self.sort_by_length = chunk_size, sort_by_length
+        self.chunk_size, self.chunk_tokens, self.sort_by_length = chunk_size, chunk_tokens, sort_by_length
+        self.cache_dtype = cache_dtype
         self.chunk_context = chunk_context or (lambda is_last: contextlib.nullcontext())
         self.backward_context = backward_context or contextlib.nullcontext
 
+    @property
+    def caching(self) -> bool:
+        return bool(self.chunk_size or self.chunk_tokens)
+
     def split(self, inputs: Inputs) -> tuple[list[Inputs], Tensor]:
-        """Step 1: [B, L] tensors -> chunks of at most chunk_size rows, each trimmed to its own longest,
-        and `order`: the input row behind each chunked row (longest first; ties keep their order)."""
+        """Step 1: [B, L] tensors -> chunks of at most chunk_size rows (or chunk_tokens positions), each
+        trimmed to its own longest, and `order`: the input row behind each chunked row (longest first;
+        ties keep their order)."""
         lengths = inputs["attention_mask"].sum(1)
         if self.sort_by_length:
             order = torch.sort(lengths, descending=True, stable=True).indices
         else:
             order = torch.arange(len(lengths))
-        chunks = []
-        for rows in order.split(self.chunk_size):
-            chunks.append(_trim_padding({k: v[rows] for k, v in inputs.items()}))
-        return chunks, order
+        sizes = self.chunk_sizes(lengths[order].tolist())
+        return [_trim_padding({k: v[rows] for k, v in inputs.items()}) for rows in order.split(sizes)], order
+
+    def chunk_sizes(self, lengths: list[int]) -> list[int]:
+        """Rows per chunk for rows of these lengths, in chunk order."""
+        if not self.chunk_tokens:
+            return [min(self.chunk_size, len(lengths) - i) for i in range(0, len(lengths), self.chunk_size)]
+        sizes, longest = [], 0
+        for length in lengths:
+            if sizes and max(longest, length) * (sizes[-1] + 1) <= self.chunk_tokens:
+                sizes[-1] += 1
+                longest = max(longest, length)
+            else:
+                sizes.append(1)
+                longest = length
+        return sizes
 
     def forward_no_grad(self, chunks: dict[str, list[Inputs]], order: dict[str, Tensor]
                         ) -> tuple[dict[str, Tensor], dict[str, list]]:
         """Step 2: representations of every chunk without a graph, in input row order, and the RNG
         state before each chunk."""
         reps, rng = {}, {}
-        with torch.no_grad():
+        with torch.no_grad(), same_attention_kernel():
             for name, parts in chunks.items():
                 rng[name], out = [], []
                 for part in parts:
@@ -115,8 +174,8 @@ class GradCache:
         return reps, rng
 
     def build_cache(self, reps: dict[str, Tensor]) -> tuple[Tensor, Any, dict[str, Tensor]]:
-        """Step 3: the loss over all representations and d(loss)/d(representations)."""
-        leaves = {name: r.detach().requires_grad_() for name, r in reps.items()}
+        """Step 3: the loss over all representations and d(loss)/d(representations), in cache_dtype."""
+        leaves = {name: r.detach().to(self._cache_dtype(r.dtype)).requires_grad_() for name, r in reps.items()}
         loss, loss_out = self.loss_fn(leaves)
         loss.backward()
         return loss.detach(), loss_out, {name: leaf.grad for name, leaf in leaves.items()}
@@ -125,16 +184,21 @@ class GradCache:
         """Step 4: re-forward each chunk under its RNG state; backpropagate <reps, cached grad>."""
         order = [(name, i) for name, parts in cache.chunks.items() for i in range(len(parts))]
         for n, (name, i) in enumerate(order):
-            with self.chunk_context(n == len(order) - 1), cache.rng[name][i].replay():
+            with self.chunk_context(n == len(order) - 1), cache.rng[name][i].replay(), same_attention_kernel():
                 reps = self.encode(name, cache.chunks[name][i])
-                grad = cache.rep_grads[name][i].to(reps.dtype)
-                self.backward_fn(torch.dot(reps.flatten(), grad.flatten()))
+                grad = cache.rep_grads[name][i]
+                # In the cache's dtype: backward_fn may scale the surrogate (fp16) before any rounding.
+                self.backward_fn(torch.dot(reps.to(grad.dtype).flatten(), grad.flatten()))
+
+    def _cache_dtype(self, reps_dtype: torch.dtype) -> torch.dtype:
+        """At least cache_dtype (float64 representations stay float64)."""
+        return reps_dtype if self.cache_dtype is None else torch.promote_types(reps_dtype, self.cache_dtype)
 
     # -- the two calls a training step makes -------------------------------------------------
 
     def compute_loss(self, batch: dict[str, Inputs]) -> Cache:
         """Forward the whole step's batch and compute the loss; nothing is backpropagated yet."""
-        if self.chunk_size == 0:
+        if not self.caching:
             reps = {name: self.encode(name, _trim_padding(inputs)) for name, inputs in batch.items()}
             loss, loss_out = self.loss_fn(reps)
             return Cache(loss=loss, loss_out=loss_out)
@@ -143,17 +207,19 @@ class GradCache:
         order = {name: rows for name, (_, rows) in split.items()}
         reps, rng = self.forward_no_grad(chunks, order)
         loss, loss_out, grads = self.build_cache(reps)
-        rep_grads = {name: list(grads[name][order[name].to(grads[name].device)].split(self.chunk_size))
-                     for name in chunks}
+        rep_grads = {}
+        for name, parts in chunks.items():
+            in_chunk_order = grads[name][order[name].to(grads[name].device)]
+            rep_grads[name] = list(in_chunk_order.split([len(part["input_ids"]) for part in parts]))
         return Cache(loss, loss_out, chunks, rng, rep_grads)
 
     def backward(self, cache: Cache) -> None:
         """Backpropagate the step's loss into the parameters (chunk by chunk when caching)."""
-        if self.chunk_size == 0:
-            with self.chunk_context(True):
-                self.backward_fn(cache.loss)
-        else:
-            with self.backward_context():
+        with self.backward_context():
+            if not self.caching:
+                with self.chunk_context(True):
+                    self.backward_fn(cache.loss)
+            else:
                 self.forward_backward(cache)
 
 

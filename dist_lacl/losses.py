@@ -1,9 +1,17 @@
 """The paper's three contrastive losses, as pure functions of representation tensors.
 
 Hu et al., "Language Agnostic Multilingual Information Retrieval with Contrastive Learning",
-Findings of ACL 2023 (arXiv 2210.06633); equations as stated in shared/PAPER.md. Inputs are the
-*global* batch (every rank's rows, see `distributed.gather_keep_local_grad`). Scores are computed in
+Findings of ACL 2023 (arXiv 2210.06633); equations as stated in docs/method.md. Inputs are the
+*global* batch (every rank's rows, see `distributed.gather_for_loss`). Scores are computed in
 fp32 whatever the representation dtype, so bf16 training keeps a stable softmax.
+
+Sharding: every loss takes `shard=(index, count)`. The anchor rows (queries, English and translated
+sentences, monolingual sentences) are cut into `count` equal slices and only slice `index` is scored,
+against every candidate; the result is that slice's terms summed and divided by the *global* number of
+terms, so the `count` shares add up to the loss exactly. The default (0, 1) is the whole loss.
+`block_rows` > 0 scores that many anchor rows at a time and recomputes each block's scores in the
+backward pass (checkpointing), so only one block's [block_rows, N] matrices are alive at once; every
+row still sees all its candidates, so its log-sum-exp is exact.
 """
 
 from __future__ import annotations
@@ -13,6 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+Shard = tuple[int, int]  # (index, count): score anchor slice `index` of `count` equal slices
+WHOLE: Shard = (0, 1)
 
 
 def similarity(a: Tensor, b: Tensor, temperature: float) -> Tensor:
@@ -24,48 +36,88 @@ def _at_least_fp32(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def ir_loss(q_reps: Tensor, p_reps: Tensor, temperature: float) -> Tensor:
+def ir_loss(q_reps: Tensor, p_reps: Tensor, temperature: float, shard: Shard = WHOLE,
+            block_rows: int = 0) -> Tensor:
     """Eq. 1, DPR contrastive loss with in-batch and hard negatives.
 
     q_reps [B, D]; p_reps [B * G, D] laid out query by query: rows i*G .. i*G+G-1 are query i's group,
-    positive first. Every passage of the batch is a candidate for every query.
+    positive first. Every passage of the batch is a candidate for every query. With a shard, only that
+    slice of the queries is scored (global query i's positive stays at passage row i*G).
     """
-    scores = similarity(q_reps, p_reps, temperature)
     group_size = p_reps.shape[0] // q_reps.shape[0]
-    target = torch.arange(q_reps.shape[0], device=scores.device) * group_size
-    return F.cross_entropy(scores, target)
+    rows, first = _slice(q_reps, shard)
+    return _row_blocks(lambda q, start: _cross_entropy_sum(q, p_reps, (first + start) * group_size, group_size,
+                                                           temperature), rows, block_rows) / q_reps.shape[0]
 
 
-def semantic_loss(e_reps: Tensor, f_reps: Tensor, temperature: float, symmetric: bool = True) -> Tensor:
+def _cross_entropy_sum(a: Tensor, b: Tensor, first_target: int, stride: int, temperature: float) -> Tensor:
+    """Sum over rows i of -log softmax_j sim(a_i, b_j)[first_target + i * stride]."""
+    target = first_target + torch.arange(a.shape[0], device=a.device) * stride
+    return F.cross_entropy(similarity(a, b, temperature), target, reduction="sum")
+
+
+def semantic_loss(e_reps: Tensor, f_reps: Tensor, temperature: float, symmetric: bool = True,
+                  shard: Shard = WHOLE, block_rows: int = 0) -> Tensor:
     """Eq. 2, contrastive alignment of N parallel pairs: e_reps [N, D] English, f_reps [N, D] translations.
 
     Row i's positive is its own translation; the other N-1 translations are its negatives.
-    `symmetric` averages the e->f and f->e directions.
+    `symmetric` averages the e->f and f->e directions. With a shard, that slice of the English rows is
+    scored against every translation and (symmetric) the same slice of the translations against every
+    English row.
     """
-    scores = similarity(e_reps, f_reps, temperature)
-    target = torch.arange(scores.shape[0], device=scores.device)
-    e_to_f = F.cross_entropy(scores, target)
+    def direction(anchors: Tensor, candidates: Tensor) -> Tensor:
+        rows, first = _slice(anchors, shard)
+        return _row_blocks(lambda a, start: _cross_entropy_sum(a, candidates, first + start, 1, temperature),
+                           rows, block_rows) / anchors.shape[0]
+
+    e_to_f = direction(e_reps, f_reps)
     if not symmetric:
         return e_to_f
-    return 0.5 * (e_to_f + F.cross_entropy(scores.T, target))
+    return 0.5 * (e_to_f + direction(f_reps, e_reps))
 
 
 def language_loss(z_reps: Tensor, e_reps: Tensor, f_reps: Tensor, temperature: float,
-                  variant: str = "balanced") -> Tensor:
+                  variant: str = "balanced", shard: Shard = WHOLE, block_rows: int = 0) -> Tensor:
     """Eq. 3 (our reading), language contrastive loss: each monolingual sentence z_k [K, D] should be
     equally similar to both members of every parallel pair (e_i, f_i) [N, D].
 
     balanced: p_ki = softmax over {sim(z_k, e_i), sim(z_k, f_i)} of the e side;
               L = -mean_ki [0.5 log p_ki + 0.5 log(1 - p_ki)], minimal (log 2) iff the two sims agree.
     squared:  L = mean_ki (sim(z_k, e_i) - sim(z_k, f_i))^2, minimal (0) at the same point.
+    With a shard, that slice of the monolingual rows is scored against every pair.
     """
-    diff = similarity(z_reps, e_reps, temperature) - similarity(z_reps, f_reps, temperature)
-    if variant == "balanced":
-        # log p = -softplus(-diff) and log(1-p) = -softplus(diff): exact and finite for any score.
-        return 0.5 * (F.softplus(diff) + F.softplus(-diff)).mean()
-    if variant == "squared":
-        return diff.pow(2).mean()
-    raise ValueError(f"unknown language loss variant {variant!r}")
+    if variant not in ("balanced", "squared"):
+        raise ValueError(f"unknown language loss variant {variant!r}")
+
+    def block_sum(z: Tensor, start: int) -> Tensor:
+        diff = similarity(z, e_reps, temperature) - similarity(z, f_reps, temperature)
+        if variant == "balanced":
+            # log p = -softplus(-diff) and log(1-p) = -softplus(diff): exact and finite for any score.
+            return 0.5 * (F.softplus(diff) + F.softplus(-diff)).sum()
+        return diff.pow(2).sum()
+
+    rows, _ = _slice(z_reps, shard)
+    return _row_blocks(block_sum, rows, block_rows) / (z_reps.shape[0] * e_reps.shape[0])
+
+
+def _slice(anchors: Tensor, shard: Shard) -> tuple[Tensor, int]:
+    """Shard `index` of `count` equal row slices of anchors [M, D], and the global index of its first row."""
+    index, count = shard
+    n = anchors.shape[0] // count
+    return anchors[index * n:(index + 1) * n], index * n
+
+
+def _row_blocks(block_sum, rows: Tensor, block_rows: int) -> Tensor:
+    """sum over blocks of block_sum(rows[start:start + block_rows], start); 0 or >= len(rows): one block.
+
+    Each block runs under (non-reentrant) checkpointing: autograd keeps only its inputs and recomputes
+    its score matrices during backward, so the blocks' matrices never coexist.
+    """
+    if block_rows <= 0 or rows.shape[0] <= block_rows:
+        return block_sum(rows, 0)
+    return sum(checkpoint(block_sum, rows[start:start + block_rows], start, use_reentrant=False,
+                          preserve_rng_state=False)
+               for start in range(0, rows.shape[0], block_rows))
 
 
 @dataclass
@@ -83,26 +135,35 @@ class LossTerms:
         return {k: float(v.detach()) for k, v in out.items() if v is not None}
 
 
-def lacl_loss(reps: dict[str, Tensor], cfg) -> LossTerms:
-    """L = L_IR + alpha L_sem + beta L_lang over global representations (`cfg`: config.LossConfig).
+def lacl_loss(reps: dict[str, Tensor], cfg, shard: Shard = WHOLE) -> LossTerms:
+    """L = L_IR + alpha L_sem + beta L_lang over global representations (`cfg`: config.LossConfig), or
+    with `shard`, that shard's share of every term (the shares of all shards add up to L and its terms).
 
     reps holds `query`, `passage` and, when their weights are > 0, `para_en`, `para_xx`, `mono`;
     with several aux towers, the keys carry a tower suffix (`para_en@query`) and the aux terms are
     averaged over towers.
     """
-    ir = ir_loss(reps["query"], reps["passage"], cfg.temperature)
+    blocks = cfg.block_rows
+    ir = ir_loss(reps["query"], reps["passage"], cfg.temperature, shard, blocks)
     total, sem, lang = ir, None, None
     towers = sorted({k.partition("@")[2] for k in reps if k.startswith("para_en")})
     if cfg.semantic_weight > 0:
         sem = torch.stack([semantic_loss(reps[_k("para_en", t)], reps[_k("para_xx", t)], cfg.temperature,
-                                         cfg.semantic_symmetric) for t in towers]).mean()
+                                         cfg.semantic_symmetric, shard, blocks) for t in towers]).mean()
         total = total + cfg.semantic_weight * sem
     if cfg.language_weight > 0:
         lang = torch.stack([language_loss(reps[_k("mono", t)], reps[_k("para_en", t)], reps[_k("para_xx", t)],
-                                          cfg.temperature, cfg.language_variant) for t in towers]).mean()
+                                          _language_tau(cfg), cfg.language_variant, shard, blocks)
+                            for t in towers]).mean()
         total = total + cfg.language_weight * lang
     return LossTerms(total, ir, sem, lang)
 
 
 def _k(name: str, tower: str) -> str:
     return f"{name}@{tower}" if tower else name
+
+
+def _language_tau(cfg) -> float:
+    """loss.language_temperature, else the shared loss.temperature."""
+    tau = getattr(cfg, "language_temperature", None)
+    return cfg.temperature if tau is None else tau

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
+from .errors import UserError
+
 TOWERS = ("query", "passage")
 
 
@@ -71,7 +73,11 @@ _HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
 
 
 def load_encoder(name_or_path: str, random_init: bool = False) -> nn.Module:
-    config = AutoConfig.from_pretrained(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model.name_or_path: {name_or_path}: not a loadable model folder or id ({first})") from None
     kwargs = {"add_pooling_layer": False} if config.model_type in _HAS_UNUSED_POOLER else {}
     if random_init:
         return AutoModel.from_config(config, **kwargs)
@@ -85,3 +91,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+# RoBERTa-family models number positions from padding_idx + 1, so two of their rows are never a token's.
+_POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
+
+
+def max_tokens(encoder: nn.Module) -> int | None:
+    """The longest input (special tokens included) the encoder's position embeddings can number."""
+    config = encoder.config
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    offset = (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_TYPES else 0
+    return positions - offset

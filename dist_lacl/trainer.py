@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -12,18 +13,19 @@ from pathlib import Path
 import torch
 import yaml
 from torch import Tensor
-from transformers import AutoTokenizer
 
 from . import distributed as dist
-from .checkpoint import Checkpointer
+from .checkpoint import Checkpointer, checkpoint_name, has_complete_checkpoint, write_atomic
 from .config import RunConfig, check_resume_compatible, check_world_size, config_from_dict
 from .data import TrainBatches
 from .diagnostics import language_centroid_accuracy, parallel_similarity
 from .engine import build_engine
-from .errors import ConfigError, NonFiniteError, ResumeRequested
+from .errors import ConfigError, NonFiniteError, ResumeRequested, UserError
 from .grad_cache import GradCache
 from .losses import LossTerms, lacl_loss
-from .model import build_model
+from .model import build_model, max_tokens
+from .outputs import check_parent_writable
+from .tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +40,26 @@ class TrainState:
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (SLURM's warning before the time limit) ask for a checkpoint and a clean exit.
+    """SIGTERM, SIGUSR1 (SLURM's warning before the time limit) and SIGINT (Ctrl-C) ask for a checkpoint
+    and a clean exit.
 
-    The handler only sets a flag: the step in flight finishes, so a second signal cannot interrupt
-    a checkpoint write halfway.
+    The handler only sets a flag: the step in flight finishes, so a signal cannot interrupt a checkpoint
+    write halfway. A second Ctrl-C stops at once (KeyboardInterrupt): every write is atomic, so the run
+    directory keeps its newest complete checkpoint.
     """
 
     def __init__(self):
         self.received: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
         if self.received is None:
-            log.warning("received signal %d: will checkpoint after this step and exit", signum)
+            log.warning("received signal %d: will checkpoint after this step and exit%s", signum,
+                        " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
         self.received = signum
 
     def requested(self) -> bool:
@@ -86,14 +94,34 @@ class RepsTap:
 
 
 def make_loss_fn(cfg: RunConfig, tap: RepsTap):
-    """loss(reps) over the global batch; gathers every job's representations across ranks first."""
+    """loss(reps) over the global batch; gathers every job's representations across ranks first.
+
+    With loss.sharding=sharded each rank computes only its share l_r of every term (its own anchor
+    rows against all gathered candidates; L = sum_r l_r). The returned loss has the value of the global
+    L on every rank (all-reduced, for logging and the finite check) but backpropagates as this rank's
+    l_r only: the other shares' gradient with respect to this rank's rows arrives through the
+    gather's backward (summed over ranks), so every rank's cached gradient is dL/d(its rows), times
+    world_size, and the engine's average over ranks of the parameter gradients is exactly dL/dtheta.
+    """
+    sharded = cfg.loss.sharding == "sharded"
+
     def loss_fn(reps: dict[str, Tensor]) -> tuple[Tensor, LossTerms]:
-        global_reps = {name: dist.gather_keep_local_grad(r) for name, r in reps.items()}
-        terms = lacl_loss(global_reps, cfg.loss)
+        global_reps = {name: dist.gather_for_loss(r, sharded) for name, r in reps.items()}
+        if sharded:
+            terms = global_terms(lacl_loss(global_reps, cfg.loss, (dist.rank(), dist.world_size())))
+        else:
+            terms = lacl_loss(global_reps, cfg.loss)
         if tap.enabled:
             tap.reps = {k: v.detach() for k, v in global_reps.items()}
         return terms.total, terms
     return loss_fn
+
+
+def global_terms(shares: LossTerms) -> LossTerms:
+    """*Collective.* Every term summed over ranks (one all-reduce), gradients to this rank's shares."""
+    names = [n for n in ("total", "ir", "semantic", "language") if getattr(shares, n) is not None]
+    summed = dist.sum_shares(torch.stack([getattr(shares, n) for n in names]))
+    return LossTerms(**dict(zip(names, summed.unbind())))
 
 
 def diagnostics(global_reps: dict[str, Tensor], meta: dict) -> dict[str, float]:
@@ -124,21 +152,24 @@ class Trainer:
         torch.manual_seed(t.seed)  # identical initial weights on every rank for any new heads
         self.run_dir = Path(t.output_dir)
         check_output_dir(self.run_dir, cfg)  # read-only: a refused run leaves the directory untouched
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer or cfg.model.name_or_path)
+        self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
+                                        "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path")
         model = build_model(cfg.model)
         check_vocabulary(model, self.tokenizer, cfg)
+        check_lengths(model, self.tokenizer, cfg)
         self.engine = build_engine(model, cfg)
         check_world_size(cfg, dist.world_size())
         torch.manual_seed(t.seed + dist.rank())  # dropout differs per rank, as it would on separate GPUs
         self.data, self.dev = self.load_data()
         self.claim_run_dir()
         self.state = TrainState()
+        self.saved_step: int | None = None
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", t.keep_last)
         self.tap = RepsTap()
         self.grad_cache = GradCache(
             encode=lambda job, inputs: self.engine.encode(inputs, tower_of(job)),
             loss_fn=make_loss_fn(cfg, self.tap), backward=self.engine.backward,
-            chunk_size=t.chunk_size, chunk_context=self.engine.chunk_context,
+            chunk_size=t.chunk_size, chunk_tokens=t.chunk_tokens, chunk_context=self.engine.chunk_context,
             backward_context=self.engine.backward_context)
         self.writer = None
 
@@ -147,8 +178,7 @@ class Trainer:
     def load_data(self):
         """*Collective.* The validated training streams and, with train.eval_every, the dev set."""
         cfg, d = self.cfg, self.cfg.data
-        cache_dir = self.run_dir / "cache" if d.cache_dir is None else Path(d.cache_dir)
-        data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), cache_dir)
+        data = TrainBatches(cfg, self.tokenizer, dist.rank(), dist.world_size(), d.cache_dir)
         dev = None
         if cfg.train.eval_every:
             from .evaluation.evaluate import load_dev_set
@@ -157,11 +187,25 @@ class Trainer:
         return data, dev
 
     def claim_run_dir(self) -> None:
-        """*Collective.* Only with config and data validated does the run directory become this run's."""
+        """*Collective.* Only with config and data validated does the run directory become this run's:
+        rank 0 locks it (a second training into it is refused; the lock dies with the process) and
+        writes the config; every rank then checks that it sees the same directory."""
+        error, token = None, None
         if dist.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.run_dir / "config.yaml")
-        dist.barrier()
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = RunLock(self.run_dir)
+                token = self.lock.token
+                write_atomic(self.run_dir / "config.yaml",
+                             yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode())
+            except UserError as e:
+                error = str(e)
+            except OSError as e:
+                error = f"train.output_dir: {self.run_dir}: cannot be written ({e.strerror})"
+        error, token = dist.broadcast_object((error, token))
+        if error:
+            raise UserError(error)
+        check_shared_run_dir(self.run_dir, token)
 
     def resume(self) -> None:
         """*Collective.* Continue from the newest complete checkpoint, if any."""
@@ -186,13 +230,19 @@ class Trainer:
         return {"train": asdict(self.state), "data": self.data.state_dict(), "world_size": dist.world_size()}
 
     def save(self) -> Path:
-        """*Collective.* Checkpoint the current step (refused if the weights are not finite)."""
+        """*Collective.* Checkpoint the current step, once (refused if the weights are not finite)."""
+        if self.saved_step == self.state.step:
+            return self.checkpointer.root / checkpoint_name(self.state.step)
         if not self.weights_finite():
             raise NonFiniteError(f"step {self.state.step}: the weights hold non-finite values; not saving "
                                  "a checkpoint (the previous complete one is kept)")
+        # Self-contained: the tokenizer and the encoder's config travel with the weights, so `export`
+        # works after the base model folder has moved.
         extra = {"config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
+                 "model/config.json": self.engine.module.tower("query").config.to_json_string().encode(),
                  **tokenizer_files(self.tokenizer)}
         path = self.checkpointer.save(self.engine, self.state.step, self.trainer_state(), extra)
+        self.saved_step = self.state.step
         log.info("saved %s", path)
         return path
 
@@ -221,9 +271,10 @@ class Trainer:
                     scalars.update(self.evaluate())
                 if self.state.step % t.log_every == 0 or t.eval_every and self.state.step % t.eval_every == 0:
                     self.log(scalars)
-                if t.save_every and self.state.step % t.save_every == 0 and self.state.step < t.max_steps:
+                if t.save_every and self.state.step % t.save_every == 0:
                     self.save()
-                if self.stop.requested():
+                # A signal after the last step is no reason to run again: the run finishes below.
+                if self.stop.requested() and self.state.step < t.max_steps:
                     self.save()
                     raise ResumeRequested(f"stopped by signal at step {self.state.step}; run again to resume")
         finally:
@@ -318,14 +369,91 @@ def peak_memory_gb() -> float:
 
 
 def check_output_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Refuse an output directory that holds a different run (resuming it would silently mix the two)."""
+    """Refuse an output directory that holds a different run (resuming it would silently mix the two).
+
+    Only a run that left a complete checkpoint binds the directory to its config: one that failed
+    before its first checkpoint can be run again with corrected settings.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"train.output_dir: {run_dir} is a file; expected a directory")
+    check_parent_writable(run_dir, "train.output_dir")
     saved = run_dir / "config.yaml"
     if saved.is_file():
+        if not has_complete_checkpoint(run_dir / "checkpoints"):
+            log.info("%s: no complete checkpoint yet; this run's config replaces the saved one", run_dir)
+            return
         previous = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
         check_resume_compatible(previous, cfg, str(saved))
     elif run_dir.is_dir() and any(p.name not in ("cache",) for p in run_dir.iterdir()):
         raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no dist-lacl run; "
                           "choose another directory")
+
+
+def check_lengths(model, tokenizer, cfg: RunConfig) -> None:
+    """Every configured length must fit the model's position embeddings and leave room for text after
+    its prefix (the prefix counts inside max_len: truncation cuts the text)."""
+    limit = max_tokens(model.tower("query"))
+    d, m = cfg.data, cfg.model
+    for name, length, prefix, prefix_name in (
+            ("query_max_len", d.query_max_len, m.query_prefix, "query_prefix"),
+            ("passage_max_len", d.passage_max_len, m.passage_prefix, "passage_prefix"),
+            ("sentence_max_len", d.sentence_max_len, m.query_prefix, "query_prefix")):
+        if limit is not None and length > limit:
+            raise ConfigError(f"data.{name}: {length} tokens, but {m.name_or_path} numbers at most {limit} "
+                              f"positions; use at most {limit}")
+        # Special tokens plus the prefix; at least one token of text must remain.
+        needed = len(tokenizer(prefix)["input_ids"]) + 1 if prefix else 0
+        if needed and length < needed:
+            raise ConfigError(f"data.{name}: {length} tokens leave no room for text after model.{prefix_name} "
+                              f"({needed - 1} tokens with the special ones); use at least {needed}")
+
+
+class RunLock:
+    """An exclusive lock on `<run_dir>/.lock`, held by rank 0 for the whole run. The kernel releases it
+    when the process ends, however it ends, so a crashed run never leaves its directory locked."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+        import secrets
+        import socket
+
+        self.file = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held open for the process's life)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UserError(f"train.output_dir: {run_dir} is in use by another training ({holder}); wait for "
+                            "it to finish, or choose another train.output_dir") from None
+        self.token = f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(self.token + "\n")
+        self.file.flush()
+
+
+def check_shared_run_dir(run_dir: Path, token: str, wait_s: float = 30.0) -> None:
+    """*Collective.* Every rank must see rank 0's lock file: checkpoints are written by all ranks into one
+    directory, so node-local output directories would scatter a checkpoint over several machines.
+    A network filesystem may show a new file late: wait up to `wait_s`."""
+    import socket
+
+    deadline = time.monotonic() + wait_s
+    seen = False
+    while not seen:
+        try:
+            seen = (run_dir / ".lock").read_text().strip() == token
+        except OSError:
+            seen = False
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    problems = [p for p in dist.all_gather_objects(None if seen else f"rank {dist.rank()} on "
+                                                   f"{socket.gethostname()}") if p]
+    if problems:
+        raise UserError(f"train.output_dir: {run_dir} is not one shared directory: {', '.join(problems)} do(es) "
+                        "not see rank 0's files; put the output directory on a filesystem all nodes share")
 
 
 def check_vocabulary(model, tokenizer, cfg: RunConfig) -> None:

@@ -17,6 +17,14 @@ from helpers_data import write_training_data  # noqa: E402
 from helpers_tiny import make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache_root(tmp_path_factory) -> Path:
+    """The tests' data caches (their subprocesses' too) stay out of the user's ~/.cache/dist_lacl."""
+    root = tmp_path_factory.mktemp("data-cache")
+    os.environ["DIST_LACL_CACHE"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer XLM-R-style encoder (hidden 32, dropout 0.1) with its tokenizer, in one folder."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dist_lacl.builders import cli, debian_faq, gettext_pairs, manpages, python_docs
+from dist_lacl.builders import cli, debian_faq, debian_reference, gettext_pairs, manpages, python_docs
 from dist_lacl.builders.common import lang_code, seeded_sample
 from dist_lacl.data import read_records
 from dist_lacl.errors import UserError
@@ -439,7 +439,7 @@ def test_cli_runs_a_builder(locale_root, tmp_path):
     args = make_parser().parse_args(["data", "gettext", "-o", str(tmp_path / "p.jsonl"), "--locale-dir",
                                      str(locale_root), "--langs", "de,fr", "--cap", "0"])
     assert args.func(args) == {"de": 5, "fr": 1}
-    for command in ["python-docs", "gettext", "manpages", "debian-faq", "all"]:
+    for command in ["python-docs", "gettext", "manpages", "debian-faq", "debian-reference", "all"]:
         assert make_parser().parse_args(["data", command, "-o", "x"]).func.__name__.startswith("run_")
 
 
@@ -485,3 +485,111 @@ def test_real_gettext_and_manpages(tmp_path):
     installed("/usr/share/man/it/man1")
     assert manpages.build_manpages(tmp_path / "m.jsonl", langs="it", cap_per_lang=100) == {"it": 100}
     assert len(list(read_records(tmp_path / "m.jsonl", "monolingual"))) == 100
+
+
+# ------------------------------------------------------------------------------------- breadth
+
+def test_gettext_min_pairs_leaves_out_small_languages(locale_root, tmp_path):
+    details = {}
+    counts = gettext_pairs.build_gettext_pairs(tmp_path / "p.jsonl", [locale_root], "de,fr", min_unique=2,
+                                               details=details)
+    assert counts == {"de": 5}  # fr has 1 unique pair
+    assert {r["lang"] for r in read_jsonl(tmp_path / "p.jsonl")} == {"de"}
+    assert details["fr"] == {"catalogs": 1, "entries": 1, "unique": 1, "written": 0}
+    assert details["de"]["unique"] == details["de"]["written"] == 5
+    with pytest.raises(UserError, match="at least 6 unique"):
+        gettext_pairs.build_gettext_pairs(tmp_path / "q.jsonl", [locale_root], "de,fr", min_unique=6)
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_django_roots(monkeypatch):
+    roots = gettext_pairs.django_roots()
+    if not roots:
+        pytest.skip("Django is not installed (the demo extra installs it)")
+    assert roots[0].endswith("conf/locale") and all(Path(r).is_dir() for r in roots)
+    assert list(Path(roots[0]).glob("de/LC_MESSAGES/django.mo"))
+    monkeypatch.setattr(gettext_pairs.importlib.util, "find_spec", lambda name: None)
+    assert gettext_pairs.django_roots() == []
+
+
+def test_breadth_options_resolve():
+    args = make_parser().parse_args(["data", "all", "-o", "x"])
+    cli._resolve_breadth(args)
+    assert (args.parallel_langs, args.monolingual_langs, args.min_pairs, args.debian_reference) == (
+        cli.PARALLEL_LANGS, cli.MONOLINGUAL_LANGS, 0, False)  # the demo's data, unchanged
+    args = make_parser().parse_args(["data", "all", "-o", "x", "--breadth", "--monolingual-langs", "de"])
+    cli._resolve_breadth(args)
+    assert (args.parallel_langs, args.monolingual_langs, args.min_pairs, args.debian_reference) == ("", "de", 2000, True)
+    assert len(cli.BREADTH_MONOLINGUAL_LANGS.split(",")) == 27
+    assert cli.data_packages("de", "en", "de,pt-br")[-3:] == [
+        "debian-reference-en", "debian-reference-de", "debian-reference-pt-br"]
+
+
+@pytest.fixture
+def reference_root(tmp_path) -> Path:
+    """The Debian Reference's installed layout: every language's chapter pages in one folder."""
+    root = tmp_path / "debian-reference"
+    root.mkdir()
+    pages = {
+        "apa.en": [("the maze", "A.1. The Debian maze", "<p>Debian is a maze.</p>", 2)],  # a space in the id
+        "ch01.en": [("cfg", "1.1. Package configuration", "<p>Configure packages with debconf.</p>", 2),
+                    ("basics1", "1.1.1. Basics", "<p>First basics text.</p>", 3),
+                    ("archive", "1.2. Archive basics", "<p>The archive holds every package of the release.</p>", 2),
+                    ("basics2", "1.2.1. Basics", "<p>Second basics text.</p>", 3)],  # a repeated title: no query
+        "apa.de": [("the maze", "A.1. Das Debian-Labyrinth", "<p>Debian ist ein Labyrinth.</p>", 2)],
+        "ch01.de": [("cfg", "1.1. Paketkonfiguration", "<p>Pakete mit debconf konfigurieren.</p>", 2),
+                    ("basics1", "1.1.1. Grundlagen", "<p>Erste Grundlagen.</p>", 3),
+                    ("archive", "1.2. Grundlagen des Archivs", "<p>The archive holds every package of the release.</p>", 2),
+                    ("basics2", "1.2.1. Grundlagen", "<p>Zweite Grundlagen.</p>", 3)],
+        "apa.ja": [("the maze", "A.1. Debian の迷路", "<p>Debian は迷路です。</p>", 2)],
+        "ch01.ja": [("cfg", "1.1. パッケージ設定", "<p>debconf でパッケージを設定します。</p>", 2),
+                    ("archive", "1.2. Archive basics", "<p>アーカイブ。</p>", 2)],  # title left in English
+    }
+    for name, sections in pages.items():
+        (root / f"{name}.html").write_text(faq_page(name.split(".")[1], "Chapter", sections))
+    return root
+
+
+def test_debian_reference_sets(reference_root, tmp_path):
+    out = tmp_path / "a"
+    counts = debian_reference.build_debian_reference(out, reference_root, langs="de,ja", min_chars=5)
+    assert counts == {"en": 3, "de": 3, "ja": 2}
+    assert [(d["docid"], d["text"]) for d in read_jsonl(out / "to_english/corpus.jsonl")] == [
+        ("the_maze", "Debian is a maze."), ("cfg", "Configure packages with debconf."),
+        ("basics1", "First basics text."), ("archive", "The archive holds every package of the release."),
+        ("basics2", "Second basics text.")]
+    assert [(q["query_id"], q["query"]) for q in read_jsonl(out / "to_english/queries.jsonl")] == [
+        ("en-the_maze", "The Debian maze"), ("en-cfg", "Package configuration"), ("en-archive", "Archive basics"),
+        ("de-the_maze", "Das Debian-Labyrinth"), ("de-cfg", "Paketkonfiguration"),
+        ("de-archive", "Grundlagen des Archivs"), ("ja-the_maze", "Debian の迷路"), ("ja-cfg", "パッケージ設定")]
+    assert (out / "to_english/qrels.txt").read_text().splitlines()[3] == "de-the_maze 0 the_maze 1"
+    # de's "archive" text was left in English: not a same-language query.
+    assert (out / "same_language/de/qrels.txt").read_text().splitlines() == ["de-the_maze 0 the_maze 1", "de-cfg 0 cfg 1"]
+    assert [d["docid"] for d in read_jsonl(out / "same_language/ja/corpus.jsonl")] == ["the_maze", "cfg", "archive"]
+    debian_reference.build_debian_reference(tmp_path / "b", reference_root, langs="de,ja", min_chars=5)
+    for f in sorted(out.rglob("*.*")):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(out)).read_bytes()
+    # Texts are cut at max_chars, at a space.
+    debian_reference.build_debian_reference(tmp_path / "c", reference_root, langs="de", min_chars=5, max_chars=20)
+    assert read_jsonl(tmp_path / "c/to_english/corpus.jsonl")[3]["text"] == "The archive holds"
+    with pytest.raises(UserError, match="debian-reference-ko"):
+        debian_reference.build_debian_reference(tmp_path / "x", reference_root, langs="ko")
+
+
+def test_cli_debian_reference_writes_a_manifest(reference_root, tmp_path):
+    out = tmp_path / "ref"
+    args = make_parser().parse_args(["data", "debian-reference", "-o", str(out), "--root", str(reference_root),
+                                     "--langs", "ja", "--min-chars", "5"])
+    assert args.func(args) == {"en": 3, "ja": 2}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"en": 3, "ja": 2} and manifest["written"] == ["same_language", "to_english"]
+
+
+def test_real_debian_reference(tmp_path):
+    root = installed(debian_reference.DEFAULT_ROOT + "/ch01.de.html").parent
+    counts = debian_reference.build_debian_reference(tmp_path, root, langs="de")
+    assert counts["en"] >= 300 and counts["de"] >= 300
+    from dist_lacl.evaluation.evaluate import load_dev_set
+
+    for split in (tmp_path / "to_english", tmp_path / "same_language/de"):  # ids the evaluation accepts
+        load_dev_set(split / "queries.jsonl", split / "corpus.jsonl", split / "qrels.txt")

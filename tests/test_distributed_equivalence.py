@@ -10,10 +10,12 @@ gradients below the last LayerNorm become near-cancelling sums whose fp32 roundi
 would hide real errors instead of revealing them.
 """
 
+import json
+
 import pytest
 import torch
 import yaml
-from helpers_launch import WORKERS, accelerate_launch, torchrun
+from helpers_launch import REPO, WORKERS, accelerate_launch, torchrun
 from test_grad_cache import assert_same_grads
 from transformers import AutoTokenizer
 
@@ -36,8 +38,8 @@ ZERO_GRAD_UPDATE = 1e-6
 CROSS_PROCESS = dict(rtol=1e-4, scale_tol=1e-3)
 
 
-def write_config(tmp_path, model_dir, data, **train):
-    raw = {"model": {"name_or_path": str(model_dir), "pooling": "mean"},
+def write_config(tmp_path, model_dir, data, shared_encoder=True, **train):
+    raw = {"model": {"name_or_path": str(model_dir), "pooling": "mean", "shared_encoder": shared_encoder},
            "data": {**data, "train_group_size": 3, "cache_dir": str(tmp_path / "cache")},
            "loss": {"temperature": 0.5, "semantic_weight": 0.7, "language_weight": 0.4},
            "train": {"ir_batch_size": 4, "parallel_batch_size": 6, "monolingual_batch_size": 4, "chunk_size": 2,
@@ -61,9 +63,9 @@ def reference_step(cfg):
     t = cfg.train
     optimizer = torch.optim.AdamW(parameter_groups(model, t.weight_decay), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps)
     make_scheduler(optimizer, cfg)  # sets the first step's learning rate, as in training
-    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip))
     optimizer.step()
-    return loss.item(), grads, {n: p.detach().clone() for n, p in model.named_parameters()}
+    return loss.item(), grads, {n: p.detach().clone() for n, p in model.named_parameters()}, grad_norm
 
 
 def run_worker(tmp_path, config, mode, launcher=torchrun):
@@ -76,20 +78,51 @@ def run_worker(tmp_path, config, mode, launcher=torchrun):
 
 def test_two_ranks_with_gathered_negatives_equal_one_process(tmp_path, tiny_model_no_dropout, training_data):
     config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data)
-    loss, grads, _ = reference_step(cfg)
+    loss, grads, _, _ = reference_step(cfg)
     result = run_worker(tmp_path, config, "plain")
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
+
+
+def shipped_zero_block(tmp_path, name: str) -> str:
+    """A DeepSpeed file with the `zero_optimization` block of shipped config `name` (overlap_comm,
+    contiguous gradients, round-robin, bucket sizes, offload) and nothing else, so the run config's
+    fp32 applies and only the device differs from a GPU run. Offload runs torch's AdamW on the
+    offloaded master weights (DeepSpeed's CPU Adam is a JIT build; the gradient path is the same)."""
+    block = json.loads((REPO / "ds_configs" / name).read_text())["zero_optimization"]
+    block.get("offload_optimizer", {}).pop("pin_memory", None)  # page-locking is a CUDA notion
+    path = tmp_path / f"zero-{name}"
+    path.write_text(json.dumps({"zero_optimization": block, "zero_force_ds_cpu_optimizer": False}))
+    return str(path)
+
+
+SHIPPED = sorted(p.name for p in (REPO / "ds_configs").glob("*.json"))
 
 
 @pytest.mark.parametrize("grad_reduction", ["coalesced", "per_chunk"])
 def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data, grad_reduction):
     config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
                                deepspeed_config="ds_configs/zero2_fp32_cpu.json", grad_reduction=grad_reduction)
-    loss, grads, params = reference_step(cfg)
-    result = run_worker(tmp_path, config, "engine")
+    assert_engine_step_equals_reference(tmp_path, config, cfg)
+
+
+@pytest.mark.parametrize("shipped", [n for n in SHIPPED if n != "zero2_fp32_cpu.json"])
+def test_zero2_with_each_shipped_zero_block_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data,
+                                                                 shipped):
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
+                               deepspeed_config=shipped_zero_block(tmp_path, shipped))
+    round_robin = json.loads((REPO / "ds_configs" / shipped).read_text())["zero_optimization"].get(
+        "round_robin_gradients", False)
+    assert_engine_step_equals_reference(tmp_path, config, cfg, read_grads=not round_robin)
+
+
+def assert_engine_step_equals_reference(tmp_path, config, cfg, read_grads=True):
+    loss, grads, params, grad_norm = reference_step(cfg)
+    result = run_worker(tmp_path, config, "engine" if read_grads else "engine-norm")
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
-    assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
+    assert result["grad_norm"] == pytest.approx(grad_norm, rel=1e-4)
+    if read_grads:
+        assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
     assert_same_grads(result["params"], params, floor=ZERO_GRAD_UPDATE, **CROSS_PROCESS)
     # The step changed the weights, so the parameter comparison is not trivially true.
     assert any(not torch.equal(p, q) for p, q in zip(params.values(), build_model(cfg.model).state_dict().values()))
@@ -99,7 +132,7 @@ def test_zero2_naive_per_chunk_backward_loses_gradients(tmp_path, tiny_model_no_
     """The peers' failure, reproduced: without the accumulation boundary only the last chunk survives."""
     config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
                                grad_reduction="per_chunk")
-    _, grads, _ = reference_step(cfg)
+    _, grads, _, _ = reference_step(cfg)
     result = run_worker(tmp_path, config, "naive")
     with pytest.raises(AssertionError):
         assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
@@ -107,9 +140,15 @@ def test_zero2_naive_per_chunk_backward_loses_gradients(tmp_path, tiny_model_no_
     assert max(errors) > 0.1
 
 
-def test_accelerate_ddp_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data):
-    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="ddp")
-    loss, grads, params = reference_step(cfg)
+@pytest.mark.parametrize("shared_encoder", [True, False], ids=["shared", "separate-towers"])
+def test_accelerate_ddp_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data,
+                                                        shared_encoder):
+    """Separate towers: the last chunk runs through one tower only, so a reduction left to DDP's last
+    backward would miss the other tower (replicas diverging, then DDP's 'Expected to have finished
+    reduction' at the next step)."""
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="ddp",
+                               shared_encoder=shared_encoder)
+    loss, grads, params, grad_norm = reference_step(cfg)
     result = run_worker(tmp_path, config, "engine", launcher=accelerate_launch)
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert_same_grads(result["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)

@@ -47,7 +47,7 @@ def test_read_qrels_and_run(tmp_path):
 
 CORPUS_ERRORS = [
     # (file content, line, field, message fragment)
-    ('{"docid": "d1", "text": "x"\n', 1, None, "invalid JSON"),
+    ('{"docid": "d1", "text": "x"\n', 1, None, "not valid JSON"),
     ('["d1", "x"]\n', 1, None, "JSON object, got list"),
     ('{"docid": "d1", "text": "x"}\n{"text": "y"}\n', 2, "docid", "missing"),
     ('{"docid": ["d1"], "text": "x"}\n', 1, "docid", "string or integer"),

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from dist_lacl.config import config_from_dict
 from dist_lacl.data import TrainBatches
+from dist_lacl.errors import ConfigError
 from dist_lacl.grad_cache import GradCache, RandomState
 from dist_lacl.model import build_model
 from dist_lacl.trainer import RepsTap, encode_jobs, make_loss_fn, tower_of
@@ -27,27 +28,27 @@ def make_step(model_dir, data, tmp_path, **model_overrides):
     return cfg, model, encode_jobs(batch, cfg)
 
 
-def grad_cache_for(cfg, model, chunk_size):
+def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0):
     return GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)),
                      loss_fn=make_loss_fn(cfg, RepsTap()), backward=lambda loss: loss.backward(),
-                     chunk_size=chunk_size)
+                     chunk_size=chunk_size, chunk_tokens=chunk_tokens)
 
 
-def cached_step(cfg, model, jobs, chunk_size=2):
+def cached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(123)
-    gc = grad_cache_for(cfg, model, chunk_size)
+    gc = grad_cache_for(cfg, model, chunk_size, chunk_tokens)
     cache = gc.compute_loss(jobs)
     gc.backward(cache)
     return cache.loss.item(), cache.loss_out, grads(model)
 
 
-def uncached_step(cfg, model, jobs, chunk_size=2):
+def uncached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0):
     """The reference: the same chunks forwarded *with* autograd in the same order (hence the same
     dropout masks, drawn from the same RNG stream), one loss, one backward."""
     model.zero_grad(set_to_none=True)
     torch.manual_seed(123)
-    gc = grad_cache_for(cfg, model, chunk_size)
+    gc = grad_cache_for(cfg, model, chunk_size, chunk_tokens)
     reps = {}
     for job, x in jobs.items():
         parts, order = gc.split(x)
@@ -170,3 +171,41 @@ def test_prefixes_start_every_query_passage_and_auxiliary_sentence(tiny_model_di
             assert got[1:1 + len(prefix_ids)] == prefix_ids, job
             body = got[1 + len(prefix_ids):-1]
             assert body == expected[1:-1][:len(body)], job  # the same text (cut earlier by the max length)
+
+
+def test_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, training_data, tmp_path):
+    """train.chunk_tokens: chunks of varying row counts, same equivalence as row chunks."""
+    cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path)
+    gc = grad_cache_for(cfg, model, 0, chunk_tokens=96)
+    chunks = [c["input_ids"] for x in jobs.values() for c in gc.split(x)[0]]
+    assert len({len(c) for c in chunks}) >= 3  # the budget really gives chunks of different sizes
+    assert all(c.numel() <= 96 for c in chunks)
+    loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=96)
+    loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=96)
+    assert loss_c == pytest.approx(loss_u, rel=1e-6)
+    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
+    assert_same_grads(grads_c, grads_u)
+
+
+def test_split_by_token_budget():
+    """Budget 8, rows sorted by length 4 4 3 2 2 1 1 1: chunks 4 4 (2 x 4) | 3 2 (a third row: 3 x 3 > 8)
+    | 2 1 1 1 (4 x 2)."""
+    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=8)
+    lengths = [2, 4, 1, 3, 4, 1, 2, 1]
+    mask = (torch.arange(4)[None] < torch.tensor(lengths)[:, None]).long()
+    chunks, order = gc.split({"input_ids": mask, "attention_mask": mask})
+    assert [tuple(c["input_ids"].shape) for c in chunks] == [(2, 4), (2, 3), (4, 2)]
+    assert [lengths[i] for i in order.tolist()] == [4, 4, 3, 2, 2, 1, 1, 1]
+    assert gc.chunk_sizes([9, 3]) == [1, 1]  # a row longer than the budget gets a chunk of its own
+
+
+def test_token_budget_config_is_validated(training_data):
+    base = {"data": {"train_ir": training_data["train_ir"], "passage_max_len": 64},
+            "loss": {"semantic_weight": 0.0, "language_weight": 0.0}}
+    assert config_from_dict({**base, "train": {"chunk_size": 0, "chunk_tokens": 512}}).train.chunk_tokens == 512
+    with pytest.raises(ConfigError, match=r"train.chunk_tokens: expected train.chunk_size 0 with it"):
+        config_from_dict({**base, "train": {"chunk_tokens": 512}})  # chunk_size left at its default 8
+    with pytest.raises(ConfigError, match=r"train.chunk_tokens: expected at least the longest max length"):
+        config_from_dict({**base, "train": {"chunk_size": 0, "chunk_tokens": 32}})
+    with pytest.raises(ConfigError, match=r"train.chunk_tokens: expected an integer >= 0"):
+        config_from_dict({**base, "train": {"chunk_size": 0, "chunk_tokens": -1}})

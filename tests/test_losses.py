@@ -1,4 +1,4 @@
-"""Each loss against values worked out by hand; the language loss's properties (PAPER.md eq. 1-3)."""
+"""Each loss against values worked out by hand; the language loss's properties (docs/method.md, eq. 1-3)."""
 
 import math
 

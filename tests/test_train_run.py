@@ -8,6 +8,8 @@ import pytest
 from helpers_launch import run, torchrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from dist_lacl.engine import lr_lambda
+
 
 def train_args(model_dir, data, out, *extra):
     return ["-m", "dist_lacl.cli", "train",
@@ -36,7 +38,10 @@ def test_two_rank_zero2_training_loss_falls_and_logs_every_term(tmp_path, tiny_m
         assert tag in logged and len(logged[tag]) == 40, tag
     total = logged["loss/total"]
     assert statistics.mean(total[-8:]) < 0.8 * statistics.mean(total[:8])
-    assert logged["train/lr"][-1] == 0.0 and max(logged["train/lr"]) == pytest.approx(3e-3)
+    # Step s logs the rate it trained with: warm-up 1/3, 2/3 of the peak, then down to 1/38 of it at step 40.
+    expected_lr = [3e-3 * lr_lambda(2, 40)(s) for s in range(40)]
+    assert logged["train/lr"] == pytest.approx(expected_lr, rel=1e-6)
+    assert logged["train/lr"][:3] == pytest.approx([1e-3, 2e-3, 3e-3]) and logged["train/lr"][-1] == pytest.approx(3e-3 / 38)
     assert (out / "checkpoints" / "step-0000040" / "MANIFEST.json").is_file()
     assert (out / "config.yaml").is_file()
 

@@ -1,6 +1,8 @@
 """One measurement for bench/bench_grad_cache.py, in a process of its own; prints one `RESULT {json}` line.
 
     grad_cache_worker.py memory MODEL TRIPLES --batch B --chunk C   peak memory of one training step
+        [--chunk-tokens T --lengths short|long]                      (a token budget instead of C rows;
+                                                                     short sentences or long passages)
     grad_cache_worker.py st     MODEL TRIPLES --batch B --chunk C   dist-lacl against sentence-transformers
 
 TRIPLES is a jsonl of {query, positive, negative} texts. The step is dist-lacl's: a shared-encoder
@@ -35,6 +37,9 @@ from dist_lacl.model import DualEncoder, load_encoder, parameter_groups  # noqa:
 
 TEMPERATURE = 0.05
 QUERY_MAX_LEN, PASSAGE_MAX_LEN = 32, 128
+# (query, passage) max lengths of the memory step's batch: short sentences are every text cut to 16
+# tokens; long passages are cut at 256 (queries at 32), or the model's own limit.
+LENGTHS = {"default": (QUERY_MAX_LEN, PASSAGE_MAX_LEN), "short": (16, 16), "long": (QUERY_MAX_LEN, 256)}
 # Gradients that are zero in exact arithmetic (softmax is shift-invariant, so the attention key bias
 # cannot change any output): their relative error compares two roundings of zero.
 EXACTLY_ZERO_GRADS = ("attention.self.key.bias",)
@@ -68,10 +73,13 @@ def build_dual_encoder(model_path: str) -> DualEncoder:
     return DualEncoder(load_encoder(model_path), pooling="mean", normalize=True)
 
 
-def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool = True) -> GradCache:
+def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool = True,
+                     block_rows: int = 0, chunk_tokens: int = 0) -> GradCache:
     return GradCache(encode=lambda name, inputs: model(**inputs, tower=name),
-                     loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE), None),
-                     backward=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length)
+                     loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE,
+                                                   block_rows=block_rows), None),
+                     backward=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length,
+                     chunk_tokens=chunk_tokens)
 
 
 def forward_backward(grad_cache: GradCache, batch: dict) -> float:
@@ -136,7 +144,7 @@ class PhasePeaks:
     """
 
     def __init__(self, grad_cache: GradCache, optimizer: torch.optim.Optimizer):
-        names = ("forward_no_grad", "build_cache", "forward_backward") if grad_cache.chunk_size else \
+        names = ("forward_no_grad", "build_cache", "forward_backward") if grad_cache.caching else \
             ("encode", "loss_fn", "backward_fn")
         for name in names:
             self._wrap(grad_cache, name, name)
@@ -193,12 +201,15 @@ def measure_memory(args) -> dict:
     release_free_heap()
     before = rss_mib()
     reset_peak_rss()
-    batch = tokenize_batch(tokenizer, triples)
+    batch = tokenize_batch(tokenizer, triples, *(min(n, tokenizer.model_max_length) for n in LENGTHS[args.lengths]))
     tokenize_peak = peak_rss_mib() - before
     model = build_dual_encoder(args.model).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=2e-5)
-    grad_cache = build_grad_cache(model, args.chunk)
-    train_step(grad_cache, optimizer, slice_batch(batch, min(8, args.batch)))
+    grad_cache = build_grad_cache(model, args.chunk, block_rows=args.block_rows, chunk_tokens=args.chunk_tokens)
+    chunks = [c["input_ids"].shape for inputs in batch.values() for c in grad_cache.split(inputs)[0]]
+    # The warm-up runs the loss in several blocks where blocked (checkpointing's first call is not the step's).
+    warm_up = build_grad_cache(model, args.chunk, block_rows=min(args.block_rows, 2), chunk_tokens=args.chunk_tokens)
+    train_step(warm_up, optimizer, slice_batch(batch, min(8, args.batch)))
     release_free_heap()
     phases = PhasePeaks(grad_cache, optimizer)
     with RssSampler() as rss, phases:
@@ -208,7 +219,9 @@ def measure_memory(args) -> dict:
     return {"baseline_mib": rss.start, "peak_sampled_mib": rss.peak, "peak_hwm_mib": phases.peak,
             "phase_peak_mib": phases.peaks, "tokenize_peak_mib": tokenize_peak, "step_s": step_s, "loss": loss,
             "params": sum(p.numel() for p in model.parameters()), "dim": model.query_encoder.config.hidden_size,
-            "input_shapes": {k: list(v["input_ids"].shape) for k, v in batch.items()}}
+            "input_shapes": {k: list(v["input_ids"].shape) for k, v in batch.items()},
+            "chunk_shapes": [list(shape) for shape in chunks],
+            "non_padding_tokens": sum(int(v["attention_mask"].sum()) for v in batch.values())}
 
 
 # ---------------------------------------------------------------- against sentence-transformers
@@ -398,7 +411,10 @@ def main():
     parser.add_argument("triples")
     parser.add_argument("--batch", type=int, required=True, help="queries per step")
     parser.add_argument("--chunk", type=int, required=True, help="sequences per chunk; 0 = no caching")
+    parser.add_argument("--chunk-tokens", type=int, default=0, help="memory: tokens per chunk (with --chunk 0)")
+    parser.add_argument("--lengths", choices=sorted(LENGTHS), default="default", help="memory: text lengths")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--block-rows", type=int, default=0, help="memory: the IR loss's loss.block_rows")
     parser.add_argument("--repeats", type=int, default=5, help="st: timed rounds")
     parser.add_argument("--max-len", type=int, default=PASSAGE_MAX_LEN, help="st: one max length for all texts")
     args = parser.parse_args()

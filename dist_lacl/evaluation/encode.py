@@ -263,3 +263,16 @@ def _assemble(out_dir, parts_dir, rank, world_size, records, tower, storage, pro
     shards.write_shard(out_dir, rank, world_size, (np.load(p) for p in part_files), records.ids[start:stop], meta)
     shutil.rmtree(parts_dir)  # ours, now copied into the shard
 
+
+
+def iter_shards(emb_dir: str | Path):
+    """(ids, embeddings [n_r, D] read block by block on slicing) of each shard of `emb_dir`, in rank order."""
+    for shard in shards.open_shards(emb_dir):
+        yield [b.decode("utf-8") for b in shard.ids[:]], shard.emb
+
+
+def load_embeddings(emb_dir: str | Path):
+    """All rows of `emb_dir` -> (ids, [N, D] float32); see `evaluate.load_embeddings`."""
+    from .evaluate import load_embeddings as load
+
+    return load(emb_dir)

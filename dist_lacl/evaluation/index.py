@@ -4,7 +4,7 @@ The corpus is searched block by block: each block gets its own index (on the GPU
 and the per-block top-k lists are merged exactly (`merge_topk`), so a corpus larger than GPU memory
 gives the same result as one index over all of it. Not collective: the search runs in one process.
 
-Platform traps guarded here (PLATFORM.md): faiss-cpu has no `StandardGpuResources`; faiss-gpu on a
+Platform traps guarded here (docs/platform.md): faiss-cpu has no `StandardGpuResources`; faiss-gpu on a
 machine without a GPU silently returns an *empty* index from `index_cpu_to_all_gpus`; GPU faiss
 selects at most k = 2048 (and nprobe <= 2048).
 """

@@ -1,26 +1,45 @@
 """Readers for the field's evaluation formats, validated: every bad record raises DataError with its line.
 
-- corpus jsonl: one object per line, `docid`, `text`, optional `title` (may be empty) and `lang`;
-  the text encoded for a passage is `title + " " + text`, or `text` alone when the title is empty.
-- queries jsonl (`query_id`, `query`, optional `lang`) or tsv (`query_id<TAB>query[<TAB>lang]`).
-- qrels, TREC format: `query_id iteration docid relevance` (relevance an integer >= 0).
+- corpus, a file or a directory of them (format detected from the first record, or given):
+  jsonl `docid`, `text`, optional `title` (may be empty) and `lang` (MIRACL: `docs-*.jsonl.gz` in
+  `miracl-corpus-v1.0-{lang}/`); BEIR `_id`, `title`, `text` (`corpus.jsonl`); pyserini / Mr.TyDi `id`,
+  `contents` (`collection/docs.jsonl.gz`); tsv `pid<TAB>passage` (MS MARCO, mMARCO) or DPR's
+  `id<TAB>text<TAB>title` (psgs_w100.tsv, header row). The text encoded for a passage is
+  `title + " " + text`, or `text` alone when the title is empty.
+- queries: jsonl (`query_id`, `query`, optional `lang`), BEIR jsonl (`_id`, `text`), XOR-TyDi jsonl
+  (`id`, `question`, `answers`, `lang`), or tsv (`query_id<TAB>query[<TAB>lang]`; a header row such as
+  `qid<TAB>query` on line 1 is skipped).
+- qrels: TREC `query_id iteration docid relevance` (MIRACL, Mr.TyDi, MS MARCO), or BEIR's tsv with its
+  header `query-id<TAB>corpus-id<TAB>score` (a 3-column file must have it). Relevance: an integer >= 0.
 - runs, TREC format: `query_id Q0 docid rank score tag`.
 Ids may be JSON strings or integers (read as strings) and must not contain whitespace, since TREC
-files separate fields with it. Blank lines are skipped; a file without records is an error.
+files separate fields with it. Blank lines are skipped; a file without records is an error. As in the
+training readers (`formats.io`): `.gz`/`.bz2`/`.xz` are opened transparently, a UTF-8 BOM on line 1 is
+stripped, suffixes match in any case. Without a `lang` field, a language in the names (MIRACL's
+`-de-`, Mr.TyDi's `mrtydi-v1.1-japanese`, mMARCO's `portuguese_queries.dev.tsv`) is used, else
+`default_lang`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..formats import io
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LANG = "und"
 """Language of records without a `lang` field (BCP 47's "undetermined")."""
+
+CORPUS_FORMATS = ("jsonl", "beir", "pyserini", "tsv")
+QUERY_FORMATS = ("jsonl", "beir", "xor", "tsv")
+QRELS_FORMATS = ("trec", "beir")
 
 
 @dataclass
@@ -35,40 +54,129 @@ class TextSet:
         return len(self.ids)
 
 
-def read_corpus(path: str | Path, default_lang: str = DEFAULT_LANG) -> TextSet:
-    """Passages of a corpus jsonl; text = title + " " + text."""
+def read_corpus(path: str | Path, default_lang: str = DEFAULT_LANG, format: str = "auto") -> TextSet:
+    """Passages of a corpus file or directory (see the module docstring); text = title + " " + text."""
     out, seen = TextSet([], [], []), set()
-    for line_no, record in _json_records(path):
-        docid = _unique(_id_field(record, "docid", path, line_no), seen, "docid", path, line_no)
-        text = _text_field(record, "text", path, line_no)
-        title = _optional_str(record, "title", path, line_no) or ""
-        out.ids.append(docid)
+    for file, line_no, docid, title, text, lang in corpus_records(path, format, default_lang):
+        out.ids.append(_unique(docid, seen, "docid", file, line_no))
         out.texts.append(f"{title.strip()} {text}" if title.strip() else text)
-        out.langs.append(_lang_field(record, path, line_no) or default_lang)
+        out.langs.append(lang)
     return out
 
 
-def read_queries(path: str | Path, default_lang: str = DEFAULT_LANG) -> TextSet:
-    """Queries of a `.tsv` file (query_id, query[, lang]) or, for any other suffix, a jsonl file."""
-    records = _tsv_queries(path) if Path(path).suffix == ".tsv" else _json_records(path)
+def read_passage_texts(path: str | Path, keep_ids, format: str = "auto") -> dict[str, str]:
+    """{docid: text without its title} of the passages in `keep_ids` (what answer metrics search)."""
+    keep = set(keep_ids)
+    return {docid: text for _, _, docid, _, text, _ in corpus_records(path, format) if docid in keep}
+
+
+def corpus_records(path: str | Path, format: str = "auto", default_lang: str = DEFAULT_LANG):
+    """(file, line, docid, title, text, lang) of every passage of a corpus file or directory."""
+    for file in _corpus_files(Path(path)):
+        fmt = format if format != "auto" else _corpus_format(file)
+        if fmt not in CORPUS_FORMATS:
+            raise DataError(file, None, "format", f"expected one of {', '.join(CORPUS_FORMATS)}, got {fmt!r}")
+        log.info("%s: reading the corpus as %s", file, fmt)
+        lang_default = name_lang(file) if default_lang == DEFAULT_LANG else default_lang
+        rows = _tsv_passages(file) if fmt == "tsv" else _json_records(file)
+        id_key, text_key = {"jsonl": ("docid", "text"), "beir": ("_id", "text"), "pyserini": ("id", "contents"),
+                            "tsv": ("docid", "text")}[fmt]
+        for line_no, record in rows:
+            docid = _id_field(record, id_key, file, line_no)
+            text = _text_field(record, text_key, file, line_no)
+            title = _optional_str(record, "title", file, line_no) or ""
+            yield file, line_no, docid, title, text, _lang_field(record, file, line_no) or lang_default
+
+
+def _corpus_files(path: Path) -> list[Path]:
+    """A file as it is; a directory: Mr.TyDi's collection/, BEIR's corpus.jsonl, or MIRACL's docs-*.jsonl*."""
+    if not path.is_dir():
+        return [path]
+    if (path / "collection").is_dir():
+        path = path / "collection"
+    single = io.find(path, "corpus.jsonl", "docs.jsonl", "collection.tsv", "psgs_w100.tsv")
+    if single:
+        return [single]
+
+    def number(p: Path) -> tuple:
+        digits = re.findall(r"\d+", p.name)
+        return (int(digits[-1]) if digits else -1, p.name)
+
+    files = sorted((p for p in path.iterdir() if p.is_file() and io.is_ext(p, ".jsonl")), key=number)
+    if not files:
+        raise DataError(path, None, None, "expected a corpus file, or a directory holding corpus.jsonl, "
+                        "collection/docs.jsonl or docs-*.jsonl.gz")
+    return files
+
+
+def _corpus_format(path: Path) -> str:
+    if io.is_ext(path, ".tsv"):
+        return "tsv"
+    keys = set(io.first_record(path) or ()) if path.is_file() else set()
+    return "beir" if "_id" in keys else "pyserini" if "contents" in keys else "jsonl"
+
+
+def read_queries(path: str | Path, default_lang: str = DEFAULT_LANG, format: str = "auto") -> TextSet:
+    """Queries of a tsv file (any case of `.tsv`), or a jsonl file: documented, BEIR or XOR-TyDi."""
     out, seen = TextSet([], [], []), set()
-    for line_no, record in records:
-        out.ids.append(_unique(_id_field(record, "query_id", path, line_no), seen, "query_id", path, line_no))
-        out.texts.append(_text_field(record, "query", path, line_no))
-        out.langs.append(_lang_field(record, path, line_no) or default_lang)
+    for line_no, qid, query, lang in query_records(path, format, default_lang):
+        out.ids.append(_unique(qid, seen, "query_id", path, line_no))
+        out.texts.append(query)
+        out.langs.append(lang)
     return out
 
 
-def read_qrels(path: str | Path, query_ids=None, doc_ids=None) -> dict[str, dict[str, int]]:
-    """{query_id: {docid: relevance}} from a TREC qrels file.
+def query_records(path: str | Path, format: str = "auto", default_lang: str = DEFAULT_LANG):
+    """(line, query_id, query, lang) of every query; XOR-TyDi questions must have answers."""
+    fmt = format if format != "auto" else _query_format(Path(path))
+    if fmt not in QUERY_FORMATS:
+        raise DataError(path, None, "format", f"expected one of {', '.join(QUERY_FORMATS)}, got {fmt!r}")
+    log.info("%s: reading the queries as %s", path, fmt)
+    lang_default = name_lang(path) if default_lang == DEFAULT_LANG else default_lang
+    id_key, text_key = {"jsonl": ("query_id", "query"), "tsv": ("query_id", "query"), "beir": ("_id", "text"),
+                        "xor": ("id", "question")}[fmt]
+    for line_no, record in _tsv_queries(path) if fmt == "tsv" else _json_records(path):
+        qid = _id_field(record, id_key, path, line_no)
+        query = _text_field(record, text_key, path, line_no)
+        if fmt == "xor":
+            _answers_field(record, path, line_no)
+        yield line_no, qid, query, _lang_field(record, path, line_no) or lang_default
+
+
+def _query_format(path: Path) -> str:
+    if io.is_ext(path, ".tsv"):
+        return "tsv"
+    keys = set(io.first_record(path) or ()) if path.is_file() else set()
+    return "beir" if "_id" in keys else "xor" if "question" in keys else "jsonl"
+
+
+def read_answers(path: str | Path) -> dict[str, list[str]]:
+    """{question id: answers} of a questions jsonl with `answers` (XOR-TyDi's `id`, or `query_id`)."""
+    answers = {}
+    for line_no, record in _json_records(path):
+        key = "id" if "id" in record else "query_id"
+        answers[_unique(_id_field(record, key, path, line_no), set(answers), key, path, line_no)] = \
+            _answers_field(record, path, line_no)
+    return answers
+
+
+def _answers_field(record: dict, path, line_no: int) -> list[str]:
+    value = record.get("answers")
+    if not isinstance(value, list) or not value or not all(isinstance(a, str) and a.strip() for a in value):
+        got = "nothing (missing)" if "answers" not in record else repr(value)
+        raise DataError(path, line_no, "answers", f"expected a non-empty list of answer strings, got {got}")
+    return value
+
+
+def read_qrels(path: str | Path, query_ids=None, doc_ids=None, format: str = "auto") -> dict[str, dict[str, int]]:
+    """{query_id: {docid: relevance}} from a TREC qrels file or BEIR's qrels tsv (with its header).
 
     With `query_ids` / `doc_ids` (collections of known ids), a line naming another id is an error.
     """
     known_queries = None if query_ids is None else set(query_ids)
     known_docs = None if doc_ids is None else set(doc_ids)
     qrels: dict[str, dict[str, int]] = {}
-    for line_no, fields in _split_lines(path, 4, "query_id iteration docid relevance"):
-        qid, _, docid, rel = fields
+    for line_no, (qid, docid, rel) in _qrels_rows(path, format):
         if known_queries is not None and qid not in known_queries:
             raise DataError(path, line_no, "query_id", f"expected an id of the queries file, got {qid!r}")
         if known_docs is not None and docid not in known_docs:
@@ -82,6 +190,47 @@ def read_qrels(path: str | Path, query_ids=None, doc_ids=None) -> dict[str, dict
     return qrels
 
 
+BEIR_HEADER = ["query-id", "corpus-id", "score"]
+
+
+def _qrels_rows(path, format: str) -> Iterator[tuple[int, tuple[str, str, str]]]:
+    """(line, (query_id, docid, relevance)) of TREC or BEIR qrels, detected from the first line."""
+    rows = _lines(path)
+    fmt = format
+    for line_no, text in rows:
+        first = text.split("\t")
+        if fmt == "auto":
+            fmt = "beir" if len(first) == 3 or [c.strip() for c in first] == BEIR_HEADER else "trec"
+        if fmt not in QRELS_FORMATS:
+            raise DataError(path, None, "format", f"expected one of {', '.join(QRELS_FORMATS)}, got {fmt!r}")
+        log.info("%s: reading the qrels as %s", path, fmt)
+        if fmt == "beir":
+            if [c.strip() for c in first] != BEIR_HEADER:
+                raise DataError(path, line_no, None, "expected BEIR's header line query-id<TAB>corpus-id<TAB>score "
+                                f"first (or 4-column TREC qrels), got {text[:60]!r}")
+            break
+        rows = _chain((line_no, text), rows)
+        break
+    for line_no, text in rows:
+        if fmt == "beir":
+            cols = text.split("\t")
+            if len(cols) != 3:
+                raise DataError(path, line_no, None, f"expected 3 tab-separated columns (query-id, corpus-id, "
+                                f"score), got {len(cols)}")
+            yield line_no, (cols[0], cols[1], cols[2])
+        else:
+            fields = text.split()
+            if len(fields) != 4:
+                raise DataError(path, line_no, None, f"expected 4 whitespace-separated fields "
+                                f"(query_id iteration docid relevance), got {len(fields)}")
+            yield line_no, (fields[0], fields[2], fields[3])
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
 def read_run(path: str | Path) -> dict[str, dict[str, float]]:
     """{query_id: {docid: score}} from a TREC run file (the rank column is ignored, as trec_eval does)."""
     run: dict[str, dict[str, float]] = {}
@@ -93,39 +242,48 @@ def read_run(path: str | Path) -> dict[str, dict[str, float]]:
     return run
 
 
+# --- languages named in file names ---------------------------------------------------------------
+
+LANGUAGE_WORDS = {
+    "arabic": "ar", "bengali": "bn", "chinese": "zh", "dutch": "nl", "english": "en", "finnish": "fi",
+    "french": "fr", "german": "de", "hindi": "hi", "indonesian": "id", "italian": "it", "japanese": "ja",
+    "korean": "ko", "portuguese": "pt", "russian": "ru", "spanish": "es", "swahili": "sw", "telugu": "te",
+    "thai": "th", "vietnamese": "vi",
+}
+"""Languages as mMARCO and Mr.TyDi name them."""
+
+_MIRACL = re.compile(r"miracl-(?:corpus-)?v[\d.]+-([a-z]{2,3})(?:-|$)")
+_WORD = re.compile(r"(?:^|[-_./])(" + "|".join(LANGUAGE_WORDS) + r")(?:[-_./]|$)")
+
+
+def name_lang(path: str | Path, default: str = DEFAULT_LANG) -> str:
+    """The language a dataset's names give a file (`miracl-v1.0-de-dev`, `mrtydi-v1.1-japanese/`,
+    `portuguese_queries.dev.tsv`), else `default`."""
+    for part in reversed(Path(path).parts[-3:]):
+        part = part.lower()
+        if m := _MIRACL.search(part):
+            return m.group(1)
+        if m := _WORD.search(part):
+            return LANGUAGE_WORDS[m.group(1)]
+    return default
+
+
 # --- lines and records -------------------------------------------------------------------------
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, text) of the non-blank lines; raises on a missing, non-UTF-8 or empty file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, None, "file not found")
     found = False
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(path, line_no, None, f"expected UTF-8 text, got byte {raw[e.start]:#04x} "
-                                f"at column {e.start + 1}") from None
-            text = text.removeprefix("\ufeff") if line_no == 1 else text
-            if text.strip():
-                found = True
-                yield line_no, text.rstrip("\r\n")
+    for line_no, text in io.lines(path):
+        found = True
+        yield line_no, text
     if not found:
         raise DataError(path, None, None, "expected at least one record, the file is empty")
 
 
 def _json_records(path) -> Iterator[tuple[int, dict]]:
     for line_no, text in _lines(path):
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, line_no, None, f"expected a JSON object, got invalid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(path, line_no, None, f"expected a JSON object, got {type(record).__name__}")
-        yield line_no, record
+        yield line_no, io.json_object(text, path, line_no)
 
 
 def _tsv_queries(path) -> Iterator[tuple[int, dict]]:
@@ -134,7 +292,23 @@ def _tsv_queries(path) -> Iterator[tuple[int, dict]]:
         if len(cols) not in (2, 3):
             raise DataError(path, line_no, None, f"expected 2 or 3 tab-separated columns (query_id, query, "
                             f"lang), got {len(cols)}")
+        if line_no == 1 and io.is_header(cols):
+            continue  # a header row such as `qid<TAB>query`
         yield line_no, dict(zip(("query_id", "query", "lang"), cols))
+
+
+def _tsv_passages(path) -> Iterator[tuple[int, dict]]:
+    """`pid<TAB>passage` (MS MARCO) or `id<TAB>text<TAB>title` (DPR, named by its header row)."""
+    names = ["docid", "text", "title"]
+    for line_no, text in _lines(path):
+        cols = text.split("\t")
+        if len(cols) not in (2, 3):
+            raise DataError(path, line_no, None, f"expected 2 or 3 tab-separated columns (pid, passage or "
+                            f"id, text, title), got {len(cols)}")
+        if line_no == 1 and io.is_header(cols):
+            names = [{"id": "docid", "pid": "docid"}.get(c.strip().lower(), c.strip().lower()) for c in cols]
+            continue
+        yield line_no, dict(zip(names, cols))
 
 
 def _split_lines(path, num_fields: int, layout: str) -> Iterator[tuple[int, list[str]]]:
@@ -184,7 +358,8 @@ def _lang_field(record: dict, path, line_no: int) -> str | None:
 
 def _parse_number(text: str, kind: type, path, line_no: int, name: str):
     try:
-        value = kind(text)
+        # int() would also take " 1", "+1" and "1_0": a label is digits only
+        value = kind(text) if kind is not int or re.fullmatch(r"-?[0-9]+", text) else None
     except ValueError:
         value = None
     if value is None or not math.isfinite(value):

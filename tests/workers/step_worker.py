@@ -2,6 +2,7 @@
 
 usage: step_worker.py CONFIG.yaml MODE OUT.pt
   engine  the configured engine (DeepSpeed or DDP) with gradient caching, as the trainer runs it
+  engine-norm  the same, reporting the gradient norm instead of reading full gradients back
   naive   DeepSpeed with per-chunk backwards, no accumulation boundary, no coalescing (the peers' bug)
   plain   no engine: torch.distributed gather + backward, gradients all-reduced and averaged by hand
 """
@@ -29,10 +30,12 @@ def engine_step(cfg, mode):
     batch, _ = trainer.data.next()
     cache = trainer.grad_cache.compute_loss(encode_jobs(batch, cfg))
     trainer.grad_cache.backward(cache)
-    grads = trainer.engine.full_grads()
-    trainer.engine.step()
+    # DeepSpeed cannot read full gradients back under round_robin_gradients (its fragment map assumes
+    # the plain partition order): there the pre-clipping gradient norm stands in for them.
+    grads = {} if mode == "engine-norm" else trainer.engine.full_grads()
+    stats = trainer.engine.step()
     params = {n: p.detach().float().cpu().clone() for n, p in trainer.engine.module.named_parameters()}
-    return cache.loss.item(), grads, params
+    return cache.loss.item(), grads, params, stats["grad_norm"]
 
 
 def plain_step(cfg):
@@ -51,16 +54,17 @@ def plain_step(cfg):
         if p.grad is not None:  # what any data-parallel engine does: average over ranks
             torch.distributed.all_reduce(p.grad)
             grads[name] = p.grad / dist.world_size()
-    return cache.loss.item(), grads, {}
+    return cache.loss.item(), grads, {}, None
 
 
 def main():
     config, mode, out = sys.argv[1:4]
     cfg = load_config(config)
     torch.set_num_threads(1)
-    loss, grads, params = plain_step(cfg) if mode == "plain" else engine_step(cfg, mode)
+    loss, grads, params, grad_norm = plain_step(cfg) if mode == "plain" else engine_step(cfg, mode)
     if dist.is_main():
-        torch.save({"loss": loss, "grads": grads, "params": params, "world_size": dist.world_size()}, out)
+        torch.save({"loss": loss, "grads": grads, "params": params, "grad_norm": grad_norm,
+                    "world_size": dist.world_size()}, out)
     dist.destroy()
 
 

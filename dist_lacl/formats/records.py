@@ -1,0 +1,149 @@
+"""The internal training records and their validation, shared by every reader of every format.
+
+  ir:          {"query_id": str, "query": str, "positives": [{"docid", "title", "text"}], "negatives": [...]}
+  parallel:    {"en": str, "text": str, "lang": str}   (text = the translation of en into lang)
+  monolingual: {"text": str, "lang": str}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import Counter
+
+from ..errors import DataError
+
+log = logging.getLogger(__name__)
+
+# ISO 639-1 codes; a 3-letter ISO 639-2/3 code or a region/script suffix (pt-br, zh_CN, sr@latin) is also accepted.
+_ISO639_1 = set(
+    "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz "
+    "ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik "
+    "io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml "
+    "mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd "
+    "se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi "
+    "vo wa wo xh yi yo za zh zu".split())
+_LANG = re.compile(r"^([a-z]{2,3})([-_][a-z0-9]{2,8})*(@[a-z]+)?$", re.IGNORECASE)
+
+
+def is_language_code(code: str) -> bool:
+    m = _LANG.match(code)
+    return bool(m) and (len(m.group(1)) == 3 or m.group(1).lower() in _ISO639_1)
+
+
+def normal_lang(code: str) -> str:
+    return code.lower().replace("_", "-")
+
+
+def text_id(text: str) -> str:
+    """A deterministic id for a text that has none (FlagEmbedding, DPR without passage_id): 't' + 16 hex."""
+    return "t" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- fields
+
+def text(rec: dict, key: str, where) -> str:
+    value = rec.get(key)
+    if key not in rec:
+        raise DataError(*where, key, "missing; expected a non-empty string")
+    if not isinstance(value, str):
+        raise DataError(*where, key, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(*where, key, "expected a non-empty string, got an empty one")
+    return value
+
+
+def ident(rec: dict, key: str, where) -> str:
+    value = rec.get(key)
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise DataError(*where, key, "expected a string" + (" (missing)" if key not in rec else ""))
+    return str(value)
+
+
+def lang(value, where, key: str = "lang") -> str:
+    if not isinstance(value, str) or not is_language_code(value):
+        raise DataError(*where, key, f"expected a language code such as 'de' or 'pt-br', got {value!r}")
+    return normal_lang(value)
+
+
+def str_list(rec: dict, key: str, where, required: bool) -> list:
+    value = rec.get(key, None if required else [])
+    if not isinstance(value, list) or (required and not value):
+        raise DataError(*where, key, "expected a non-empty list" if required else "expected a list")
+    return value
+
+
+def passages(rec: dict, key: str, where, required: bool) -> list[dict]:
+    """A list of {docid, title, text} objects (Tevatron legacy); title optional."""
+    value = rec.get(key, [] if not required else None)
+    if not isinstance(value, list):
+        raise DataError(*where, key, "expected a list of {docid, title, text} objects")
+    if required and not value:
+        raise DataError(*where, key, "expected at least one positive passage")
+    return [passage(p, f"{key}[{i}]", where, "docid") for i, p in enumerate(value)]
+
+
+def passage(p, name: str, where, id_key: str | None) -> dict:
+    """{docid, title, text} from an object whose id is `id_key`; with id_key None, or an optional id
+    absent, the id is made from the text (`text_id`). Only `docid` (Tevatron) is required."""
+    if not isinstance(p, dict):
+        raise DataError(*where, name, "expected an object {docid, title, text}")
+    title = p.get("title") or ""
+    if not isinstance(title, str):
+        raise DataError(*where, f"{name}.title", "expected a string")
+    body = text(p, "text", where)
+    if id_key is not None and (id_key in p or id_key == "docid"):
+        value = p.get(id_key)
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise DataError(*where, f"{name}.{id_key}", "expected a string")
+        return {"docid": str(value), "title": title, "text": body}
+    return {"docid": text_id(f"{title} {body}" if title else body), "title": title, "text": body}
+
+
+def parse_ir(rec: dict, where) -> dict:
+    """A Tevatron legacy record -> the internal IR record."""
+    return {"query_id": ident(rec, "query_id", where), "query": text(rec, "query", where),
+            "positives": passages(rec, "positive_passages", where, required=True),
+            "negatives": passages(rec, "negative_passages", where, required=False)}
+
+
+def parse_parallel(rec: dict, where) -> dict:
+    return {"en": text(rec, "en", where), "text": text(rec, "text", where),
+            "lang": lang(text(rec, "lang", where), where)}
+
+
+def parse_monolingual(rec: dict, where) -> dict:
+    return {"text": text(rec, "text", where), "lang": lang(text(rec, "lang", where), where)}
+
+
+# ---------------------------------------------------------------- suspicious, not wrong: counted, warned once
+
+class Suspicious:
+    """Counts records that are valid but probably not what the user meant; `report` warns once per file."""
+
+    def __init__(self, path):
+        self.path, self.counts, self.first = path, Counter(), {}
+
+    def note(self, what: str, line: int) -> None:
+        self.counts[what] += 1
+        self.first.setdefault(what, line)
+
+    def check(self, kind: str, rec: dict, line: int) -> dict:
+        """The record, with hard negatives that share a positive's docid dropped (and counted)."""
+        if kind == "ir":
+            positive_ids = {p["docid"] for p in rec["positives"]}
+            kept = [p for p in rec["negatives"] if p["docid"] not in positive_ids]
+            if len(kept) != len(rec["negatives"]):
+                self.note("hard negatives with the docid of their query's positive (dropped)", line)
+                rec["negatives"] = kept
+        elif kind == "parallel":
+            if rec["lang"] == "en" or rec["lang"].startswith("en-"):
+                self.note("parallel pairs whose lang is English", line)
+            if rec["text"].strip() == rec["en"].strip():
+                self.note("parallel pairs whose text equals the English", line)
+        return rec
+
+    def report(self) -> None:
+        for what, n in self.counts.items():
+            log.warning("%s: %d %s (first on line %s)", self.path, n, what, self.first[what])

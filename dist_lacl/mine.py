@@ -1,0 +1,477 @@
+"""`dist-lacl mine`: hard negatives from a model for a training set, written as Tevatron jsonl.
+
+Steps: (1) the corpus is encoded in chunks of `--chunk-passages` rows, every rank encoding its shard of
+each chunk (`encode_to_shards`, resumable) into `<work>/corpus/chunk-NNNNN/`; (2) the training queries
+likewise into `<work>/queries/`; (3) rank 0 searches the top k by exact inner product (`index.search`:
+block by block over the memory-mapped shards, GPU when faiss sees one); (4) per query, the passages at
+ranks A..B of the retrieved list (1-based positions, positives included in the count) minus the
+positives are the candidates, and `--num-negatives` of them are drawn with a generator seeded by
+(seed, query_id); (5) the output is written to a temporary name and renamed.
+
+Memory: the corpus is read once for its ids and the byte offset of each record; texts are read back
+from the file by row (a chunk's shard to encode, the chosen negatives to write), so nothing of size
+O(corpus) but the ids and offsets stays in RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import distributed as dist
+from .data import read_records
+from .errors import DataError, UserError, write_failure
+from .evaluation.encode import encode_to_shards, iter_shards, load_embeddings, resolve_dtype
+from .evaluation.index import GPU_MODES, IndexSpec, search
+from .evaluation.inputs import TextSet, read_qrels, read_queries
+
+log = logging.getLogger(__name__)
+
+_WRITE_BATCH = 10_000
+"""Queries whose passages are read and written together (bounds the passage texts held in RAM)."""
+
+
+# --- the training set ----------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingQuery:
+    """One query to mine for: its positives by docid, and those given with their text (Tevatron input)."""
+
+    query_id: str
+    query: str
+    positive_ids: list[str] = field(default_factory=list)
+    given: dict[str, dict] = field(default_factory=dict)
+    """docid -> {docid, title, text} of positives whose passage the training file holds."""
+
+
+def read_training_set(train_ir: str | None, queries_path: str | None, qrels_path: str | None,
+                      min_relevance: int = 1, skip_unjudged: bool = False) -> list[TrainingQuery]:
+    """Queries with positives from a Tevatron file and/or a queries file + TREC qrels, in file order.
+
+    Tevatron queries come first, then those of the queries file not already seen; qrels judgements of
+    at least `min_relevance` add positives to either. A query without a positive is an error (or, with
+    `skip_unjudged`, left out and counted).
+    """
+    if not (train_ir or queries_path):
+        raise UserError("mine: expected --train-ir FILE and/or --queries FILE --qrels FILE")
+    if queries_path and not qrels_path:
+        raise UserError("--queries: expected --qrels with it (the positives of those queries)")
+    by_id: dict[str, TrainingQuery] = {}
+    if train_ir:
+        for rec in read_records(train_ir, "ir"):
+            if rec["query_id"] in by_id:
+                raise UserError(f"{train_ir}: query_id {rec['query_id']!r} appears twice; expected unique ids")
+            given = {p["docid"]: p for p in rec["positives"]}
+            by_id[rec["query_id"]] = TrainingQuery(rec["query_id"], rec["query"], list(given), given)
+    if queries_path:
+        queries = read_queries(queries_path)
+        for qid, text in zip(queries.ids, queries.texts):
+            if qid in by_id and by_id[qid].query != text:
+                raise UserError(f"{queries_path}: query {qid!r} has another text than in {train_ir}")
+            by_id.setdefault(qid, TrainingQuery(qid, text))
+    if qrels_path:
+        for qid, judged in read_qrels(qrels_path, query_ids=by_id).items():
+            query = by_id[qid]
+            query.positive_ids += [d for d, rel in judged.items() if rel >= min_relevance and d not in query.given
+                                   and d not in query.positive_ids]
+    missing = [q.query_id for q in by_id.values() if not q.positive_ids]
+    if missing and not skip_unjudged:
+        source = f"in {qrels_path} (relevance >= {min_relevance})" if qrels_path else f"in {train_ir}"
+        raise UserError(f"{len(missing)} queries have no positive passage {source}, e.g. {missing[0]!r}; "
+                        "expected one each (--skip-unjudged leaves them out)")
+    if missing:
+        log.warning("leaving out %d of %d queries without a positive passage", len(missing), len(by_id))
+    return [q for q in by_id.values() if q.positive_ids]
+
+
+# --- the corpus, on disk -------------------------------------------------------------------------
+
+
+class CorpusFile:
+    """A corpus jsonl (`docid`, `text`, optional `title`) scanned once: ids and byte offsets in RAM,
+    passages read back from the file by row. The text encoded is `title + " " + text`, as `read_corpus`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(self.path, None, None, "file not found (expected a corpus jsonl)")
+        self.ids: list[str] = []
+        offsets, seen = array("q"), set()  # 8 bytes per passage while scanning, not a Python int each
+        with self.path.open("rb") as f, tqdm(total=self.path.stat().st_size, unit="B", unit_scale=True,
+                                              desc="scan corpus", disable=not dist.is_main()) as bar:
+            offset = 0
+            for line_no, raw in enumerate(f, start=1):
+                bar.update(len(raw))
+                if raw.strip():
+                    docid = _parse_passage(raw, self.path, line_no)["docid"]
+                    if docid in seen:
+                        raise DataError(self.path, line_no, "docid", f"expected unique ids, got {docid!r} again")
+                    seen.add(docid)
+                    self.ids.append(docid)
+                    offsets.append(offset)
+                offset += len(raw)
+        if not self.ids:
+            raise DataError(self.path, None, None, "expected at least one record, the file is empty")
+        self.offsets = np.frombuffer(offsets, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def passages(self, rows: Sequence[int]) -> dict[int, dict]:
+        """{row: {docid, title, text}}, read in file order."""
+        out = {}
+        with self.path.open("rb") as f:
+            for row in sorted(set(int(r) for r in rows)):
+                f.seek(self.offsets[row])
+                out[row] = _parse_passage(f.readline(), self.path, None)
+        return out
+
+    def texts(self, start: int, stop: int) -> list[str]:
+        """The texts to encode of rows [start, stop), read sequentially."""
+        out: list[str] = []
+        if start >= stop:
+            return out
+        with self.path.open("rb") as f:
+            f.seek(self.offsets[start])
+            while len(out) < stop - start:
+                raw = f.readline()
+                if raw.strip():
+                    p = _parse_passage(raw, self.path, None)
+                    out.append(f"{p['title'].strip()} {p['text']}" if p["title"].strip() else p["text"])
+        return out
+
+    def chunk(self, start: int, stop: int) -> TextSet:
+        """Rows [start, stop) as a TextSet whose texts are read from the file only for the slice asked."""
+        return TextSet(self.ids[start:stop], _LazyTexts(self, start, stop), ["und"] * (stop - start))
+
+
+class _LazyTexts(Sequence):
+    """The texts of rows [start, stop) of a CorpusFile; slicing reads just those rows from disk."""
+
+    def __init__(self, corpus: CorpusFile, start: int, stop: int):
+        self.corpus, self.start, self.stop = corpus, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, item):
+        if isinstance(item, slice):
+            lo, hi, step = item.indices(len(self))
+            texts = self.corpus.texts(self.start + lo, self.start + max(lo, hi))
+            return texts[::step]
+        index = range(len(self))[item]
+        return self.corpus.texts(self.start + index, self.start + index + 1)[0]
+
+
+def _parse_passage(raw: bytes, path: Path, line_no: int | None) -> dict:
+    """One corpus line -> {docid, title, text}, validated as `evaluation.inputs.read_corpus` does."""
+    try:
+        rec = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(path, line_no, None, f"expected a UTF-8 JSON object ({e})") from None
+    if not isinstance(rec, dict):
+        raise DataError(path, line_no, None, f"expected a JSON object, got {type(rec).__name__}")
+    docid, text, title = rec.get("docid"), rec.get("text"), rec.get("title") or ""
+    if isinstance(docid, bool) or not isinstance(docid, (str, int)) or not str(docid) \
+            or any(c.isspace() for c in str(docid)):
+        raise DataError(path, line_no, "docid", f"expected a non-empty id without whitespace, got {docid!r}")
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(path, line_no, "text", f"expected a non-empty string, got {text!r}")
+    if not isinstance(title, str):
+        raise DataError(path, line_no, "title", f"expected a string or no field, got {title!r}")
+    return {"docid": str(docid), "title": title, "text": text}
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+@dataclass
+class MineSettings:
+    """What `mine` does, checked once (the CLI's numeric options, ranges included)."""
+
+    rank_lo: int
+    rank_hi: int
+    k: int
+    num_negatives: int
+    seed: int
+
+
+def parse_rank_range(text: str) -> tuple[int, int]:
+    """'10-100' -> (10, 100): 1-based positions in the retrieved list, both included."""
+    m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", text)
+    if not m:
+        raise UserError(f"--rank-range: expected FIRST-LAST such as 10-100, got {text!r}")
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if lo < 1 or hi < lo:
+        raise UserError(f"--rank-range: expected 1 <= FIRST <= LAST (ranks start at 1), got {text!r}")
+    return lo, hi
+
+
+def check_args(args) -> MineSettings:
+    """Range-check every numeric option -> MineSettings; a UserError names the option."""
+    lo, hi = parse_rank_range(args.rank_range)
+    k = hi if args.k is None else args.k
+    positive = {"--num-negatives": args.num_negatives, "--batch-size": args.batch_size, "--k": k,
+                "--chunk-passages": args.chunk_passages, "--query-batch": args.query_batch,
+                "--min-relevance": args.min_relevance, "--dist-timeout-s": args.dist_timeout_s}
+    if args.block_rows is not None:
+        positive["--block-rows"] = args.block_rows
+    for name, value in positive.items():
+        if value < 1:
+            raise UserError(f"{name}: expected a positive integer, got {value}")
+    for name, value in {"--query-max-len": args.query_max_len, "--passage-max-len": args.passage_max_len}.items():
+        if value < 2:
+            raise UserError(f"{name}: expected at least 2 tokens, got {value}")
+    if args.seed < 0:
+        raise UserError(f"--seed: expected an integer >= 0, got {args.seed}")
+    if k < hi:
+        raise UserError(f"--k: expected at least {hi}, the last rank of --rank-range {args.rank_range}, got {k}")
+    return MineSettings(lo, hi, k, args.num_negatives, args.seed)
+
+
+# --- the work directory --------------------------------------------------------------------------
+
+
+def fingerprint(args, corpus: Path) -> dict:
+    """What the embeddings in the work directory depend on; a rerun with other values must not reuse them."""
+    def file_key(path):
+        if not path:
+            return None
+        st = Path(path).stat()
+        return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+    return {"model": str(Path(args.model).resolve()), "corpus": file_key(corpus),
+            "train_ir": file_key(args.train_ir), "queries": file_key(args.queries), "qrels": file_key(args.qrels),
+            "min_relevance": args.min_relevance, "query_max_len": args.query_max_len,
+            "passage_max_len": args.passage_max_len, "dtype": args.dtype, "chunk_passages": args.chunk_passages}
+
+
+def claim_work_dir(work: Path, fingerprint: dict) -> None:
+    """*Collective.* Use `work` for this run: refused if it holds the embeddings of other inputs/settings."""
+    manifest = work / "mine.json"
+    if manifest.is_file():
+        saved = json.loads(manifest.read_text())
+        changed = [key for key in fingerprint if saved.get(key) != fingerprint[key]]
+        if changed:
+            raise UserError(f"{work}: holds the embeddings of another mining run ({changed[0]}: "
+                            f"{saved.get(changed[0])} vs {fingerprint[changed[0]]}); use another --work-dir "
+                            "or remove that one")
+    dist.barrier()
+    if dist.is_main() and not manifest.is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        _write_atomic(manifest, json.dumps(fingerprint, indent=1) + "\n")
+    dist.barrier()
+
+
+def _is_encoded(emb_dir: Path, ids: list[str]) -> bool:
+    """Does `emb_dir` hold one complete set of shards (of any world size) of exactly these ids?"""
+    if not emb_dir.is_dir():
+        return False
+    try:
+        found = [docid for shard_ids, _ in iter_shards(emb_dir) for docid in shard_ids]
+    except UserError:
+        return False
+    return found == ids
+
+
+def _drop_partial_shards(emb_dir: Path, world_size: int) -> None:
+    """A chunk left half-encoded by a run on another number of ranks: its shards cannot be mixed with
+    this run's (one world size per directory), so they go. They are this tool's intermediate files."""
+    for path in [p for pattern in ("emb-*-of-*.npy", "ids-*-of-*.npy", "meta-*-of-*.json", "parts-*-of-*")
+                 for p in emb_dir.glob(pattern)]:
+        if not path.stem.endswith(f"-of-{world_size}"):
+            log.warning("removing %s, part of an interrupted encoding on other ranks", path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def encode_all(args, sets: list[tuple[TextSet, Path, str, int]]) -> int:
+    """*Collective.* Encode each (records, directory, tower, max_len) not already complete -> number encoded.
+
+    Rank 0 decides which are complete and tells the others, so no rank sees another's fresh files.
+    """
+    todo = dist.broadcast_object([i for i, (records, out, _, _) in enumerate(sets)
+                                  if not _is_encoded(out, records.ids)] if dist.is_main() else None)
+    log.info("%d of %d embedding sets already complete in the work directory", len(sets) - len(todo), len(sets))
+    if not todo:
+        return 0
+    from .export import load_model
+
+    model, tokenizer = load_model(args.model)
+    device = dist.device()
+    model.to(device)
+    dtype = resolve_dtype(args.dtype, device)
+    for i in todo:
+        records, out, tower, max_len = sets[i]
+        if dist.is_main():
+            _drop_partial_shards(out, dist.world_size())
+        dist.barrier()
+        encode_to_shards(model, tokenizer, records, out, tower, max_len, args.batch_size, dtype=dtype,
+                         device=device, sort_by_length=True)
+    return len(todo)
+
+
+def corpus_chunks(corpus: CorpusFile, work: Path, args) -> list[tuple[TextSet, Path, str, int]]:
+    """The corpus as chunks of `--chunk-passages` rows, each with its embedding directory, for `encode_all`."""
+    step = args.chunk_passages
+    return [(corpus.chunk(lo, min(lo + step, len(corpus))), work / "corpus" / f"chunk-{lo // step:05d}",
+             "passage", args.passage_max_len) for lo in range(0, len(corpus), step)]
+
+
+def search_top_k(work: Path, chunks: list, query_ids: list[str], k: int, args) -> np.ndarray:
+    """Corpus rows [Q, k] of each query's top k, best first (-1 past the corpus's end). One process: the
+    chunks' shards are memory-mapped and indexed block by block (`index.search`)."""
+    found_ids, q_emb = load_embeddings(work / "queries")
+    if found_ids != query_ids:
+        raise UserError(f"{work / 'queries'}: holds embeddings of other queries; remove it to encode them again")
+    parts = (emb for _, chunk_dir, _, _ in chunks for _, emb in iter_shards(chunk_dir))
+    return search(q_emb, parts, k, IndexSpec(gpus=args.gpus), args.block_rows, args.query_batch)[1]
+
+
+# --- choosing and writing negatives ----------------------------------------------------------------
+
+
+def query_rng(seed: int, query_id: str) -> np.random.Generator:
+    """A generator that depends on (seed, query_id) only: not on the query's position or the world size."""
+    digest = hashlib.sha256(f"{seed}\0{query_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def choose_negatives(query_id: str, rows: np.ndarray, doc_ids: Sequence[str], positives: set[str],
+                     settings: MineSettings) -> list[int]:
+    """Corpus rows of the negatives of one query, in corpus order.
+
+    `rows` [k] is its retrieved list, best first (-1 past the corpus's end). Candidates: positions
+    rank_lo..rank_hi (1-based, positives counted), positives removed. They are drawn as a set (sorted by
+    row first), so two candidates whose scores swap by float rounding do not change the draw.
+    """
+    window = rows[settings.rank_lo - 1:settings.rank_hi]
+    candidates = sorted(int(r) for r in window if r >= 0 and doc_ids[r] not in positives)
+    size = min(settings.num_negatives, len(candidates))
+    picked = query_rng(settings.seed, query_id).choice(len(candidates), size=size, replace=False)
+    return sorted(candidates[i] for i in picked)
+
+
+def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpus: CorpusFile,
+                settings: MineSettings) -> dict:
+    """Write Tevatron jsonl to `out` atomically (temporary name, then rename) -> counts for the log."""
+    wanted = {d for q in queries for d in q.positive_ids if d not in q.given}
+    row_of = {docid: row for row, docid in enumerate(corpus.ids) if docid in wanted}
+    missing = sorted(wanted - set(row_of))
+    if missing:
+        raise UserError(f"{corpus.path}: has no passage {missing[0]!r}, a positive in the qrels "
+                        f"({len(missing)} such docids); expected the qrels' docids in the corpus")
+    stats = {"queries": len(queries), "negatives": 0, "short": 0, "positives_in_top_k": 0, "positives": 0}
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for start in tqdm(range(0, len(queries), _WRITE_BATCH), desc="write", unit="batch"):
+                batch = queries[start:start + _WRITE_BATCH]
+                chosen = [choose_negatives(q.query_id, rows[start + i], corpus.ids, set(q.positive_ids), settings)
+                          for i, q in enumerate(batch)]
+                passages = corpus.passages([r for c in chosen for r in c] +
+                                           [row_of[d] for q in batch for d in q.positive_ids if d in row_of])
+                for i, (q, negs) in enumerate(zip(batch, chosen)):
+                    retrieved = {corpus.ids[r] for r in rows[start + i] if r >= 0}
+                    stats["positives"] += len(q.positive_ids)
+                    stats["positives_in_top_k"] += sum(d in retrieved for d in q.positive_ids)
+                    stats["negatives"] += len(negs)
+                    stats["short"] += len(negs) < settings.num_negatives
+                    record = {"query_id": q.query_id, "query": q.query,
+                              "positive_passages": [q.given.get(d) or passages[row_of[d]] for d in q.positive_ids],
+                              "negative_passages": [passages[r] for r in negs]}
+                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:
+        failure = write_failure(e, out.parent, str(out))
+        tmp.unlink(missing_ok=True)
+        if failure is None:
+            raise
+        raise failure from None
+    os.replace(tmp, out)
+    return stats
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def add_parsers(subparsers) -> None:
+    """Register `mine` on an argparse subparsers object (handler in `func`)."""
+    p = subparsers.add_parser("mine", help="hard negatives from a model for a training set -> Tevatron jsonl "
+                                           "(launch with torchrun to encode on every rank)")
+    p.add_argument("--model", required=True,
+                   help="exported model folder, transformers folder, or training run/checkpoint directory")
+    p.add_argument("--corpus", required=True, help="corpus jsonl: docid, title, text")
+    p.add_argument("--train-ir", help="Tevatron training jsonl: its queries and positive_passages")
+    p.add_argument("--queries", help="queries (.jsonl or .tsv), with --qrels")
+    p.add_argument("--qrels", help="TREC qrels: the positives (relevance >= --min-relevance)")
+    p.add_argument("--output", required=True, help="Tevatron jsonl to write (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--work-dir", help="embeddings, kept for a rerun or resume (default <output>.work)")
+    p.add_argument("--rank-range", default="10-100",
+                   help="draw negatives from these 1-based positions of the retrieved list, positives counted "
+                        "and then removed (default 10-100)")
+    p.add_argument("--num-negatives", type=int, default=30, help="negatives per query (default 30)")
+    p.add_argument("--k", type=int, help="passages retrieved per query (default: the rank range's end)")
+    p.add_argument("--seed", type=int, default=0, help="the draw depends on (seed, query_id) only (default 0)")
+    p.add_argument("--min-relevance", type=int, default=1, help="qrels relevance that makes a positive (default 1)")
+    p.add_argument("--skip-unjudged", action="store_true",
+                   help="leave out queries without a positive instead of stopping (MS MARCO's queries.train)")
+    p.add_argument("--query-max-len", type=int, default=32, help="tokens per query (default 32)")
+    p.add_argument("--passage-max-len", type=int, default=128, help="tokens per passage (default 128)")
+    p.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default 128)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 (else fp16) on GPU, fp32 on CPU")
+    p.add_argument("--chunk-passages", type=int, default=1_000_000,
+                   help="corpus rows per encoded chunk: the unit of resume and of RAM per rank (default 1000000)")
+    p.add_argument("--gpus", default="auto", choices=GPU_MODES, help="faiss placement (default auto)")
+    p.add_argument("--block-rows", type=int, help="corpus rows per search block (default: what fits in GPU "
+                                                  "memory; on CPU one block per shard)")
+    p.add_argument("--query-batch", type=int, default=4096, help="queries per faiss search call")
+    p.add_argument("--dist-timeout-s", type=int, default=1800, help="collective timeout in seconds")
+    p.set_defaults(func=run_mine)
+
+
+def run_mine(args) -> None:
+    """*Collective* under a launcher: every rank encodes; rank 0 searches and writes."""
+    settings = check_args(args)
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"--output: {out} exists; expected a new file (or --overwrite)")
+    if not out.parent.is_dir():
+        raise UserError(f"--output: directory {out.parent} does not exist")
+    dist.init_process_group(args.dist_timeout_s)
+    queries = read_training_set(args.train_ir, args.queries, args.qrels, args.min_relevance, args.skip_unjudged)
+    corpus = CorpusFile(args.corpus)
+    work = Path(args.work_dir or f"{out}.work")
+    claim_work_dir(work, fingerprint(args, corpus.path))
+    chunks = corpus_chunks(corpus, work, args)
+    query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))
+    encode_all(args, chunks + [(query_set, work / "queries", "query", args.query_max_len)])
+    log.info("rank %d: encoding done", dist.rank())
+    if not dist.is_main():
+        return  # searching and writing happen in one process
+    rows = search_top_k(work, chunks, query_set.ids, settings.k, args)
+    stats = write_mined(out, queries, rows, corpus, settings)
+    log.info("wrote %s: %d queries, %.1f negatives each from ranks %d-%d (%d with fewer than %d); "
+             "%d of %d positives retrieved in the top %d", out, stats["queries"],
+             stats["negatives"] / max(stats["queries"], 1), settings.rank_lo, settings.rank_hi, stats["short"],
+             settings.num_negatives, stats["positives_in_top_k"], stats["positives"], settings.k)

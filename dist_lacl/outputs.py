@@ -1,0 +1,112 @@
+"""Where commands write: checked before any long work, published atomically, never over the user's files.
+
+Rules shared by every command that writes a file or a folder:
+- an output may not be one of the command's inputs, nor a folder that contains one;
+- an existing output file is replaced only with `--overwrite`;
+- an existing folder is written into only if it is empty, or, with `--overwrite`, if it holds nothing but
+  a previous output of the same kind (its `marker` file lists what we wrote there) - so `--output .`,
+  `--output ~` or `--output <run dir>` are refused, never emptied;
+- folders are built under a fresh temporary name next to the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import UserError
+
+
+def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path | None] = (),
+                      overwrite: bool = False) -> Path:
+    """`path` resolved, if a file may be written there; else UserError naming `option`."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; expected a file name")
+    _check_not_an_input(path, option, inputs)
+    if path.exists() and not overwrite:
+        raise UserError(f"{option} {path}: already exists; pass --overwrite to replace it, or choose a new name")
+    check_parent_writable(path, option)
+    return path
+
+
+def check_output_dir(path: str | Path, option: str, marker: str, inputs: Iterable[str | Path | None] = (),
+                     overwrite: bool = False) -> Path:
+    """`path` resolved, if a folder of this kind (identified by its `marker` file) may be written there."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: is a file; expected a folder")
+    _check_not_an_input(path, option, inputs)
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / marker).is_file():
+            raise UserError(f"{option} {path}: the folder is not empty and is not a previous output of this "
+                            f"command (no {marker}); choose a new or empty folder - nothing was changed")
+        if not overwrite:
+            raise UserError(f"{option} {path}: holds a previous output; pass --overwrite to replace it, or "
+                            f"choose a new folder")
+        extra = sorted(set(os.listdir(path)) - set(written_by_us(path, marker)))
+        if extra:
+            raise UserError(f"{option} {path}: holds files this command did not write ({', '.join(extra[:3])}); "
+                            "move them away or choose a new folder - nothing was changed")
+    check_parent_writable(path, option)
+    return path
+
+
+def written_by_us(folder: Path, marker: str) -> list[str]:
+    """Top-level names a previous output recorded in its marker (plus the marker itself)."""
+    try:
+        names = json.loads((folder / marker).read_text()).get("written", [])
+    except (OSError, ValueError, AttributeError):
+        names = []
+    return [*names, marker] if isinstance(names, list) else [marker]
+
+
+def new_temp_dir(path: Path) -> Path:
+    """A fresh, uniquely named folder next to `path` (never an existing one: nothing of the user's is reused)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+
+
+def publish_dir(tmp: Path, path: Path) -> Path:
+    """Move the finished folder `tmp` to `path`. An empty `path` is replaced by the rename itself; a
+    previous output (already checked by `check_output_dir`) is moved aside first and removed after."""
+    old = None
+    if path.is_dir() and any(path.iterdir()):
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.rename(path, old / path.name)
+    elif path.is_dir():
+        path.rmdir()
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old)
+    return path
+
+
+def discard(tmp: Path) -> None:
+    """Remove a temporary folder this process created (after a failure)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_not_an_input(path: Path, option: str, inputs: Iterable[str | Path | None]) -> None:
+    target = path.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).expanduser().resolve()
+        if target == source or target in source.parents:
+            raise UserError(f"{option} {path}: is (or contains) the input {given}; choose another output")
+
+
+def check_parent_writable(path: Path, option: str) -> None:
+    """The nearest existing folder above `path` must be a writable folder."""
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{option} {path}: {parent} is not writable")

@@ -1,0 +1,68 @@
+"""Alignment diagnostics: values worked out by hand, and device placement checked on the `meta` device
+(a tensor built on the CPU next to CUDA representations fails there the same way it would on a GPU)."""
+
+import pytest
+import torch
+
+from dist_lacl.diagnostics import centroid_predictions, language_centroid_accuracy, parallel_similarity
+
+
+def test_language_centroid_accuracy_by_hand():
+    # Two tight language clusters: every point is nearest its own leave-one-out centroid.
+    reps = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert language_centroid_accuracy(reps, ["de", "de", "fr", "fr"]) == 1.0
+    # Interleaved: each point's own centroid (without it) is the other language's point -> 0.
+    assert language_centroid_accuracy(reps, ["de", "fr", "de", "fr"]) == 0.0
+    assert torch.isnan(torch.tensor(language_centroid_accuracy(reps, ["de", "de", "de", "fr"])))
+
+
+def test_centroid_predictions_stay_on_the_representations_device():
+    x = torch.randn(6, 4, device="meta")
+    label = torch.tensor([0, 0, 1, 1, 2, 2], device="meta")
+    assert centroid_predictions(x, label, 3).device.type == "meta"
+    with pytest.raises(RuntimeError, match="device"):  # the old CPU-built labels, next to device reps
+        centroid_predictions(x, torch.tensor([0, 0, 1, 1, 2, 2]), 3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_diagnostics_on_cuda_representations():
+    reps = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]], device="cuda")
+    assert language_centroid_accuracy(reps, ["de", "de", "fr", "fr"]) == 1.0
+    assert parallel_similarity(reps[:2], reps[2:])["align/pair_cos"] < 1.0
+    from dist_lacl.diagnostics import language_linear_probe_accuracy
+    assert language_linear_probe_accuracy(reps.repeat(3, 1), ["de", "de", "fr", "fr"] * 3) == 1.0
+
+
+def test_linear_probe_fits_separable_languages_and_not_xor():
+    from dist_lacl.diagnostics import linear_probe_predictions
+
+    # Three languages along three axes: a linear probe separates them, the held-out points included.
+    torch.manual_seed(0)
+    centers = torch.eye(3)
+    x = (centers.repeat_interleave(4, 0) + 0.1 * torch.randn(12, 3))
+    y = torch.arange(3).repeat_interleave(4)
+    assert linear_probe_predictions(x[::2], y[::2], x[1::2], 3).tolist() == y[1::2].tolist()
+    # XOR: no line separates {(1,1), (-1,-1)} from {(1,-1), (-1,1)}, so at most 3 of the 4 training
+    # points can be right, whatever the fit.
+    xor = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert (linear_probe_predictions(xor, labels, xor, 2) == labels).sum().item() <= 3
+
+
+def test_language_linear_probe_accuracy_by_hand():
+    from dist_lacl.diagnostics import language_linear_probe_accuracy
+
+    torch.manual_seed(0)
+    # Separable: de near one axis, fr near the other; 10 each, 3 of each held out.
+    reps = torch.cat([torch.tensor([1.0, 0.0]) + 0.1 * torch.randn(10, 2), torch.tensor([0.0, 1.0]) + 0.1 * torch.randn(10, 2)])
+    langs = ["de"] * 10 + ["fr"] * 10
+    assert language_linear_probe_accuracy(reps, langs) == 1.0
+    assert language_linear_probe_accuracy(reps, langs + ["ja"]) == 1.0  # one ja: left out, like the centroid rule
+    # No information at all: every row the same vector, so every held-out row gets the same class,
+    # which is right for exactly the 3 held-out rows of one language out of 6.
+    same = torch.ones(20, 2)
+    acc = language_linear_probe_accuracy(same, langs)
+    assert acc == 0.5
+    assert language_linear_probe_accuracy(same, langs) == acc  # deterministic
+    assert torch.isnan(torch.tensor(language_linear_probe_accuracy(reps[:2], ["de", "fr"])))

@@ -1,0 +1,92 @@
+"""The language loss's options (dist_lacl/losses_variants.py) against values worked out by hand."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dist_lacl.config import LossConfig
+from dist_lacl.losses import language_loss
+from dist_lacl.losses_variants import (
+    language_ids,
+    language_temperature,
+    masked_language_loss,
+    same_language_mask,
+)
+
+
+def _h(d: float) -> float:
+    """The balanced loss of one (z, pair) entry with score difference d."""
+    return 0.5 * (math.log1p(math.exp(d)) + math.log1p(math.exp(-d)))
+
+
+def test_language_temperature_defaults_to_the_shared_one():
+    assert language_temperature(LossConfig()) == LossConfig().temperature
+    assert language_temperature(SimpleNamespace(temperature=0.05, language_temperature=None)) == 0.05
+    assert language_temperature(SimpleNamespace(temperature=0.05, language_temperature=0.5)) == 0.5
+
+
+def test_a_separate_temperature_by_hand():
+    # z . e = 1, z . f = 0: diff = 1 / tau.
+    z, e, f = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert language_loss(z, e, f, 1.0).item() == pytest.approx(_h(1.0), rel=1e-6)   # 0.8133
+    assert language_loss(z, e, f, 0.5).item() == pytest.approx(_h(2.0), rel=1e-6)   # 1.1269
+    # At tau 0.05 a gap of 0.1 sits where the gradient 0.5 tanh(diff / 2) is already 76% of its cap.
+    assert 0.5 * math.tanh(0.1 / 0.05 / 2) / 0.5 == pytest.approx(0.7616, abs=1e-4)
+
+
+# Two monolingual rows (de = 0, ja = 2) and three pairs (de, fr = 1, de).
+Z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+E = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+F_ = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+MONO, PAIRS = torch.tensor([0, 2]), torch.tensor([0, 1, 0])
+# diff = sim(z, e) - sim(z, f) at tau 1: row de [1, 0, 0], row ja [0, 0, 1].
+
+
+def test_same_language_mask_by_hand():
+    assert same_language_mask(MONO, PAIRS, fallback=False).tolist() == [[True, False, True], [False, False, False]]
+    # ja has no pair in the batch: it is compared with every pair.
+    assert same_language_mask(MONO, PAIRS).tolist() == [[True, False, True], [True, True, True]]
+
+
+def test_masked_language_loss_by_hand():
+    with_fallback, strict = same_language_mask(MONO, PAIRS), same_language_mask(MONO, PAIRS, fallback=False)
+    # squared: selected entries de (1, 0), ja (0, 0, 1) -> 2 / 5; strict: de only -> 1 / 2.
+    assert masked_language_loss(Z, E, F_, 1.0, with_fallback, "squared").item() == pytest.approx(0.4)
+    assert masked_language_loss(Z, E, F_, 1.0, strict, "squared").item() == pytest.approx(0.5)
+    expected = (2 * _h(1.0) + 3 * math.log(2)) / 5
+    assert masked_language_loss(Z, E, F_, 1.0, with_fallback).item() == pytest.approx(expected, rel=1e-6)
+    # The unmasked loss: every entry, (1 + 1) / 6.
+    assert language_loss(Z, E, F_, 1.0, "squared").item() == pytest.approx(1 / 3)
+
+
+def test_all_true_mask_is_the_default_loss_and_an_empty_one_is_zero_with_a_graph():
+    torch.manual_seed(0)
+    z, e, f = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3), torch.randn(5, 3)
+    full = torch.ones(4, 5, dtype=torch.bool)
+    for variant in ("balanced", "squared"):
+        assert masked_language_loss(z, e, f, 0.1, full, variant).item() == pytest.approx(
+            language_loss(z, e, f, 0.1, variant).item(), rel=1e-6)
+    empty = masked_language_loss(z, e, f, 0.1, torch.zeros(4, 5, dtype=torch.bool))
+    empty.backward()
+    assert empty.item() == 0.0 and z.grad.abs().max().item() == 0.0
+    with pytest.raises(ValueError, match="variant"):
+        masked_language_loss(z, e, f, 0.1, full, "cubic")
+
+
+def test_language_ids_follow_the_vocabulary():
+    assert language_ids(["ja", "de", "ja"], ["de", "fr", "ja"]).tolist() == [2, 0, 2]
+
+
+def test_lacl_loss_uses_the_language_temperature():
+    from dist_lacl.losses import lacl_loss, language_loss
+
+    torch.manual_seed(0)
+    reps = {name: torch.randn(n, 4) for name, n in
+            (("query", 2), ("passage", 4), ("para_en", 3), ("para_xx", 3), ("mono", 5))}
+    own = lacl_loss(reps, LossConfig(temperature=0.05, language_temperature=0.5))
+    shared = lacl_loss(reps, LossConfig(temperature=0.05))
+    assert torch.allclose(own.language, language_loss(reps["mono"], reps["para_en"], reps["para_xx"], 0.5))
+    assert torch.allclose(shared.language, language_loss(reps["mono"], reps["para_en"], reps["para_xx"], 0.05))
+    assert torch.allclose(own.ir, shared.ir) and torch.allclose(own.semantic, shared.semantic)

@@ -1,0 +1,195 @@
+"""`dist-lacl mine`: negatives from the asked rank range, never a positive, deterministic across reruns and
+world sizes, resumable; bad input is one line and exit 2."""
+
+import json
+import random
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from helpers_launch import run, torchrun
+from helpers_tiny import TEXTS
+from transformers import AutoModel
+
+from dist_lacl.cli import main
+from dist_lacl.errors import UserError
+from dist_lacl.evaluation.encode import load_embeddings
+from dist_lacl.mine import MineSettings, choose_negatives, parse_rank_range
+
+NUM_PASSAGES, CHUNK = 240, 100  # three chunks: 100, 100, 40
+RANGE, NUM_NEG = (3, 20), 6
+EPS = 1e-5
+
+
+@pytest.fixture(scope="module")
+def spread_model(tiny_model_dir, tmp_path_factory):
+    """The tiny encoder with its attention and feed-forward outputs and position embeddings zeroed, mean
+    pooling, normalised: a bag of random token vectors, so different passages score clearly apart (the
+    random encoder as built maps every text to nearly one vector, and rankings would be fp32 noise)."""
+    path = tmp_path_factory.mktemp("spread-model")
+    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
+    config = json.loads((path / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (path / "config.json").write_text(json.dumps(config))
+    model = AutoModel.from_pretrained(path)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "output.dense" in name or "position_embeddings" in name or "token_type" in name:
+                weight.zero_()
+    model.save_pretrained(path)
+    (path / "dist_lacl.json").write_text(json.dumps({"pooling": "mean", "normalize": True, "shared_encoder": True}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mining_data(tmp_path_factory):
+    """A corpus, a Tevatron training file (some queries with two positives) and queries + qrels."""
+    folder = tmp_path_factory.mktemp("mine-data")
+    rng = random.Random(0)
+    words = " ".join(TEXTS).split()
+    corpus = [{"docid": f"p{i}", "title": f"t{i % 5}" if i % 3 else "",
+               "text": " ".join(rng.choice(words) for _ in range(4 + i % 9))} for i in range(NUM_PASSAGES)]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in corpus))
+    train = [{"query_id": f"q{i}", "query": " ".join(rng.choice(words) for _ in range(3 + i % 3)),
+              "positive_passages": corpus[7 * i:7 * i + 1 + i % 2],
+              "negative_passages": []} for i in range(12)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train))
+    (folder / "queries.tsv").write_text("".join(f"x{i}\t{' '.join(rng.choice(words) for _ in range(4))}\n"
+                                                for i in range(4)))
+    (folder / "qrels.txt").write_text("".join(f"x{i} 0 p{100 + i} 1\nx{i} 0 p{200 + i} 0\n" for i in range(4)))
+    return folder
+
+
+def mine_args(data, model, out, work, *extra):
+    return ["mine", "--model", str(model), "--corpus", str(data / "corpus.jsonl"),
+            "--train-ir", str(data / "train.jsonl"), "--queries", str(data / "queries.tsv"),
+            "--qrels", str(data / "qrels.txt"), "--output", str(out), "--work-dir", str(work),
+            "--rank-range", f"{RANGE[0]}-{RANGE[1]}", "--num-negatives", str(NUM_NEG), "--k", "25",
+            "--chunk-passages", str(CHUNK), "--batch-size", "16", "--seed", "7", *extra]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def first_run(mining_data, spread_model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mine-run")
+    out, work = folder / "mined.jsonl", folder / "work"
+    assert main(mine_args(mining_data, spread_model, out, work)) == 0
+    return out, work
+
+
+def test_negatives_come_from_the_rank_range_and_are_never_positives(first_run, mining_data):
+    out, work = first_run
+    records = read_jsonl(out)
+    assert [r["query_id"] for r in records] == [f"q{i}" for i in range(12)] + [f"x{i}" for i in range(4)]
+    # The same embeddings ranked by brute force; scores within EPS of each other (faiss and numpy round
+    # differently) may stand in either order.
+    doc_ids, corpus_emb = [], []
+    for c in range(3):
+        ids, emb = load_embeddings(work / "corpus" / f"chunk-{c:05d}")
+        doc_ids += ids
+        corpus_emb.append(emb)
+    assert doc_ids == [f"p{i}" for i in range(NUM_PASSAGES)]
+    query_ids, query_emb = load_embeddings(work / "queries")
+    scores = query_emb @ np.concatenate(corpus_emb).T
+    corpus = {p["docid"]: p for p in read_jsonl(mining_data / "corpus.jsonl")}
+    for record, row_scores in zip(records, scores):
+        positives = {p["docid"] for p in record["positive_passages"]}
+        negatives = [p["docid"] for p in record["negative_passages"]]
+        assert not positives & set(negatives)
+        assert len(set(negatives)) == len(negatives) == NUM_NEG
+        for docid in negatives:
+            score = row_scores[doc_ids.index(docid)]
+            best_rank, worst_rank = 1 + (row_scores > score + EPS).sum(), (row_scores >= score - EPS).sum()
+            assert best_rank <= RANGE[1] and worst_rank >= RANGE[0], (record["query_id"], docid)
+        assert negatives == sorted(negatives, key=lambda d: int(d[1:]))  # listed in corpus order
+        assert all(p == corpus[p["docid"]] for p in record["negative_passages"] + record["positive_passages"])
+    by_id = {r["query_id"]: r for r in records}
+    assert [p["docid"] for p in by_id["q1"]["positive_passages"]] == ["p7", "p8"]
+    assert [p["docid"] for p in by_id["x2"]["positive_passages"]] == ["p102"]  # relevance 0 is no positive
+
+
+def test_rerun_resumes_finished_chunks_and_gives_the_same_file(first_run, mining_data, spread_model,
+                                                               tmp_path):
+    out, work = first_run
+    # An interrupted run: chunks 0 and 1 finished, chunk 2 and the queries not.
+    resumed_work = tmp_path / "work"
+    shutil.copytree(work, resumed_work)
+    # Chunk 2 holds one shard of an interrupted run on 2 ranks, which cannot mix with this run's.
+    chunk2 = resumed_work / "corpus" / "chunk-00002"
+    for path in chunk2.iterdir():
+        path.rename(chunk2 / path.name.replace("0-of-1", "1-of-2"))
+    shutil.rmtree(resumed_work / "queries")
+    finished = sorted((resumed_work / "corpus").glob("chunk-0000[01]/*"))
+    assert len(finished) == 4
+    mtimes = [p.stat().st_mtime_ns for p in finished]
+    resumed_out = tmp_path / "mined.jsonl"
+    assert main(mine_args(mining_data, spread_model, resumed_out, resumed_work)) == 0
+    assert [p.stat().st_mtime_ns for p in finished] == mtimes
+    assert sorted(p.name for p in chunk2.iterdir()) == ["emb-0-of-1.npy", "ids-0-of-1.npy", "meta-0-of-1.json"]
+    assert resumed_out.read_bytes() == out.read_bytes()
+    # Another seed draws other negatives from the same embeddings, reusing every chunk.
+    other = tmp_path / "seed8.jsonl"
+    assert main(mine_args(mining_data, spread_model, other, resumed_work, "--seed", "8")) == 0
+    assert other.read_bytes() != out.read_bytes()
+
+
+def test_choose_negatives_by_hand():
+    settings = MineSettings(rank_lo=2, rank_hi=5, k=6, num_negatives=5, seed=0)
+    doc_ids = [f"d{i}" for i in range(10)]
+    rows = np.array([5, 3, 9, 1, 7, 2])  # ranks 2..5 hold rows 3, 9, 1, 7; d9 is a positive
+    assert choose_negatives("q", rows, doc_ids, {"d9", "d5"}, settings) == [1, 3, 7]
+    settings.num_negatives = 2
+    picked = choose_negatives("q", rows, doc_ids, {"d9"}, settings)
+    assert len(picked) == 2 and set(picked) <= {1, 3, 7}
+    assert choose_negatives("q", rows, doc_ids, {"d9"}, settings) == picked  # (seed, query_id) only
+    assert choose_negatives("q", rows[:3], doc_ids, {"d9"}, settings) == [3]  # k past the corpus: rows -1 gone
+    assert parse_rank_range("10-100") == (10, 100) and parse_rank_range("1-1") == (1, 1)
+    for bad in ("100-10", "0-5", "10", "a-b"):
+        with pytest.raises(UserError):
+            parse_rank_range(bad)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (("--rank-range", "100-10"), "--rank-range: expected 1 <= FIRST <= LAST (ranks start at 1), got '100-10'"),
+    (("--k", "10"), "--k: expected at least 20, the last rank of --rank-range 3-20, got 10"),
+    (("--num-negatives", "0"), "--num-negatives: expected a positive integer, got 0"),
+    (("--min-relevance", "2"), "4 queries have no positive passage in"),
+])
+def test_bad_input_is_an_error_and_exit_2(extra, expected, mining_data, spread_model, tmp_path, capsys):
+    out = tmp_path / "mined.jsonl"
+    assert main(mine_args(mining_data, spread_model, out, tmp_path / "w", *extra)) == 2
+    assert expected in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists() and not (tmp_path / "w").exists()
+
+
+def test_bad_input_in_a_real_process_is_one_line(mining_data, spread_model, tmp_path):
+    proc = run([sys.executable, "-m", "dist_lacl.cli", *mine_args(mining_data, spread_model, tmp_path / "o.jsonl",
+                                                                  tmp_path / "w", "--rank-range", "100-10")],
+               expect_rc=2)
+    assert proc.stderr.strip().splitlines() == [
+        "dist-lacl mine: error: --rank-range: expected 1 <= FIRST <= LAST (ranks start at 1), got '100-10'"]
+
+
+def test_existing_output_and_foreign_work_dir_are_refused(first_run, mining_data, tiny_model_dir, capsys):
+    out, work = first_run
+    before = out.read_bytes()
+    assert main(mine_args(mining_data, tiny_model_dir, out, work)) == 2
+    assert "exists; expected a new file (or --overwrite)" in capsys.readouterr().err
+    other = out.with_name("other.jsonl")
+    assert main(mine_args(mining_data, tiny_model_dir, other, work)) == 2
+    assert "holds the embeddings of another mining run (model:" in capsys.readouterr().err
+    assert out.read_bytes() == before and not other.exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_same_file_as_one(first_run, mining_data, spread_model, tmp_path):
+    out, _ = first_run
+    two = tmp_path / "mined-2.jsonl"
+    torchrun("-m", "dist_lacl.cli", *mine_args(mining_data, spread_model, two, tmp_path / "w"), nproc=2)
+    assert (tmp_path / "w" / "corpus" / "chunk-00002" / "emb-1-of-2.npy").is_file()
+    assert two.read_bytes() == out.read_bytes()

@@ -1,0 +1,100 @@
+"""The loss in every sharding mode on every rank, for tests/test_loss_sharding.py; rank 0 saves the results.
+
+usage: loss_sharding_worker.py OUT.pt [TRAINER_CONFIG.yaml ...]
+Part 1, always: for each case of CASES, random global representations (the same on every rank, from
+the case's seed), each rank's slice of them as leaves, and for each mode of MODES the loss and the
+leaves' gradients through trainer.make_loss_fn; rank 0 saves the global representations, every rank's
+loss values and the gradients concatenated in rank order.
+Part 2, with trainer configs: one real Trainer step per config (the configured engine with the gradient
+cache), the loss and the full parameter gradients after backward.
+"""
+
+import sys
+
+import torch
+
+from dist_lacl import distributed as dist
+from dist_lacl.config import LossConfig, RunConfig
+from dist_lacl.trainer import RepsTap, Trainer, encode_jobs, make_loss_fn
+
+# Global sizes, divisible by 4 ranks: queries, passages per query, parallel pairs, monolingual, dim.
+B, G, N, K, D = 8, 3, 8, 4, 16
+CASES = {
+    "ir": dict(weights=(0.0, 0.0), towers=[""]),
+    "all-shared": dict(weights=(0.7, 0.4), towers=[""]),
+    "all-shared-asym-squared": dict(weights=(0.7, 0.4), towers=[""], semantic_symmetric=False,
+                                    language_variant="squared"),
+    "all-separate": dict(weights=(0.7, 0.4), towers=["query", "passage"]),
+    "semantic-separate": dict(weights=(1.3, 0.0), towers=["query", "passage"]),
+}
+# (sharding, block_rows): block_rows 1 splits every rank's rows into several blocks.
+MODES = [("replicated", 0), ("replicated", 1), ("sharded", 0), ("sharded", 1)]
+
+
+def global_reps(seed: int, case: dict) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    reps = {"query": torch.randn(B, D, generator=gen), "passage": torch.randn(B * G, D, generator=gen)}
+    sem, lang = case["weights"]
+    for tower in case["towers"]:
+        suffix = f"@{tower}" if tower else ""
+        if sem > 0 or lang > 0:
+            reps["para_en" + suffix] = torch.randn(N, D, generator=gen)
+            reps["para_xx" + suffix] = torch.randn(N, D, generator=gen)
+        if lang > 0:
+            reps["mono" + suffix] = torch.randn(K, D, generator=gen)
+    return reps
+
+
+def loss_config(case: dict, sharding: str, block_rows: int) -> LossConfig:
+    sem, lang = case["weights"]
+    extra = {k: v for k, v in case.items() if k not in ("weights", "towers")}
+    return LossConfig(temperature=0.5, semantic_weight=sem, language_weight=lang, sharding=sharding,
+                      block_rows=block_rows, **extra)
+
+
+def local_slice(t: torch.Tensor) -> torch.Tensor:
+    n = t.shape[0] // dist.world_size()
+    return t[dist.rank() * n:(dist.rank() + 1) * n].clone().requires_grad_()
+
+
+def loss_cases() -> dict:
+    out = {}
+    for seed, (name, case) in enumerate(CASES.items()):
+        reps = global_reps(seed, case)
+        out[name] = {"reps": reps, "case": case}
+        for sharding, block_rows in MODES:
+            leaves = {k: local_slice(v) for k, v in reps.items()}
+            loss_fn = make_loss_fn(RunConfig(loss=loss_config(case, sharding, block_rows)), RepsTap())
+            loss, terms = loss_fn(leaves)
+            loss.backward()
+            grads = {k: torch.cat(dist.all_gather_objects(v.grad)) for k, v in leaves.items()}
+            out[name][(sharding, block_rows)] = {
+                "scalars": dist.all_gather_objects(terms.scalars()), "grads": grads}
+    return out
+
+
+def trainer_step(config: str) -> dict:
+    from dist_lacl.config import load_config
+
+    cfg = load_config(config)
+    trainer = Trainer(cfg)
+    trainer.engine.train()
+    batch, _ = trainer.data.next()
+    cache = trainer.grad_cache.compute_loss(encode_jobs(batch, cfg))
+    trainer.grad_cache.backward(cache)
+    return {"loss": cache.loss.item(), "scalars": cache.loss_out.scalars(), "grads": trainer.engine.full_grads()}
+
+
+def main():
+    out, configs = sys.argv[1], sys.argv[2:]
+    torch.set_num_threads(1)
+    dist.init_process_group(600, backend="gloo")
+    result = {"world_size": dist.world_size(), "losses": loss_cases(),
+              "trainer": {config: trainer_step(config) for config in configs}}
+    if dist.is_main():
+        torch.save(result, out)
+    dist.destroy()
+
+
+if __name__ == "__main__":
+    main()
