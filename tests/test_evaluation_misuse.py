@@ -113,8 +113,6 @@ ENCODE_CASES = [
      "--max-len: expected at least 2 tokens, got 1"),
     ("input-missing", lambda r, p: encode_args(r, {"corpus": r / "nothing.jsonl"}, "corpus", r / "new"),
      "nothing.jsonl: file not found"),
-    ("input-is-dir", lambda r, p: encode_args(r, {"corpus": r / "set"}, "corpus", r / "new"),
-     "expected a file, got a directory"),
     ("model-missing", lambda r, p: ["encode", "--model", r / "no-model", "--input", p["corpus"], "--kind", "corpus",
                                     "--output", r / "new"], "--model " + "{root}/no-model: directory not found"),
     ("output-is-file", lambda r, p: encode_args(r, p, "corpus", p["qrels"]),
