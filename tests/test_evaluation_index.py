@@ -87,15 +87,15 @@ def test_approximate_indexes_find_most_true_neighbours(spec, min_recall):
 
 def test_index_parameter_errors():
     queries, corpus = random_data(num_docs=50)
-    with pytest.raises(UserError, match="nlist"):
+    with pytest.raises(UserError, match="--nlist: expected at most the 50 rows"):
         search(queries, [corpus], 5, IndexSpec(kind="ivf", gpus="none", nlist=64))
-    with pytest.raises(UserError, match="pq_m"):
+    with pytest.raises(UserError, match="--pq-m: expected a divisor"):
         search(queries, [corpus], 5, IndexSpec(kind="ivfpq", gpus="none", nlist=2, pq_m=5))
     with pytest.raises(UserError, match="index"):
         search(queries, [corpus], 5, IndexSpec(kind="lsh"))
-    with pytest.raises(UserError, match="k"):
+    with pytest.raises(UserError, match="--k: expected a positive integer, got 0"):
         search(queries, [corpus], 0)
-    with pytest.raises(UserError, match="block_rows"):
+    with pytest.raises(UserError, match="--block-rows: expected a positive integer, got 0"):
         search(queries, [corpus], 5, block_rows=0)
 
 

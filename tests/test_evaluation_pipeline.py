@@ -18,16 +18,10 @@ from dist_lacl import distributed as dist
 from dist_lacl.errors import UserError
 from dist_lacl.evaluation import encode as encode_mod
 from dist_lacl.evaluation.cli import add_parsers
-from dist_lacl.evaluation.encode import (
-    encode_texts,
-    encode_to_shards,
-    iter_shards,
-    load_embeddings,
-    resolve_dtype,
-    shard_bounds,
-)
-from dist_lacl.evaluation.evaluate import evaluate_dev, load_dev_set
+from dist_lacl.evaluation.encode import encode_texts, encode_to_shards, resolve_dtype, shard_bounds
+from dist_lacl.evaluation.evaluate import evaluate_dev, load_dev_set, load_embeddings
 from dist_lacl.evaluation.inputs import read_corpus, read_run
+from dist_lacl.evaluation.shards import open_shards
 from dist_lacl.model import DualEncoder, load_encoder
 
 LANGS = ["en"] * 6 + ["de"] * 5 + ["fr"] * 5 + ["ru"] * 5 + ["ja"] * 5  # the languages of helpers_tiny.TEXTS
@@ -145,30 +139,33 @@ def test_encode_half_precision_on_gpu_is_close_to_fp32(setup, tiny_model_dir, dt
 def test_shards_are_resumable_and_load_in_order(setup, tmp_path, monkeypatch):
     model, tok, paths = setup
     corpus = read_corpus(paths["corpus"])
-    assert encode_to_shards(model, tok, corpus, tmp_path, "passage", 64, 4) is True
+    assert encode_to_shards(model, tok, corpus, tmp_path, "passage", 64, 4, part_rows=10) is True
     ids, emb = load_embeddings(tmp_path)
     assert ids == corpus.ids
     np.testing.assert_allclose(emb, encode_texts(model, tok, corpus.texts, "passage", 64, 4), atol=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb-0-of-1.npy", "ids-0-of-1.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["emb-0-of-1.npy", "ids-0-of-1.npy", "meta-0-of-1.json"]
 
     def fail(*args, **kwargs):
         raise AssertionError("a complete shard was encoded again")
 
     monkeypatch.setattr(encode_mod, "encode_texts", fail)
     assert encode_to_shards(model, tok, corpus, tmp_path, "passage", 64, 4) is False
-    with pytest.raises(AssertionError, match="encoded again"):  # other settings: the shard is stale
+    with pytest.raises(UserError, match=r"max_len: 64 in the directory, 32 now"):  # other settings: refused
         encode_to_shards(model, tok, corpus, tmp_path, "passage", 32, 4)
 
 
 def test_incomplete_or_mixed_shard_directories_are_refused(tmp_path):
-    np.save(tmp_path / "emb-0-of-2.npy", np.zeros((2, 4), np.float32))
-    (tmp_path / "ids-0-of-2.json").write_text(json.dumps({"tower": "passage", "max_len": 8, "ids": ["a", "b"]}))
-    with pytest.raises(UserError, match="shard 1 of 2 is missing"):
+    (tmp_path / "meta-0-of-2.json").write_text("{}")
+    (tmp_path / "parts-1-of-2").mkdir()
+    with pytest.raises(UserError, match="shard 1 of 2 is not finished"):
         load_embeddings(tmp_path)
-    (tmp_path / "ids-0-of-1.json").write_text(json.dumps({"tower": "passage", "max_len": 8, "ids": ["a"]}))
-    with pytest.raises(UserError, match=r"world sizes \['1', '2'\]"):
-        list(iter_shards(tmp_path))
-    with pytest.raises(UserError, match="no ids"):
+    (tmp_path / "meta-0-of-1.json").write_text("{}")
+    with pytest.raises(UserError, match=r"world sizes \[1, 2\]"):
+        open_shards(tmp_path)
+    with pytest.raises(UserError, match="directory not found"):
+        load_embeddings(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no meta"):
         load_embeddings(tmp_path / "empty")
 
 
@@ -221,7 +218,8 @@ def test_two_processes_encode_like_one(setup, tiny_model_dir, tmp_path):
     model, tok, paths = setup
     mp.spawn(_two_rank_worker, args=(2, _free_port(), tiny_model_dir, paths, tmp_path), nprocs=2, join=True)
     assert sorted(p.name for p in (tmp_path / "corpus").glob("*-of-2.*")) == [
-        "emb-0-of-2.npy", "emb-1-of-2.npy", "ids-0-of-2.json", "ids-1-of-2.json"]
+        "emb-0-of-2.npy", "emb-1-of-2.npy", "ids-0-of-2.npy", "ids-1-of-2.npy", "meta-0-of-2.json",
+        "meta-1-of-2.json"]
     assert np.load(tmp_path / "corpus" / "emb-0-of-2.npy").shape == (NUM_DOCS // 2, 32)
 
     corpus = read_corpus(paths["corpus"])

@@ -125,12 +125,12 @@ def test_rerun_resumes_finished_chunks_and_gives_the_same_file(first_run, mining
         path.rename(chunk2 / path.name.replace("0-of-1", "1-of-2"))
     shutil.rmtree(resumed_work / "queries")
     finished = sorted((resumed_work / "corpus").glob("chunk-0000[01]/*"))
-    assert len(finished) == 4
+    assert len(finished) == 6  # emb, ids, meta of two chunks
     mtimes = [p.stat().st_mtime_ns for p in finished]
     resumed_out = tmp_path / "mined.jsonl"
     assert main(mine_args(mining_data, spread_model, resumed_out, resumed_work)) == 0
     assert [p.stat().st_mtime_ns for p in finished] == mtimes
-    assert sorted(p.name for p in chunk2.iterdir()) == ["emb-0-of-1.npy", "ids-0-of-1.json"]
+    assert sorted(p.name for p in chunk2.iterdir()) == ["emb-0-of-1.npy", "ids-0-of-1.npy", "meta-0-of-1.json"]
     assert resumed_out.read_bytes() == out.read_bytes()
     # Another seed draws other negatives from the same embeddings, reusing every chunk.
     other = tmp_path / "seed8.jsonl"

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from pathlib import Path
 
 from .. import distributed as dist
-from ..errors import UserError
+from ..errors import DataError, UserError
 from .answers import aggregate_answers, answer_metrics
-from .encode import encode_to_shards, resolve_dtype
-from .evaluate import DEFAULT_METRICS, score_run, search_embeddings
-from .index import GPU_MODES, INDEX_KINDS, IndexSpec
+from .encode import encode_to_shards, max_supported_len, resolve_dtype
+from .evaluate import DEFAULT_METRICS, open_search_inputs, score_run, search_embeddings
+from .index import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
 from .inputs import (
     DEFAULT_LANG,
     query_records,
@@ -36,11 +38,17 @@ def add_parsers(subparsers) -> None:
     encode.add_argument("--input", required=True, help="queries (.jsonl or .tsv) or a corpus file or folder (docs/formats.md)")
     encode.add_argument("--kind", required=True, choices=("queries", "corpus"),
                         help="queries use the query tower, the corpus the passage tower")
-    encode.add_argument("--output", required=True, help="directory for emb-<rank>-of-<world>.npy and ids-*.json")
+    encode.add_argument("--output", required=True,
+                        help="directory for the shards (emb-/ids-/meta-<rank>-of-<world>); a directory holding "
+                             "embeddings of another model or settings is refused")
     encode.add_argument("--max-len", type=int, help="tokens per text (default 32 for queries, 128 for a corpus)")
     encode.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default 128)")
     encode.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto: bf16 (else fp16) on GPU, fp32 on CPU")
+    encode.add_argument("--storage", default="fp32", choices=("fp32", "fp16"),
+                        help="dtype of the stored vectors: fp16 halves the disk (search reads them as fp32)")
+    encode.add_argument("--part-rows", type=int, default=65_536,
+                        help="texts per part file: a killed job resumes at the first missing part (default 65536)")
     encode.add_argument("--no-length-sort", action="store_true",
                         help="batch texts in file order instead of by token length")
     encode.add_argument("--dist-timeout-s", type=int, default=1800, help="collective timeout in seconds")
@@ -81,8 +89,8 @@ def _add_search_args(parser: argparse.ArgumentParser, required: bool) -> None:
                         help="auto: all GPUs (index sharded) if faiss sees any, else CPU; none; one; all")
     parser.add_argument("--fp16", action="store_true", help="GPU: store vectors in float16 (half the memory)")
     parser.add_argument("--block-rows", type=int,
-                        help="corpus rows per index block, merged exactly (default: what fits in GPU memory; "
-                             "on CPU one block per shard)")
+                        help="corpus rows per index block, merged exactly; memory is one block (default: what "
+                             "fits in GPU memory; on CPU 512 MiB of float32)")
     parser.add_argument("--query-batch", type=int, default=4096, help="queries per faiss search call")
     defaults = IndexSpec()
     for name in ("nlist", "nprobe", "hnsw_m", "ef_search", "pq_m", "pq_bits"):
@@ -100,61 +108,105 @@ def run_encode(args) -> None:
     """*Collective* under a launcher: every rank encodes its shard of `--input`."""
     from ..export import load_model
 
-    if args.batch_size < 1 or (args.max_len is not None and args.max_len < 2):
-        raise UserError("--batch-size, --max-len: expected a positive batch size and at least 2 tokens")
+    check_positive("batch_size", args.batch_size)
+    check_positive("part_rows", args.part_rows)
+    check_positive("dist_timeout_s", args.dist_timeout_s)
+    if args.max_len is not None and args.max_len < 2:
+        raise UserError(f"--max-len: expected at least 2 tokens, got {args.max_len}")
+    if not Path(args.input).exists():
+        raise UserError(f"--input {args.input}: file not found")
+    _input_path("--model", args.model, directory=True)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output {output}: expected a directory for the embeddings, got a file")
     dist.init_process_group(args.dist_timeout_s)
     records = read_queries(args.input) if args.kind == "queries" else read_corpus(args.input)
     tower, default_len = ("query", 32) if args.kind == "queries" else ("passage", 128)
     model, tokenizer = load_model(args.model)
+    max_len = args.max_len or default_len
+    limit = max_supported_len(model, tower)
+    if limit is not None and max_len > limit:
+        raise UserError(f"--max-len: {max_len} tokens, but the model's position embeddings allow at most {limit}")
     device = dist.device()
     model.to(device)
-    encoded = encode_to_shards(model, tokenizer, records, args.output, tower, args.max_len or default_len,
-                               args.batch_size, dtype=resolve_dtype(args.dtype, device), device=device,
-                               sort_by_length=not args.no_length_sort)
+    about = {"model": str(Path(args.model).resolve()), "input": str(Path(args.input).resolve())}
+    encoded = encode_to_shards(model, tokenizer, records, output, tower, max_len, args.batch_size,
+                               dtype=resolve_dtype(args.dtype, device), device=device,
+                               sort_by_length=not args.no_length_sort, storage=args.storage,
+                               part_rows=args.part_rows, about=about)
     log.info("rank %d of %d: %s its shard of the %d %s in %s", dist.rank(), dist.world_size(),
              "encoded" if encoded else "found complete", len(records), args.kind, args.output)
 
 
 def run_search(args) -> None:
-    run, _ = search_embeddings(args.query_emb, args.corpus_emb, args.k, _index_spec(args), args.block_rows,
-                               args.query_batch)
+    spec = _checked_search_options(args, args.k)
+    _input_path("--query-emb", args.query_emb, directory=True)
+    _input_path("--corpus-emb", args.corpus_emb, directory=True)
+    _output_path("--output", args.output, [], [("--query-emb", args.query_emb), ("--corpus-emb", args.corpus_emb)])
+    run, _ = search_embeddings(args.query_emb, args.corpus_emb, args.k, spec, args.block_rows, args.query_batch)
     write_run(args.output, run, args.run_tag)
     log.info("wrote %s (%d queries, k=%d)", args.output, len(run), args.k)
 
 
 def run_evaluate(args) -> None:
+    """Every option and input is checked, and every input read, before the search and before any write."""
     metrics = parse_metrics(args.metrics)
     if not args.qrels and not args.answers:
         raise UserError("evaluate: expected --qrels FILE, or --answers FILE (with --passages) to score answers")
     if bool(args.answers) != bool(args.passages):
         raise UserError("--answers, --passages: give both (the questions' answers and the corpus to look them up in)")
+    if not args.lang or any(c.isspace() for c in args.lang):
+        raise UserError(f"--lang: expected a language code such as 'en', got {args.lang!r}")
+    searching = bool(args.query_emb or args.corpus_emb)
+    if args.run and searching:
+        raise UserError("--run: give either a run file or --query-emb and --corpus-emb, not both")
+    if not args.run and not (args.query_emb and args.corpus_emb):
+        raise UserError("evaluate: expected --run FILE, or --query-emb DIR and --corpus-emb DIR to search")
+    if args.output_run and not searching:
+        raise UserError("--output-run: only with --query-emb and --corpus-emb (a search writes the run)")
+    k = args.k if args.k is not None else max_cutoff(metrics)
+    spec = _checked_search_options(args, k)
+    if searching and k < max_cutoff(metrics):
+        raise UserError(f"--k: expected at least {max_cutoff(metrics)}, the largest metric cutoff, got {k}")
+    inputs = [(opt, path) for opt, path in (("--qrels", args.qrels), ("--queries", args.queries),
+                                            ("--run", args.run), ("--answers", args.answers)) if path]
+    for option, path in inputs:
+        _input_path(option, path)
+    if args.passages:
+        inputs.append(("--passages", args.passages))
+    emb_dirs = [(opt, path) for opt, path in (("--query-emb", args.query_emb), ("--corpus-emb", args.corpus_emb))
+                if path]
+    for option, path in emb_dirs:
+        _input_path(option, path, directory=True)
+    outputs = [(opt, path) for opt, path in (("--output-run", args.output_run), ("--report", args.report)) if path]
+    for i, (option, path) in enumerate(outputs):
+        _output_path(option, path, inputs + outputs[:i], emb_dirs)
+
     queries = read_queries(args.queries, args.lang) if args.queries else None
     answers = read_answers(args.answers) if args.answers else None
     if args.run:
-        if args.query_emb or args.corpus_emb:
-            raise UserError("--run: give either a run file or --query-emb and --corpus-emb, not both")
-        run, doc_ids = read_run(args.run), None
-    elif args.query_emb and args.corpus_emb:
-        k = args.k or max_cutoff(metrics)
-        if k < max_cutoff(metrics):
-            raise UserError(f"--k: expected at least {max_cutoff(metrics)}, the largest metric cutoff, got {k}")
-        run, doc_ids = search_embeddings(args.query_emb, args.corpus_emb, k, _index_spec(args), args.block_rows,
-                                         args.query_batch)
+        run = read_run(args.run)
+        qrels = read_qrels(args.qrels, queries.ids if queries else None) if args.qrels else None
     else:
-        raise UserError("evaluate: expected --run FILE, or --query-emb DIR and --corpus-emb DIR to search")
+        search_inputs = open_search_inputs(args.query_emb, args.corpus_emb)
+        qrels = read_qrels(args.qrels, queries.ids if queries else search_inputs[0]) if args.qrels else None
+        unknown = search_inputs[2].unknown({d for judged in qrels.values() for d in judged}) if qrels else ()
+        if unknown:
+            raise DataError(args.qrels, None, "docid", f"expected ids of the corpus in {args.corpus_emb}, got "
+                            f"{len(unknown)} others ({', '.join(sorted(unknown)[:3])})")
+        run, _ = search_embeddings(args.query_emb, args.corpus_emb, k, spec, args.block_rows, args.query_batch,
+                                   inputs=search_inputs)
     langs = dict(zip(queries.ids, queries.langs)) if queries else {}
     report = {}
-    if args.qrels:
-        query_ids = queries.ids if queries else (None if args.run else list(run))
-        qrels = read_qrels(args.qrels, query_ids, doc_ids)
+    if qrels is not None:
         report = score_run(run, qrels, metrics, langs, args.lang)
         if not report["metrics"]:
             raise UserError(f"{args.qrels}: no query of the run has judgements, so there is nothing to score")
     if answers is not None:
         report["answer_metrics"] = _score_answers(args, run, answers, langs)
-    if args.output_run and not args.run:
+    if args.output_run:
         write_run(args.output_run, run, args.run_tag)
-    if args.qrels:
+    if qrels is not None:
         print(format_table(report["metrics"], metrics))
     if answers is not None:
         summary = report["answer_metrics"]
@@ -162,6 +214,52 @@ def run_evaluate(args) -> None:
     if args.report:
         write_report(args.report, report)
 
+
+# --- checks before anything runs -----------------------------------------------------------------
+
+
+def _checked_search_options(args, k: int) -> IndexSpec:
+    """The index settings, every number range-checked (UserError naming the option)."""
+    spec = _index_spec(args)
+    spec.validate(k)
+    check_positive("block_rows", args.block_rows)
+    check_positive("query_batch", args.query_batch)
+    if any(c.isspace() for c in args.run_tag) or not args.run_tag:
+        raise UserError(f"--run-tag: expected a non-empty word without spaces, got {args.run_tag!r}")
+    return spec
+
+
+def _input_path(option: str, path, directory: bool = False) -> None:
+    """UserError unless `path` exists and is a directory (`directory`) or a file."""
+    path = Path(path)
+    what = "directory" if directory else "file"
+    if not path.exists():
+        raise UserError(f"{option} {path}: {what} not found")
+    if path.is_dir() != directory:
+        raise UserError(f"{option} {path}: expected a {what}, got a {'file' if directory else 'directory'}")
+
+
+def _output_path(option: str, path, inputs: list[tuple[str, str]], emb_dirs: list[tuple[str, str]]) -> None:
+    """UserError if output file `path` is a directory, one of `inputs` (or an earlier output), or inside
+    an embeddings directory: writing it would destroy what is about to be read."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: expected a file to write, got a directory")
+    for other_option, other in inputs:
+        if _same_file(path, Path(other)):
+            raise UserError(f"{option} {path}: is also {other_option}; choose another output file (nothing was written)")
+    for dir_option, emb_dir in emb_dirs:
+        if path.resolve().parent == Path(emb_dir).resolve():
+            raise UserError(f"{option} {path}: is inside the embeddings directory of {dir_option}; "
+                            "choose another output file (nothing was written)")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{option} {path}: {path.parent} is a file, not a directory")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 def _score_answers(args, run, answers, langs) -> dict:
     """Per-language answer metrics of `run` against `answers`; texts from --passages, languages from

@@ -1,17 +1,14 @@
-"""Encoding texts into embeddings: length-sorted batches, one contiguous shard per rank, resumable shard files.
-
-A directory of embeddings holds, for a world of W ranks, `emb-<r>-of-<W>.npy` ([n_r, D] float32) and
-`ids-<r>-of-<W>.json` ({"tower", "max_len", "ids"}) for r = 0 .. W-1; rank r holds rows
-[r*N//W, (r+1)*N//W) of the input, so concatenating the shards in rank order gives the input order.
+"""Encoding texts into embeddings: length-sorted batches, one contiguous shard per rank, written in parts so
+that a killed job resumes with every id exactly once; the on-disk layout is `shards`'.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import logging
-import os
-from collections.abc import Iterator, Sequence
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
-from ..errors import UserError, write_failure
+from ..errors import UserError
+from . import shards
 from .inputs import TextSet
 
 log = logging.getLogger(__name__)
@@ -43,14 +41,15 @@ def resolve_dtype(name: str, device: torch.device) -> str:
 
 def encode_texts(model, tokenizer, texts: Sequence[str], tower: str, max_len: int, batch_size: int,
                  dtype: str = "fp32", device: torch.device | None = None, sort_by_length: bool = True,
-                 show_progress: bool = True) -> np.ndarray:
+                 show_progress: bool = True, progress=None) -> np.ndarray:
     """N texts -> [N, D] float32 embeddings, row i for texts[i] (after the model's prefix for `tower`).
     Not collective: only this rank's texts.
 
     With `sort_by_length`, each batch holds texts of similar token length (longest first, so running
     out of memory happens at once rather than at the end), which keeps padding small; rows are put
     back in input order. Runs under `torch.inference_mode` and, for bf16/fp16, autocast; the model's
-    train/eval mode is restored afterwards.
+    train/eval mode is restored afterwards. `progress`: a tqdm bar to advance by each batch's rows
+    instead of a bar of its own.
     """
     device = device or next(model.parameters()).device
     prefix = model.prefixes[tower]
@@ -59,19 +58,23 @@ def encode_texts(model, tokenizer, texts: Sequence[str], tower: str, max_len: in
     order = np.argsort(-lengths, kind="stable") if sort_by_length else np.arange(len(texts))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     out = None
+    bar = progress if progress is not None else tqdm(
+        total=len(batches), desc=f"encode {tower}", unit="batch", disable=not (show_progress and dist.is_main()))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), _autocast(device, dtype):
-            for rows in tqdm(batches, desc=f"encode {tower}", unit="batch",
-                             disable=not (show_progress and dist.is_main())):
+            for rows in batches:
                 input_ids, attention_mask = _pad([token_ids[i] for i in rows], tokenizer.pad_token_id, device)
                 reps = model(input_ids=input_ids, attention_mask=attention_mask, tower=tower)
                 if out is None:
                     out = np.empty((len(texts), reps.shape[-1]), dtype=np.float32)
                 out[rows] = reps.float().cpu().numpy()
+                bar.update(len(rows) if progress is not None else 1)
     finally:
         model.train(was_training)
+        if progress is None:
+            bar.close()
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -102,7 +105,61 @@ def _autocast(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
-# --- shards on disk ----------------------------------------------------------------------------
+# --- what produced a shard -----------------------------------------------------------------------
+
+
+def weights_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256) -> str:
+    """sha256 (16 hex digits) over every state-dict entry's name, dtype and shape and `samples_per_tensor`
+    evenly spaced values of it. Cheap at any model size; any training step changes it (every weight
+    moves), an edit of single weights between the samples would not."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if flat.numel():
+            index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), samples_per_tensor)).long()
+            digest.update(flat[index.to(flat.device)].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """sha256 (16 hex digits) of the tokenizer's class, size and its ids for a fixed multilingual text."""
+    probe = "Where is the station? Wo ist der Bahnhof? Où est la gare ? 駅はどこですか？ 0123456789"
+    ids = tokenizer(probe)["input_ids"]
+    return hashlib.sha256(f"{type(tokenizer).__name__}|{len(tokenizer)}|{ids}".encode()).hexdigest()[:16]
+
+
+def records_digest(records: TextSet) -> str:
+    """sha256 (16 hex digits) over the ids and texts, in order: the identity of what is encoded."""
+    digest = hashlib.sha256()
+    for start in range(0, len(records), _TOKENIZE_CHUNK):
+        stop = start + _TOKENIZE_CHUNK
+        digest.update("\0".join(records.ids[start:stop]).encode() + b"\1")
+        digest.update("\0".join(records.texts[start:stop]).encode() + b"\1")
+    return digest.hexdigest()[:16]
+
+
+def shard_provenance(model, tokenizer, records: TextSet, tower: str, max_len: int, dtype: str,
+                     storage: str, world_size: int) -> dict:
+    """The settings that decide a shard's vectors; shards of one directory must agree on all of them."""
+    return {"model_weights": weights_fingerprint(model), "pooling": model.pooling, "normalize": model.normalize,
+            "tokenizer": tokenizer_fingerprint(tokenizer), "tower": tower, "prefix": model.prefixes[tower],
+            "max_len": max_len, "dtype": dtype, "storage": storage, "world_size": world_size,
+            "input": records_digest(records), "num_records": len(records)}
+
+
+def max_supported_len(model, tower: str) -> int | None:
+    """Tokens the tower's position embeddings allow (RoBERTa-style models lose padding_idx + 1 of them), or None."""
+    config = model.tower(tower).config
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if config.model_type in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
+        limit -= (config.pad_token_id or 0) + 1  # positions are numbered from padding_idx + 1
+    return limit
+
+
+# --- encoding into shards ------------------------------------------------------------------------
 
 
 def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -110,97 +167,112 @@ def shard_bounds(num_items: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * num_items // world_size, (rank + 1) * num_items // world_size
 
 
-def shard_paths(out_dir: str | Path, rank: int, world_size: int) -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    return (out_dir / f"emb-{rank}-of-{world_size}.npy", out_dir / f"ids-{rank}-of-{world_size}.json")
-
-
 def encode_to_shards(model, tokenizer, records: TextSet, out_dir: str | Path, tower: str, max_len: int,
                      batch_size: int, dtype: str = "fp32", device: torch.device | None = None,
-                     sort_by_length: bool = True) -> bool:
-    """*Collective* (ends with a barrier). This rank encodes its contiguous shard of `records` to `out_dir`.
+                     sort_by_length: bool = True, storage: str = "fp32", part_rows: int = 65_536,
+                     about: dict | None = None) -> bool:
+    """*Collective* (barriers). This rank encodes its contiguous shard of `records` into `out_dir`.
 
-    A shard whose files already hold the same ids, tower and max_len is skipped, so an interrupted job
-    resumes where it stopped. Files are written under a temporary name and renamed, embeddings first,
-    so the ids file marks a complete shard. Returns True if this rank encoded, False if it skipped.
+    Rows are encoded `part_rows` at a time, each part written atomically, so a killed job resumes at the
+    first missing part; a complete shard made with the same settings is skipped. A directory holding
+    shards of other settings (`shard_provenance`) or another world size is refused (UserError) before
+    anything is written. Non-finite embeddings are an error naming their ids; this rank's parts are then
+    removed. `about` (e.g. the model and input paths) is recorded in the meta file, not compared.
+    Returns True if this rank encoded, False if its shard was complete.
     """
+    if storage not in shards.STORAGE:
+        raise UserError(f"storage: expected one of {', '.join(shards.STORAGE)}, got {storage!r}")
     rank, world_size = dist.rank(), dist.world_size()
-    start, stop = shard_bounds(len(records), rank, world_size)
-    emb_path, ids_path = shard_paths(out_dir, rank, world_size)
-    meta = {"tower": tower, "max_len": max_len, "ids": records.ids[start:stop]}
-    done = _shard_is_complete(emb_path, ids_path, meta)
+    out_dir = Path(out_dir)
+    provenance = shard_provenance(model, tokenizer, records, tower, max_len, dtype, storage, world_size)
+    shards.check_directory_fits(out_dir, provenance)
+    dist.barrier()  # every rank has looked before any rank writes
+    meta_path = out_dir / shards.shard_name("meta", rank, world_size)
+    parts_dir = out_dir / shards.shard_name("parts", rank, world_size)
+    done = meta_path.is_file()
     if done:
-        log.info("rank %d: %s is complete, skipping", rank, emb_path)
+        log.info("rank %d: %s is complete (same model and settings), skipping", rank, meta_path)
+        shutil.rmtree(parts_dir, ignore_errors=True)  # ours: left by a job killed after its last step
     else:
-        emb = encode_texts(model, tokenizer, records.texts[start:stop], tower, max_len, batch_size,
-                           dtype=dtype, device=device, sort_by_length=sort_by_length)
-        emb_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(emb_path, lambda f: np.save(f, emb))
-        _write_atomic(ids_path, lambda f: f.write(json.dumps(meta, ensure_ascii=False).encode()))
+        created_dir = not out_dir.exists()
+        try:
+            _encode_parts(model, tokenizer, records, parts_dir, tower, max_len, batch_size, dtype, device,
+                          sort_by_length, storage, part_rows, provenance)
+        except NonFiniteEmbeddings:
+            shutil.rmtree(parts_dir, ignore_errors=True)  # ours; a rerun with another dtype starts clean
+            if created_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            raise
+        _assemble(out_dir, parts_dir, rank, world_size, records, tower, storage, provenance, about,
+                  model.tower(tower).config.hidden_size)
     dist.barrier()
     return not done
 
 
-def _shard_is_complete(emb_path: Path, ids_path: Path, meta: dict) -> bool:
-    if not (emb_path.is_file() and ids_path.is_file()):
-        return False
-    try:
-        saved = json.loads(ids_path.read_text())
-        num_rows = np.load(emb_path, mmap_mode="r").shape[0]
-    except (OSError, ValueError):
-        return False
-    if saved != meta or num_rows != len(meta["ids"]):
-        log.warning("%s holds other inputs than this run's shard; encoding it again", ids_path)
-        return False
-    return True
+class NonFiniteEmbeddings(UserError):
+    """Embedding rows with NaN or inf (typically fp16 overflow)."""
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through `write(file)` to a temporary name, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException as e:
-        failure = write_failure(e, path.parent, str(path))
-        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
-        if failure is None:
-            raise
-        raise failure from None
-    os.replace(tmp, path)
+def check_finite(emb: np.ndarray, ids: Sequence[str], what: str, advice: str = "") -> None:
+    """Raise NonFiniteEmbeddings naming the ids of the rows of `emb` [n, D] that hold NaN or inf."""
+    bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+    if len(bad):
+        names = ", ".join(ids[i] for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteEmbeddings(f"{what}: non-finite (NaN or inf) embeddings for {len(bad)} ids ({names})"
+                                  + (f"; {advice}" if advice else ""))
 
 
-def iter_shards(emb_dir: str | Path, mmap: bool = True) -> Iterator[tuple[list[str], np.ndarray]]:
-    """(ids, embeddings [n_r, D]) of each shard of `emb_dir` in rank order, memory-mapped by default.
+def _encode_parts(model, tokenizer, records, parts_dir, tower, max_len, batch_size, dtype, device,
+                  sort_by_length, storage, part_rows, provenance) -> None:
+    start, stop = shard_bounds(len(records), dist.rank(), dist.world_size())
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    for stale in parts_dir.glob(".*.tmp-*"):
+        stale.unlink()  # our own temporary files, left by a killed job
+    if not (parts_dir / "provenance.json").is_file():
+        shards.write_json(parts_dir / "provenance.json", provenance)
+    done = shards.part_ranges(parts_dir)
+    todo = shards.missing_ranges(done, stop - start, part_rows)
+    with tqdm(total=stop - start, initial=stop - start - sum(b - a for a, b in todo), unit="text",
+              desc=f"encode {tower} (rank {dist.rank()})", disable=not dist.is_main()) as bar:
+        for a, b in todo:
+            emb = encode_texts(model, tokenizer, records.texts[start + a:start + b], tower, max_len, batch_size,
+                               dtype=dtype, device=device, sort_by_length=sort_by_length, progress=bar)
+            ids = records.ids[start + a:start + b]
+            remedy = ("the model itself gives them: check its weights" if dtype == "fp32" else
+                      f"{dtype} overflowed: encode with --dtype fp32 (or bf16 if it was fp16)")
+            check_finite(emb, ids, f"encoding in {dtype}", f"{remedy}; nothing was written")
+            stored = emb.astype(shards.STORAGE[storage])
+            check_finite(stored, ids, f"storing as {storage}",
+                         "values beyond its range: encode with --storage fp32; nothing was written")
+            shards.write_atomic(shards.part_path(parts_dir, a, b), lambda f, x=stored: np.save(f, x))
 
-    Raises UserError unless the directory holds exactly one complete set of shards (one world size).
-    """
-    emb_dir = Path(emb_dir)
-    world_sizes = {p.name.split("-of-")[1].removesuffix(".json") for p in emb_dir.glob("ids-*-of-*.json")}
-    if len(world_sizes) != 1:
-        found = f"shards of world sizes {sorted(world_sizes)}" if world_sizes else "no ids-*-of-*.json shards"
-        raise UserError(f"{emb_dir}: expected the embeddings of one `encode` run, found {found}")
-    world_size = int(world_sizes.pop())
-    for rank in range(world_size):
-        emb_path, ids_path = shard_paths(emb_dir, rank, world_size)
-        if not (emb_path.is_file() and ids_path.is_file()):
-            raise UserError(f"{emb_dir}: shard {rank} of {world_size} is missing; run `encode` again to finish it")
-        ids = json.loads(ids_path.read_text())["ids"]
-        emb = np.load(emb_path, mmap_mode="r" if mmap else None)
-        if emb.shape[0] != len(ids):
-            raise UserError(f"{emb_path}: {emb.shape[0]} rows but {len(ids)} ids in {ids_path.name}")
-        yield ids, emb
+
+def _assemble(out_dir, parts_dir, rank, world_size, records, tower, storage, provenance, about,
+              dim_if_empty: int) -> None:
+    """Concatenate the parts into the shard (streamed, one part in memory), write ids and meta, drop the parts."""
+    start, stop = shard_bounds(len(records), rank, world_size)
+    ranges = shards.part_ranges(parts_dir)
+    if shards.missing_ranges(ranges, stop - start, stop - start + 1) or \
+            sum(b - a for a, b in ranges) != stop - start:  # no gap, no overlap
+        raise RuntimeError(f"{parts_dir}: parts {ranges} do not cover rows 0..{stop - start} once")
+    part_files = [shards.part_path(parts_dir, a, b) for a, b in ranges]
+    dim = np.load(part_files[0], mmap_mode="r").shape[1] if part_files else dim_if_empty
+    meta = {"format": shards.FORMAT, "tower": tower, "dim": int(dim), "storage": storage, "rank": rank,
+            "world_size": world_size, "rows": [start, stop], "num_rows": stop - start,
+            "provenance": provenance, "about": about or {}}
+    shards.write_shard(out_dir, rank, world_size, (np.load(p) for p in part_files), records.ids[start:stop], meta)
+    shutil.rmtree(parts_dir)  # ours, now copied into the shard
 
 
-def load_embeddings(emb_dir: str | Path) -> tuple[list[str], np.ndarray]:
-    """All shards of `emb_dir` concatenated in rank order -> (ids, [N, D] float32), i.e. input order."""
-    ids, parts = [], []
-    for shard_ids, emb in iter_shards(emb_dir, mmap=False):
-        ids.extend(shard_ids)
-        if len(shard_ids):
-            parts.append(emb)
-    if not parts:
-        raise UserError(f"{emb_dir}: the embedding shards hold no rows")
-    return ids, np.concatenate(parts).astype(np.float32, copy=False)
+
+def iter_shards(emb_dir: str | Path):
+    """(ids, embeddings [n_r, D] read block by block on slicing) of each shard of `emb_dir`, in rank order."""
+    for shard in shards.open_shards(emb_dir):
+        yield [b.decode("utf-8") for b in shard.ids[:]], shard.emb
+
+
+def load_embeddings(emb_dir: str | Path):
+    """All rows of `emb_dir` -> (ids, [N, D] float32); see `evaluate.load_embeddings`."""
+    from .evaluate import load_embeddings as load
+
+    return load(emb_dir)

@@ -10,32 +10,114 @@ import numpy as np
 import torch
 
 from .. import distributed as dist
-from .encode import encode_texts, iter_shards, load_embeddings, shard_bounds
+from ..errors import UserError
+from .encode import check_finite, encode_texts, shard_bounds
 from .index import IndexSpec, search
 from .inputs import DEFAULT_LANG, TextSet, read_corpus, read_qrels, read_queries
 from .metrics import Qrels, Run, aggregate, evaluate_run, max_cutoff, parse_metrics
+from .shards import Shard, open_shards
 
 DEFAULT_METRICS = ("mrr@10", "recall@100", "ndcg@10")
 
 
-def results_to_run(query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray,
+def results_to_run(query_ids: Sequence[str], doc_ids, scores: np.ndarray,
                    rows: np.ndarray) -> dict[str, dict[str, float]]:
-    """Search output (scores, rows [Q, k]) -> {query_id: {docid: score}}; rows -1 (no result) dropped."""
+    """Search output (scores, rows [Q, k]) -> {query_id: {docid: score}}; rows -1 (no result) dropped.
+    `doc_ids[row]` gives a row's docid (a sequence, or `CorpusIds.names_of(rows)`'s dict)."""
     return {qid: {doc_ids[r]: float(s) for s, r in zip(q_scores, q_rows) if r >= 0}
             for qid, q_scores, q_rows in zip(query_ids, scores, rows)}
 
 
-def search_embeddings(query_dir: str | Path, corpus_dir: str | Path, k: int, spec: IndexSpec | None = None,
-                      block_rows: int | None = None, query_batch: int = 4096) -> tuple[Run, list[str]]:
-    """Search the `encode` outputs in `query_dir` against `corpus_dir` -> (run, corpus ids in row order).
+class CorpusIds:
+    """The docids of a corpus's shards, by global row, read from disk only for the rows asked for."""
 
-    The corpus shards stay memory-mapped; they are read block by block (see `index.search`).
+    def __init__(self, shards: list[Shard]):
+        self.shards = shards
+        self.offsets = np.cumsum([0] + [len(s.ids) for s in shards])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def names_of(self, rows) -> dict[int, str]:
+        """{row: docid} for the global `rows` (any order, repeats fine; -1 ignored)."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        rows = rows[rows >= 0]
+        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = {}
+        for s in np.unique(shard_of):
+            mine = rows[shard_of == s]
+            out.update(zip(mine.tolist(), self.shards[s].id_strings(mine - self.offsets[s])))
+        return out
+
+    def unknown(self, docids, chunk_rows: int = 1 << 20) -> set[str]:
+        """Those of `docids` that are no row's id, streaming over the ids (memory: one chunk)."""
+        wanted = {d.encode("utf-8") for d in docids}
+        found = set()
+        for shard in self.shards:
+            probe = np.array(sorted(wanted - found), dtype=bytes)  # its own width: a shard's could truncate
+            for start in range(0, len(shard.ids), chunk_rows):
+                if not len(probe):
+                    break
+                chunk = shard.ids[start:start + chunk_rows]
+                hits = probe[np.isin(probe, chunk)]
+                found.update(hits.tolist())
+                probe = probe[~np.isin(probe, hits)]
+        return {d.decode("utf-8") for d in wanted - found}
+
+
+def load_embeddings(emb_dir: str | Path, option: str = "embeddings") -> tuple[list[str], np.ndarray]:
+    """All rows of `emb_dir` in input order -> (ids, [N, D] float32), for query sets (they are small).
+
+    Raises UserError for NaN/inf rows, naming their ids.
     """
-    query_ids, queries = load_embeddings(query_dir)
-    shards = list(iter_shards(corpus_dir))
-    doc_ids = [docid for ids, _ in shards for docid in ids]
-    scores, rows = search(queries, [emb for _, emb in shards], k, spec, block_rows, query_batch)
-    return results_to_run(query_ids, doc_ids, scores, rows), doc_ids
+    ids, parts = [], []
+    for shard in open_shards(emb_dir, option):
+        ids.extend(b.decode("utf-8") for b in shard.ids[:])
+        parts.append(shard.emb[:].astype(np.float32, copy=False))
+    emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    if not len(ids):
+        raise UserError(f"{option} {emb_dir}: the embedding shards hold no rows")
+    check_finite(emb, ids, f"{option} {emb_dir}")
+    return ids, emb
+
+
+def open_search_inputs(query_dir: str | Path, corpus_dir: str | Path) -> tuple[list[str], np.ndarray, CorpusIds]:
+    """Read the queries and open the corpus shards -> (query ids, queries [Q, D], corpus ids); checks that
+    each directory holds its tower's embeddings, of one model and one dimension (UserError otherwise)."""
+    query_shards = open_shards(query_dir, "--query-emb")
+    corpus_shards = open_shards(corpus_dir, "--corpus-emb")
+    for option, path, found, wanted in (("--query-emb", query_dir, query_shards, "query"),
+                                        ("--corpus-emb", corpus_dir, corpus_shards, "passage")):
+        tower = found[0].meta["tower"]
+        if tower != wanted:
+            swapped = " (--query-emb and --corpus-emb swapped?)" if tower in ("query", "passage") else ""
+            raise UserError(f"{option} {path}: holds {tower}-tower embeddings, expected the {wanted} tower{swapped}")
+    q_meta, p_meta = query_shards[0].meta, corpus_shards[0].meta
+    if q_meta["dim"] != p_meta["dim"]:
+        raise UserError(f"--query-emb {query_dir} holds {q_meta['dim']}-dimensional embeddings, --corpus-emb "
+                        f"{corpus_dir} {p_meta['dim']}-dimensional: encode both with one model")
+    q_model, p_model = q_meta["provenance"]["model_weights"], p_meta["provenance"]["model_weights"]
+    if q_model != p_model:
+        raise UserError(f"--query-emb {query_dir} and --corpus-emb {corpus_dir} were encoded by different models "
+                        f"(weights {q_model} and {p_model}): encode both with the model to evaluate")
+    query_ids, queries = load_embeddings(query_dir, "--query-emb")
+    return query_ids, queries, CorpusIds(corpus_shards)
+
+
+def search_embeddings(query_dir: str | Path, corpus_dir: str | Path, k: int, spec: IndexSpec | None = None,
+                      block_rows: int | None = None, query_batch: int = 4096, inputs=None) -> tuple[Run, CorpusIds]:
+    """Search the `encode` outputs in `query_dir` against `corpus_dir` -> (run, corpus ids).
+
+    The corpus is read block by block (see `index.search`): memory is one block, not the corpus.
+    `inputs`: `open_search_inputs`' result, if already read.
+    """
+    query_ids, queries, corpus_ids = inputs or open_search_inputs(query_dir, corpus_dir)
+    if not len(corpus_ids):
+        raise UserError(f"--corpus-emb {corpus_dir}: the embedding shards hold no rows")
+    k = min(k, len(corpus_ids))  # more would only be empty slots, [Q, k] of them in memory
+    scores, rows = search(queries, [s.emb for s in corpus_ids.shards], k, spec, block_rows, query_batch,
+                          row_names=lambda bad: [corpus_ids.names_of(bad)[int(r)] for r in bad])
+    return results_to_run(query_ids, corpus_ids.names_of(rows), scores, rows), corpus_ids
 
 
 def score_run(run: Run, qrels: Qrels, metrics: Sequence[str], langs: dict[str, str] | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import faiss
@@ -55,16 +55,27 @@ class IndexSpec:
     """ivf/ivfpq: rows sampled (with a fixed seed) to train the quantizers."""
 
     def validate(self, k: int) -> None:
-        checks = [
-            (self.kind in INDEX_KINDS, "index", f"one of {', '.join(INDEX_KINDS)}, got {self.kind!r}"),
-            (self.gpus in GPU_MODES, "gpus", f"one of {', '.join(GPU_MODES)}, got {self.gpus!r}"),
-            (k >= 1, "k", f"a positive integer, got {k}"),
-            (min(self.nlist, self.nprobe, self.hnsw_m, self.ef_search, self.pq_m, self.pq_bits) >= 1,
-             "nlist/nprobe/hnsw_m/ef_search/pq_m/pq_bits", "positive integers"),
-        ]
-        for ok, name, expected in checks:
-            if not ok:
-                raise UserError(f"{name}: expected {expected}")
+        """Raise UserError naming the first bad setting."""
+        if self.kind not in INDEX_KINDS:
+            raise UserError(f"index: expected one of {', '.join(INDEX_KINDS)}, got {self.kind!r}")
+        if self.gpus not in GPU_MODES:
+            raise UserError(f"gpus: expected one of {', '.join(GPU_MODES)}, got {self.gpus!r}")
+        for name, value in [("k", k), *((n, getattr(self, n)) for n in POSITIVE_SETTINGS)]:
+            check_positive(name, value)
+
+
+POSITIVE_SETTINGS = ("nlist", "nprobe", "hnsw_m", "ef_search", "pq_m", "pq_bits", "train_rows")
+CPU_BLOCK_BYTES = 2**29
+"""Default corpus block on CPU: 512 MiB of float32, so search memory does not grow with the corpus."""
+
+
+def check_positive(name: str, value: int | None, maximum: int | None = None) -> None:
+    """UserError `--name: expected an integer in [1, maximum], got value` (None passes: unset)."""
+    if value is None:
+        return
+    if value < 1 or (maximum is not None and value > maximum):
+        bound = f"an integer from 1 to {maximum}" if maximum is not None else "a positive integer"
+        raise UserError(f"--{name.replace('_', '-')}: expected {bound}, got {value}")
 
 
 # --- GPUs --------------------------------------------------------------------------------------
@@ -156,9 +167,9 @@ def build_index(emb: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
     """A CPU inner-product index over `emb` [n, D] float32 (trained if approximate), search parameters set."""
     n, dim = emb.shape
     if spec.kind in ("ivf", "ivfpq") and spec.nlist > n:
-        raise UserError(f"nlist: expected at most the {n} rows of a corpus block, got {spec.nlist}")
+        raise UserError(f"--nlist: expected at most the {n} rows of a corpus block, got {spec.nlist}")
     if spec.kind == "ivfpq" and dim % spec.pq_m:
-        raise UserError(f"pq_m: expected a divisor of the embedding dimension {dim}, got {spec.pq_m}")
+        raise UserError(f"--pq-m: expected a divisor of the embedding dimension {dim}, got {spec.pq_m}")
     description = {"flat": "Flat", "ivf": f"IVF{spec.nlist},Flat", "hnsw": f"HNSW{spec.hnsw_m},Flat",
                    "ivfpq": f"IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_bits}"}[spec.kind]
     index = faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
@@ -206,8 +217,8 @@ def merge_topk(scores_a: np.ndarray, rows_a: np.ndarray, scores_b: np.ndarray, r
 def iter_blocks(parts: Iterable[np.ndarray], block_rows: int | None) -> Iterator[tuple[int, np.ndarray]]:
     """(first global row, block [n_b, D]) over the concatenation of `parts`, `block_rows` rows at most.
 
-    With block_rows None each part is one block. Blocks never span parts, so memory-mapped shards
-    are read one block at a time.
+    With block_rows None each part is one block. Blocks never span parts, so shards on disk
+    (`shards.NpyRows`) are read one block at a time.
     """
     offset = 0
     for part in parts:
@@ -218,25 +229,37 @@ def iter_blocks(parts: Iterable[np.ndarray], block_rows: int | None) -> Iterator
 
 
 def search(queries: np.ndarray, corpus_parts: Iterable[np.ndarray], k: int, spec: IndexSpec | None = None,
-           block_rows: int | None = None, query_batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+           block_rows: int | None = None, query_batch: int = 4096,
+           row_names: Callable[[np.ndarray], list[str]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k corpus rows by inner product for each query -> (scores [Q, k] float32, rows [Q, k] int64).
 
     `corpus_parts` are consecutive row blocks of the corpus (e.g. the memory-mapped shards of
-    `encode.iter_shards`, or `[matrix]`); rows are numbered over their concatenation, -1 where the
-    corpus has fewer than k rows. Each block of at most `block_rows` rows (on GPU, by default, as many
-    as fit in memory) is indexed and searched on its own and the results merged exactly.
+    `shards.Shard.emb` of each shard, or `[matrix]`); rows are numbered over their concatenation, -1 where the
+    corpus has fewer than k rows. Each block of at most `block_rows` rows (by default, on GPU as many as
+    fit in memory, on CPU `CPU_BLOCK_BYTES` of float32) is read as float32 (parts may be float16),
+    checked for NaN/inf rows (UserError naming them through `row_names(global rows)`), indexed and
+    searched on its own, and the results merged exactly. Memory: one block plus the results.
     """
     spec = spec or IndexSpec()
     spec.validate(k)
-    if (block_rows is not None and block_rows < 1) or query_batch < 1:
-        raise UserError(f"block_rows and query_batch: expected positive integers, got {block_rows}, {query_batch}")
+    check_positive("block_rows", block_rows)
+    check_positive("query_batch", query_batch)
     placement = resolve_gpus(spec, k)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if block_rows is None:
-        block_rows = gpu_block_rows(queries.shape[1], spec.fp16, placement)
+        block_rows = gpu_block_rows(queries.shape[1], spec.fp16, placement) or \
+            max(1, CPU_BLOCK_BYTES // (4 * max(queries.shape[1], 1)))
     best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     best_rows = np.full((len(queries), k), -1, dtype=np.int64)
     for first_row, block in iter_blocks(corpus_parts, block_rows):
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if len(bad):
+            rows = bad[:5] + first_row
+            names = row_names(rows) if row_names else [f"row {r}" for r in rows]
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            raise UserError(f"corpus embeddings: {len(bad)} rows hold NaN or inf ({', '.join(names)}{more}); "
+                            "encode the corpus again with --dtype fp32 (or bf16) into a new directory")
         index = to_gpus(build_index(block, spec), placement, spec.fp16)
         scores, rows = search_index(index, queries, min(k, len(block)), query_batch)
         rows = np.where(rows < 0, -1, rows + first_row)

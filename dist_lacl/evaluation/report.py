@@ -2,39 +2,43 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .metrics import Run, rank_docs
+from .shards import write_atomic
 
 
 def write_run(path: str | Path, run: Run, tag: str = "dist-lacl") -> None:
     """`query_id Q0 docid rank score tag` lines, ranks in trec_eval's order (so file and metrics agree).
 
     Scores are written with 9 significant digits, enough to give back every float32 exactly, so no
-    ties appear that the search did not produce. Written to a temporary name, then renamed.
+    ties appear that the search did not produce. Written to a temporary name, then renamed; a failed
+    write leaves nothing behind.
     """
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"run tag must be a non-empty word, got {tag!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
+
+    def write(f):
+        text = io.TextIOWrapper(f, encoding="utf-8")
         for qid, scores in run.items():
             for rank, docid in enumerate(rank_docs(scores), 1):
-                f.write(f"{qid} Q0 {docid} {rank} {scores[docid]:.9g} {tag}\n")
-    os.replace(tmp, path)
+                text.write(f"{qid} Q0 {docid} {rank} {scores[docid]:.9g} {tag}\n")
+        text.flush()
+        text.detach()  # leave `f` open for write_atomic's fsync
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, write)
 
 
 def write_report(path: str | Path, report: Mapping) -> None:
-    """The report as indented JSON (non-ASCII language names kept readable)."""
+    """The report as indented JSON (non-ASCII language names kept readable), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write((json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode()))
 
 
 def format_table(summary: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> str:
