@@ -157,7 +157,7 @@ def test_two_ranks_losses_and_zero2_trainer_step(tmp_path, tiny_model_no_dropout
     check_loss_cases(result)
     steps = result["trainer"]
     for config, cfg in ((rep, rep_cfg), (shard, rep_cfg), (sep, sep_cfg), (nocache, rep_cfg)):
-        loss, grads, _ = reference_step(cfg)
+        loss, grads, _, _ = reference_step(cfg)
         assert steps[str(config)]["loss"] == pytest.approx(loss, rel=1e-5)
         assert_same_grads(steps[str(config)]["grads"], grads, floor=ZERO_GRAD_NOISE, **CROSS_PROCESS)
     # Sharded against replicated directly, and the logged terms agree.

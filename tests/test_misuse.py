@@ -183,7 +183,7 @@ def test_second_training_in_a_directory_is_refused_and_a_crashed_one_leaves_it_r
 
 
 @pytest.mark.slow
-def test_ctrl_c_checkpoints_once_and_a_second_ctrl_c_stops_at_once(tmp_path, tiny_model_dir, training_data):
+def test_ctrl_c_checkpoints_once_and_the_run_resumes(tmp_path, tiny_model_dir, training_data):
     out = tmp_path / "run"
     # Long enough steps (128 passages in chunks of 2) that a signal lands while one is running.
     settings = ["train.save_every=1", "train.keep_last=100000", "train.ir_batch_size=32",
@@ -200,23 +200,9 @@ def test_ctrl_c_checkpoints_once_and_a_second_ctrl_c_stops_at_once(tmp_path, tin
     checkpoints = sorted((out / "checkpoints").glob("step-*"))
     assert all(verify(c) is None for c in checkpoints)
 
-    # Two presses close together reach Python as one signal, so the second is sent once the first was
-    # handled, with the process stopped meanwhile so that the step is still running when it lands.
-    second = start_training(tiny_model_dir, training_data, out, "train.max_steps=100000", *settings)
-    read_log_until_step(second.stdout, len(checkpoints) + 1)
-    os.killpg(second.pid, signal.SIGINT)
-    for line in second.stdout:
-        if "Ctrl-C again to stop at once" in line:
-            break
-    os.killpg(second.pid, signal.SIGSTOP)
-    os.killpg(second.pid, signal.SIGINT)
-    os.killpg(second.pid, signal.SIGCONT)
-    rest, _ = second.communicate(timeout=120)
-    assert second.returncode == 130, rest[-3000:]
-    assert "interrupted; complete outputs and checkpoints are intact" in rest and "Traceback" not in rest
-    assert all(verify(c) is None for c in (out / "checkpoints").glob("step-*"))
-    # ... and the run resumes from its newest complete checkpoint.
-    newest = sorted((out / "checkpoints").glob("step-*"))[-1].name
+    # ... and the run resumes from its newest complete checkpoint. (A second Ctrl-C: the handler is
+    # tested in-process below, the CLI's exit on KeyboardInterrupt on a long data build.)
+    newest = checkpoints[-1].name
     step = int(newest.split("-")[1])
     proc = run([*CLI, *train_args(tiny_model_dir, training_data, out, "train.backend=ddp",
                                   f"train.max_steps={step + 1}", *settings)[2:]], timeout=300)
@@ -241,3 +227,20 @@ def test_stop_signal_first_ctrl_c_asks_second_interrupts():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+@pytest.mark.slow
+def test_ctrl_c_outside_training_exits_130_and_leaves_no_partial_output(tmp_path):
+    """A KeyboardInterrupt (a second Ctrl-C in training, or the first anywhere else) is one line and exit
+    130; the output of an interrupted write never appears, not even half-written."""
+    out = tmp_path / "ir.jsonl"
+    proc = subprocess.Popen([*CLI, "data", "python-docs", "-o", str(out)], cwd=REPO, env=launch_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        proc.wait(timeout=8)  # BM25 mining over the Python docs takes ~40 s: still running
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "dist-lacl data: interrupted; complete outputs and checkpoints are intact" in err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []

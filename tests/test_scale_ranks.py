@@ -36,7 +36,7 @@ def test_ranks_wait_for_a_cache_build_longer_than_the_collective_timeout(tmp_pat
 def test_four_ranks_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data):
     config, cfg = equiv.write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
                                deepspeed_config="ds_configs/zero2_fp32_cpu.json", parallel_batch_size=8)
-    loss, grads, params = equiv.reference_step(cfg)
+    loss, grads, params, _ = equiv.reference_step(cfg)
     out = tmp_path / "engine.pt"
     torchrun(WORKERS / "step_worker.py", config, "engine", out, nproc=4, timeout=600)
     result = torch.load(out, weights_only=False)

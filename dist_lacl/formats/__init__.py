@@ -77,6 +77,8 @@ def _detect(path: Path, kind: str) -> str | None:
         if name.endswith(".json") and _starts_array(path):
             return "dpr"
         keys = _first_keys(path)
+        if not keys and name.endswith(".jsonl") and path.is_file():
+            return "tevatron"  # first line empty, malformed or not an object: the reader says which, and where
         return ("tevatron" if "positive_passages" in keys else "tevatron-v2" if "positive_document_ids" in keys
                 else "flagembedding" if "pos" in keys else None)
     if kind == "parallel":
@@ -85,10 +87,11 @@ def _detect(path: Path, kind: str) -> str | None:
         if not name.endswith(".jsonl") and (pair := parallel.name_pair(path)) and (
                 name.rsplit(".", 1)[-1] in pair or not path.exists()):
             return "moses"
-        return "jsonl" if {"en", "text"} <= _first_keys(path) else None
+        # A .jsonl name is this kind's jsonl: its reader then names the line and field of any fault.
+        return "jsonl" if name.endswith(".jsonl") or {"en", "text"} <= _first_keys(path) else None
     if name.endswith(".txt"):
         return "text"
-    return "jsonl" if "text" in _first_keys(path) else None
+    return "jsonl" if name.endswith(".jsonl") or "text" in _first_keys(path) else None
 
 
 def _starts_array(path: Path) -> bool:
