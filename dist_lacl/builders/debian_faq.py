@@ -121,6 +121,16 @@ def build_debian_faq(output: str | Path, root: str | Path = DEFAULT_ROOT, langs=
     aligned = [sid for sid, s in english.items()
                if "?" in s.question and len(s.answer) >= min_chars and all(sid in pages[lang] for lang in langs)]
 
+    return write_evaluation_sets(pages, aligned, langs, output, min_chars, "Debian FAQ", "answers")
+
+
+def write_evaluation_sets(pages: dict[str, dict[str, Section]], aligned: list[str], langs: list[str],
+                          output: Path, min_chars: int, name: str, unit: str) -> dict[str, int]:
+    """The two evaluation sets of a document translated section by section (the FAQ, the Reference):
+    to_english/ (a section title in L -> the English section) and same_language/<L>/ (L -> L, where the
+    section is translated). Returns {lang: queries in to_english}."""
+    english = pages["en"]
+
     def corpus(lang: str) -> list[dict]:
         return [{"docid": sid, "title": "", "text": s.answer, "lang": lang}
                 for sid, s in pages[lang].items() if len(s.answer) >= min_chars]
@@ -140,5 +150,5 @@ def build_debian_faq(output: str | Path, root: str | Path = DEFAULT_ROOT, langs=
         rows[lang] = {"aligned": len(aligned), "to_english": len(translated), "same_lang": len(same)}
     english_corpus = corpus("en")
     _write_split(output / "to_english", english_corpus, to_english, to_english_answers)
-    print_table(f"Debian FAQ evaluation ({len(english_corpus)} English answers) -> {output}", rows)
+    print_table(f"{name} evaluation ({len(english_corpus)} English {unit}) -> {output}", rows)
     return {lang: row["to_english"] for lang, row in rows.items()}

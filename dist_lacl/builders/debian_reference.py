@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import UserError
-from .common import parse_langs, print_table
-from .debian_faq import Section, _write_split, parse_page
+from .common import parse_langs
+from .debian_faq import Section, parse_page, write_evaluation_sets
 
 DEFAULT_ROOT = "/usr/share/debian-reference"
 # pt-br (debian-reference-pt-br) is left out by default: in 2.100 its titles are pt's, all 367 of them,
@@ -69,24 +69,4 @@ def build_debian_reference(output: str | Path, root: str | Path = DEFAULT_ROOT, 
     aligned = [sid for sid, s in english.items() if len(s.answer) >= min_chars and s.question
                and title_count[s.question] == 1 and all(sid in pages[lang] for lang in langs)]
 
-    def corpus(lang: str) -> list[dict]:
-        return [{"docid": sid, "title": "", "text": s.answer, "lang": lang}
-                for sid, s in pages[lang].items() if len(s.answer) >= min_chars]
-
-    def queries(lang: str, sids: list[str]) -> list[dict]:
-        return [{"query_id": f"{lang}-{sid}", "query": pages[lang][sid].question, "lang": lang} for sid in sids]
-
-    to_english, to_english_answers, rows = [], [], {}
-    for lang in langs:
-        translated = [sid for sid in aligned if lang == "en" or pages[lang][sid].question != english[sid].question]
-        to_english += queries(lang, translated)
-        to_english_answers += translated
-        same = [sid for sid in translated if lang != "en" and pages[lang][sid].answer != english[sid].answer
-                and len(pages[lang][sid].answer) >= min_chars]
-        if lang != "en":
-            _write_split(output / "same_language" / lang, corpus(lang), queries(lang, same), same)
-        rows[lang] = {"aligned": len(aligned), "to_english": len(translated), "same_lang": len(same)}
-    english_corpus = corpus("en")
-    _write_split(output / "to_english", english_corpus, to_english, to_english_answers)
-    print_table(f"Debian Reference evaluation ({len(english_corpus)} English sections) -> {output}", rows)
-    return {lang: row["to_english"] for lang, row in rows.items()}
+    return write_evaluation_sets(pages, aligned, langs, output, min_chars, "Debian Reference", "sections")
