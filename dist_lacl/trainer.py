@@ -48,15 +48,23 @@ class StopSignal:
     directory keeps its newest complete checkpoint.
     """
 
+    # Launchers (torchrun's agent) forward the terminal's SIGINT to their workers, which then see one
+    # press twice within milliseconds; only a SIGINT this long after the first counts as a second press.
+    SECOND_PRESS_S = 0.5
+
     def __init__(self):
         self.received: int | None = None
+        self.first_sigint: float | None = None
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.received == signal.SIGINT:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self.first_sigint is not None and now - self.first_sigint >= self.SECOND_PRESS_S:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            self.first_sigint = self.first_sigint or now
         if self.received is None:
             log.warning("received signal %d: will checkpoint after this step and exit%s", signum,
                         " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else "")
@@ -384,7 +392,7 @@ def check_output_dir(run_dir: Path, cfg: RunConfig) -> None:
             return
         previous = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
         check_resume_compatible(previous, cfg, str(saved))
-    elif run_dir.is_dir() and any(p.name not in ("cache",) for p in run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name not in ("cache", ".lock") for p in run_dir.iterdir()):
         raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no dist-lacl run; "
                           "choose another directory")
 

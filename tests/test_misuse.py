@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -222,8 +223,10 @@ def test_stop_signal_first_ctrl_c_asks_second_interrupts():
         os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM changes nothing
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.received == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)  # at once: a launcher forwarding the same press
+        time.sleep(StopSignal.SECOND_PRESS_S)
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # a real second press
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
