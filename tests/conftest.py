@@ -1,8 +1,6 @@
 """Shared fixtures: a tiny locally built model and tokenizer, and small training files (no downloads)."""
 
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from helpers_data import write_training_data  # noqa: E402
-from helpers_tiny import make_tiny_model, make_tiny_tokenizer  # noqa: E402
+from helpers_tiny import copy_without_dropout, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -39,14 +37,8 @@ def tiny_model_no_dropout(tiny_model_dir, tmp_path_factory) -> Path:
     up so that different inputs get clearly different representations. (A random tiny encoder otherwise
     maps every input to nearly one vector; each gradient is then a near-cancelling sum, and comparisons
     between differently batched computations measure fp32 rounding instead of correctness.)"""
-    from transformers import AutoModel
-
     path = tmp_path_factory.mktemp("tiny-model-no-dropout")
-    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    model = AutoModel.from_pretrained(path)
+    model = copy_without_dropout(tiny_model_dir, path)
     with torch.no_grad():
         model.get_input_embeddings().weight.mul_(50.0)
     model.save_pretrained(path)

@@ -89,3 +89,18 @@ def make_tiny_model(path: str | Path, tokenizer: PreTrainedTokenizerBase, model_
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return model
+
+
+def copy_without_dropout(source: Path, target: Path):
+    """Copy the tiny model folder `source` to `target` with dropout off; returns the loaded encoder, for
+    the caller to reshape its weights and save again."""
+    import json
+    import shutil
+
+    from transformers import AutoModel
+
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    config = json.loads((target / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (target / "config.json").write_text(json.dumps(config))
+    return AutoModel.from_pretrained(target)

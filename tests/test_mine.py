@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_launch import run, torchrun
-from helpers_tiny import TEXTS
-from transformers import AutoModel
+from helpers_tiny import TEXTS, copy_without_dropout
 
 from dist_lacl.cli import main
 from dist_lacl.errors import UserError
@@ -29,11 +28,7 @@ def spread_model(tiny_model_dir, tmp_path_factory):
     pooling, normalised: a bag of random token vectors, so different passages score clearly apart (the
     random encoder as built maps every text to nearly one vector, and rankings would be fp32 noise)."""
     path = tmp_path_factory.mktemp("spread-model")
-    shutil.copytree(tiny_model_dir, path, dirs_exist_ok=True)
-    config = json.loads((path / "config.json").read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    (path / "config.json").write_text(json.dumps(config))
-    model = AutoModel.from_pretrained(path)
+    model = copy_without_dropout(tiny_model_dir, path)
     with torch.no_grad():
         for name, weight in model.named_parameters():
             if "output.dense" in name or "position_embeddings" in name or "token_type" in name:
