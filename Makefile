@@ -34,7 +34,7 @@ debian:
 	fi
 
 test: venv debian
-	$(PY) -m pytest -q --timeout=1200
+	$(PY) -m pytest -q --timeout=1200 --durations=25
 
 demo: venv debian
 	$(PY) -m dist_lacl.demo --output $(DEMO_DIR)

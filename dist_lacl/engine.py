@@ -245,7 +245,11 @@ class DDPEngine:
 
     def encode(self, inputs: dict[str, Tensor], tower: str) -> Tensor:
         inputs = {k: v.to(self.accelerator.device) for k, v in inputs.items()}
-        return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
+        # DDP must never reduce on its own (backward_context averages once per step), and a forward with
+        # autograd outside no_sync would arm its reducer: the grad cache's kept last chunk runs before
+        # backward_context.
+        with self.accelerator.no_sync(self.model):
+            return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
 
     @contextlib.contextmanager
     def backward_context(self):

@@ -28,16 +28,16 @@ def make_step(model_dir, data, tmp_path, **model_overrides):
     return cfg, model, encode_jobs(batch, cfg)
 
 
-def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0):
+def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0, keep_last_graph=True):
     return GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)),
                      loss_fn=make_loss_fn(cfg, RepsTap()), backward=lambda loss: loss.backward(),
-                     chunk_size=chunk_size, chunk_tokens=chunk_tokens)
+                     chunk_size=chunk_size, chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph)
 
 
-def cached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0):
+def cached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0, keep_last_graph=True):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(123)
-    gc = grad_cache_for(cfg, model, chunk_size, chunk_tokens)
+    gc = grad_cache_for(cfg, model, chunk_size, chunk_tokens, keep_last_graph)
     cache = gc.compute_loss(jobs)
     gc.backward(cache)
     return cache.loss.item(), cache.loss_out, grads(model)
@@ -74,12 +74,13 @@ def assert_same_grads(a, b, rtol=1e-5, floor=0.0, scale_tol=None):
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("keep_last_graph", [True, False], ids=["last-graph-kept", "all-re-forwarded"])
 @pytest.mark.parametrize("towers", [{}, {"shared_encoder": False, "aux_towers": "both"}],
                          ids=["shared", "separate-towers"])
-def test_cached_equals_uncached_with_dropout(tiny_model_dir, training_data, tmp_path, towers):
+def test_cached_equals_uncached_with_dropout(tiny_model_dir, training_data, tmp_path, towers, keep_last_graph):
     cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path, **towers)
     assert {"query", "passage"} < set(jobs) and any(j.startswith("mono") for j in jobs)
-    loss_c, terms_c, grads_c = cached_step(cfg, model, jobs)
+    loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, keep_last_graph=keep_last_graph)
     loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs)
     assert loss_c == pytest.approx(loss_u, rel=1e-6)
     assert terms_c.semantic is not None and terms_c.language is not None
@@ -89,6 +90,29 @@ def test_cached_equals_uncached_with_dropout(tiny_model_dir, training_data, tmp_
     model.zero_grad()
     torch.manual_seed(7)
     assert grad_cache_for(cfg, model, 2).compute_loss(jobs).loss.item() != pytest.approx(loss_c, rel=1e-6)
+
+
+def test_the_kept_last_chunk_is_not_re_forwarded_and_the_rng_stream_is_unchanged(tiny_model_dir, training_data,
+                                                                                 tmp_path):
+    """One forward fewer per step, and the generator ends where it ends without the kept graph (a
+    resumed run draws the same masks afterwards)."""
+    cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path)
+    calls, states = {}, {}
+    for keep in (True, False):
+        calls[keep] = 0
+
+        def encode(job, x, keep=keep):
+            calls[keep] += 1
+            return model(**x, tower=tower_of(job))
+
+        torch.manual_seed(123)
+        gc = GradCache(encode, make_loss_fn(cfg, RepsTap()), lambda loss: loss.backward(), chunk_size=2,
+                       keep_last_graph=keep)
+        gc.backward(gc.compute_loss(jobs))
+        states[keep] = torch.get_rng_state()
+    chunks = sum(len(gc.split(x)[0]) for x in jobs.values())
+    assert calls == {True: 2 * chunks - 1, False: 2 * chunks}
+    assert torch.equal(states[True], states[False])
 
 
 def test_without_rng_replay_the_gradients_differ(tiny_model_dir, training_data, tmp_path, monkeypatch):
