@@ -177,6 +177,9 @@ class BatchStream:
                 "num_examples": self.num_examples, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict) -> None:
+        if "epoch" not in state:
+            raise UserError(f"the checkpoint's data stream was drawn by language ({state.get('order')}), this one "
+                            "is in epochs: resume with the same data.language_alpha")
         if state["num_examples"] != self.num_examples:
             raise UserError(f"the checkpoint's data stream had {state['num_examples']} examples, "
                             f"the data now has {self.num_examples}: resume with the same training files")

@@ -108,13 +108,14 @@ def test_resume_is_exact_from_two_ranks_to_one_through_the_prefetcher(tiny_model
     assert [resumed.plan().indices for _ in range(2)] == expected[3:]
 
 
-def test_a_checkpoint_of_the_epoch_order_is_refused_by_a_sampled_stream(tiny_model_dir, sampled_data):
+def test_a_checkpoint_of_the_other_order_is_refused_either_way(tiny_model_dir, sampled_data):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     cfg = sampled_config(tiny_model_dir, sampled_data)
     epoch_cfg = config_from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "language_alpha": None}})
-    state = TrainBatches(epoch_cfg, tokenizer, 0, 1).state_dict()
-    with pytest.raises(UserError, match="data.language_alpha"):
-        TrainBatches(cfg, tokenizer, 0, 1).load_state_dict(state)
+    sampled, epochs = TrainBatches(cfg, tokenizer, 0, 1), TrainBatches(epoch_cfg, tokenizer, 0, 1)
+    for data, state in ((sampled, epochs.state_dict()), (epochs, sampled.state_dict())):
+        with pytest.raises(UserError, match="data.language_alpha"):
+            data.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ loss.language_pairs=own
