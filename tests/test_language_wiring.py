@@ -176,6 +176,16 @@ def test_own_pairs_is_eq_3_when_every_sentence_has_one_language_and_the_shards_a
     assert not torch.allclose(whole.language, every.language)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_own_pairs_on_cuda_with_the_mask_built_on_cpu():
+    """The trainer builds the mask on the CPU; the loss moves it to the representations' device."""
+    mask = step_language_mask(META, own_config())
+    cuda = lacl_loss({k: v.cuda() for k, v in REPS.items()}, own_config().loss, (1, 2), mask)
+    cpu = lacl_loss(REPS, own_config().loss, (1, 2), mask)
+    assert cuda.language.device.type == "cuda" and cuda.language.item() == pytest.approx(cpu.language.item())
+
+
 # ------------------------------------------------------------------ through the trainer (2 ranks and 1)
 
 @pytest.mark.slow
