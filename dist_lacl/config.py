@@ -86,6 +86,9 @@ class DataConfig:
     """Processes that build a file's cache (cut at newlines); 0 = one per CPU (at most 16), 1 = rank 0 alone."""
     prefetch: int = 1
     """Steps whose inputs a background thread reads and tokenises ahead of training; 0 = in the loop."""
+    language_alpha: float | None = None
+    """Draw the parallel and monolingual streams by language, p(lang) ~ n_lang^alpha (XLM-R: 0.3; 0: uniform
+    over languages; with replacement, see sampling.py); None: every example once per epoch, as before."""
 
 
 @dataclass
@@ -103,6 +106,9 @@ class LossConfig:
     language_temperature: float | None = None
     """tau of the language loss alone (a larger one keeps its gradient proportional to the gap, see
     losses_variants); None: loss.temperature."""
+    language_pairs: str = "all"
+    """Pairs a monolingual sentence is compared with in the language loss: `all` (Eq. 3) or `own` (the
+    global batch's pairs of its language; every pair where the batch has none of its language)."""
     sharding: str = "replicated"
     """`replicated`: every rank scores the whole global batch; `sharded`: each rank scores only its own
     anchor rows against every gathered candidate (score memory / world size; same loss and gradients)."""
@@ -192,6 +198,7 @@ _CHOICES = {
     "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),
     "data.monolingual_format": ("auto", "jsonl", "text"),
     "loss.language_variant": ("balanced", "squared"),
+    "loss.language_pairs": ("all", "own"),
     "loss.sharding": ("replicated", "sharded"),
     "train.backend": ("deepspeed", "ddp"),
     "train.grad_reduction": ("coalesced", "per_chunk"),
@@ -331,6 +338,8 @@ def validate(cfg: RunConfig) -> None:
         (data.train_group_size >= 1, "data.train_group_size", "an integer >= 1"),
         (data.cache_build_procs >= 0, "data.cache_build_procs", "an integer >= 0 (0 = one per CPU)"),
         (0 <= data.prefetch <= 8, "data.prefetch", "an integer from 0 (off) to 8 steps"),
+        (data.language_alpha is None or data.language_alpha >= 0, "data.language_alpha",
+         "a number >= 0 or null (null: every example once per epoch)"),
         (min(data.query_max_len, data.passage_max_len, data.sentence_max_len) >= 2,
          "data.*_max_len", "at least 2 tokens"),
         (bool(data.train_ir), "data.train_ir", "a path to IR training data (Tevatron jsonl, see docs/formats.md)"),

@@ -36,6 +36,7 @@ from .data_cache import CacheEntry, default_cache_root
 from .errors import DataError, UserError
 from .formats import ReadOptions
 from .formats.records import Suspicious
+from .sampling import LanguageSampler
 from .shuffle import KeyedPermutation
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,9 @@ class BatchStream:
                 "num_examples": self.num_examples, "global_batch_size": self.global_batch_size}
 
     def load_state_dict(self, state: dict) -> None:
+        if "epoch" not in state:
+            raise UserError(f"the checkpoint's data stream was drawn by language ({state.get('order')}), this one "
+                            "is in epochs: resume with the same data.language_alpha")
         if state["num_examples"] != self.num_examples:
             raise UserError(f"the checkpoint's data stream had {state['num_examples']} examples, "
                             f"the data now has {self.num_examples}: resume with the same training files")
@@ -183,6 +187,64 @@ class BatchStream:
             log.warning("the checkpoint's data order predates %s: the rest of epoch %d follows the new order, "
                         "so some examples of it may repeat or be skipped", self.ORDER, state["epoch"])
         self.position = StreamPosition(state["epoch"], state["offset"])
+
+
+class LanguageStream:
+    """Yields this rank's slice of global batches drawn by language (sampling.LanguageSampler), with the
+    same interface as BatchStream.
+
+    Step s draws the global positions s * B .. s * B + B - 1; rank r takes its rows rank by rank, as
+    the gather concatenates them. A draw is a pure function of (seed, position), so the step counter is
+    the whole resumable state, and a run resumed on another world size draws the same global batches.
+    """
+
+    ORDER = "language-sampler-1"
+
+    def __init__(self, sampler: LanguageSampler, num_examples: int, global_batch_size: int, rank: int,
+                 world_size: int):
+        self.sampler, self.num_examples, self.global_batch_size = sampler, num_examples, global_batch_size
+        self.rank, self.world_size = rank, world_size
+        self.step = 0
+
+    def global_draws(self, step: int) -> list[int]:
+        """Every rank's example indices at `step`, rank-major."""
+        return self.sampler.indices(step * self.global_batch_size, self.global_batch_size)
+
+    def next_indices(self) -> tuple[list[int], int]:
+        """This rank's example indices for the next global batch, and the nominal epoch (examples
+        drawn / examples; draws are with replacement, so it only says how far the stream has come)."""
+        per_rank = self.global_batch_size // self.world_size
+        draws = self.global_draws(self.step)[self.rank * per_rank:(self.rank + 1) * per_rank]
+        epoch = self.step * self.global_batch_size // self.num_examples
+        self.step += 1
+        return draws, epoch
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "order": self.ORDER, "alpha": self.sampler.alpha, "seed": self.sampler.seed,
+                "num_examples": self.num_examples, "global_batch_size": self.global_batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("order") != self.ORDER or state["num_examples"] != self.num_examples:
+            raise UserError(f"the checkpoint's data stream ({state.get('order')}, {state['num_examples']} "
+                            f"examples) is not this one ({self.ORDER}, {self.num_examples} examples): resume "
+                            "with the same training files and data.language_alpha")
+        self.step = state["step"]
+
+
+def language_sampler(dataset: datasets.Dataset, seed: int, alpha: float) -> LanguageSampler:
+    """The sampler over `dataset`'s "lang" column: from its languages' index ranges when each language's
+    examples are contiguous (as `dist-lacl data` writes them: O(#languages) memory), else per example."""
+    import numpy as np
+
+    column = dataset.data.column("lang").combine_chunks().dictionary_encode()
+    codes = column.indices.to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+    names = column.dictionary.to_pylist()
+    if len(starts) == len(names):  # one run per language
+        stops = np.append(starts[1:], len(codes))
+        return LanguageSampler.from_ranges({names[codes[a]]: (int(a), int(b)) for a, b in zip(starts, stops)},
+                                           seed, alpha)
+    return LanguageSampler(np.asarray(names, dtype=object)[codes].astype(str), seed, alpha)
 
 
 # ---------------------------------------------------------------- tokenised batches
@@ -241,6 +303,8 @@ class StepPlan:
 
     indices: dict[str, tuple[list[int], int]]
     state_after: dict
+    draw_steps: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The step each stream drawn by language drew at (its global draws are a function of it)."""
 
 
 class Prefetcher:
@@ -290,15 +354,15 @@ class TrainBatches:
         self.parallel = self.monolingual = None
         if cfg.loss.semantic_weight > 0 or cfg.loss.language_weight > 0:
             self.parallel = load(d.parallel, "parallel", options=formats.options_for(d, "parallel"))
-            self.streams["parallel"] = BatchStream(len(self.parallel), t.parallel_batch_size, t.seed + 1,
-                                                   rank, world_size, f"data.parallel ({d.parallel})",
-                                                   "train.parallel_batch_size")
+            self.streams["parallel"] = self._aux_stream(self.parallel, t.parallel_batch_size, t.seed + 1, rank,
+                                                        world_size, f"data.parallel ({d.parallel})",
+                                                        "train.parallel_batch_size")
         if cfg.loss.language_weight > 0:
             self.monolingual = load(d.monolingual, "monolingual", options=formats.options_for(d, "monolingual"))
-            self.streams["monolingual"] = BatchStream(len(self.monolingual), t.monolingual_batch_size,
-                                                      t.seed + 2, rank, world_size,
-                                                      f"data.monolingual ({d.monolingual})",
-                                                      "train.monolingual_batch_size")
+            self.streams["monolingual"] = self._aux_stream(self.monolingual, t.monolingual_batch_size,
+                                                           t.seed + 2, rank, world_size,
+                                                           f"data.monolingual ({d.monolingual})",
+                                                           "train.monolingual_batch_size")
         self.depth = d.prefetch
         # Its own tokenizer: a fast tokenizer's padding/truncation settings are mutable state, which the
         # training loop's own use (evaluation) must not share with the thread.
@@ -308,13 +372,33 @@ class TrainBatches:
         self.consumed = self._positions()
         self.last_wait_s = 0.0  # how long the last next() waited for its inputs
 
+    def _aux_stream(self, dataset: datasets.Dataset, batch_size: int, seed: int, rank: int, world_size: int,
+                    source: str, batch_key: str) -> BatchStream | LanguageStream:
+        """A parallel or monolingual stream: drawn by language with data.language_alpha, else by epoch."""
+        alpha = self.cfg.data.language_alpha
+        if alpha is None:
+            return BatchStream(len(dataset), batch_size, seed, rank, world_size, source, batch_key)
+        return LanguageStream(language_sampler(dataset, seed, alpha), len(dataset), batch_size, rank, world_size)
+
+    def language_mix(self, meta: dict) -> dict[str, float]:
+        """{mix/<stream>/<lang>: share} of the languages among the global draws of the step `meta`
+        describes, for every stream drawn by language (empty without data.language_alpha)."""
+        return {f"mix/{name}/{lang}": share for name, step in meta.get("draw_step", {}).items()
+                for lang, share in self.streams[name].sampler.mix(self.streams[name].global_draws(step)).items()}
+
+    def expected_language_mix(self) -> dict[str, float]:
+        """{mix/<stream>/<lang>: p(lang)} for every stream drawn by language (logged once, at step 0)."""
+        return {f"mix/{name}/{lang}": p for name, s in self.streams.items() if isinstance(s, LanguageStream)
+                for lang, p in s.sampler.expected_mix().items()}
+
     def _positions(self) -> dict:
         return {name: s.state_dict() for name, s in self.streams.items()}
 
     def plan(self) -> StepPlan:
         """Advance every stream by one global batch."""
+        steps = {name: s.step for name, s in self.streams.items() if isinstance(s, LanguageStream)}
         indices = {name: s.next_indices() for name, s in self.streams.items()}
-        return StepPlan(indices, self._positions())
+        return StepPlan(indices, self._positions(), steps)
 
     def next(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         start = time.perf_counter()
@@ -341,7 +425,7 @@ class TrainBatches:
         groups = [sample_group(r, d.train_group_size, seed, epoch, i) for r, i in zip(rows, idx)]
         batch = {"query": tokenize([r["query"] for r in rows], d.query_max_len, query),
                  "passage": tokenize([passage_text(p) for g in groups for p in g], d.passage_max_len, passage)}
-        meta = {"epoch": epoch}
+        meta = {"epoch": epoch, "draw_step": plan.draw_steps}
         if self.parallel is not None:
             para = self.parallel[plan.indices["parallel"][0]]
             batch["para_en"] = tokenize(para["en"], d.sentence_max_len, query)

@@ -77,7 +77,8 @@ def semantic_loss(e_reps: Tensor, f_reps: Tensor, temperature: float, symmetric:
 
 
 def language_loss(z_reps: Tensor, e_reps: Tensor, f_reps: Tensor, temperature: float,
-                  variant: str = "balanced", shard: Shard = WHOLE, block_rows: int = 0) -> Tensor:
+                  variant: str = "balanced", shard: Shard = WHOLE, block_rows: int = 0,
+                  mask: Tensor | None = None) -> Tensor:
     """Eq. 3 (our reading), language contrastive loss: each monolingual sentence z_k [K, D] should be
     equally similar to both members of every parallel pair (e_i, f_i) [N, D].
 
@@ -85,19 +86,27 @@ def language_loss(z_reps: Tensor, e_reps: Tensor, f_reps: Tensor, temperature: f
               L = -mean_ki [0.5 log p_ki + 0.5 log(1 - p_ki)], minimal (log 2) iff the two sims agree.
     squared:  L = mean_ki (sim(z_k, e_i) - sim(z_k, f_i))^2, minimal (0) at the same point.
     With a shard, that slice of the monolingual rows is scored against every pair.
+    mask [K, N] bool (the global rows, losses_variants.same_language_mask): only the (k, i) it selects
+    count, and the mean is over the selected entries of the whole mask (0 when none is selected), so
+    the shards' shares still add up to the loss.
     """
     if variant not in ("balanced", "squared"):
         raise ValueError(f"unknown language loss variant {variant!r}")
+    rows, first = _slice(z_reps, shard)
 
     def block_sum(z: Tensor, start: int) -> Tensor:
         diff = similarity(z, e_reps, temperature) - similarity(z, f_reps, temperature)
         if variant == "balanced":
             # log p = -softplus(-diff) and log(1-p) = -softplus(diff): exact and finite for any score.
-            return 0.5 * (F.softplus(diff) + F.softplus(-diff)).sum()
-        return diff.pow(2).sum()
+            per_entry = 0.5 * (F.softplus(diff) + F.softplus(-diff))
+        else:
+            per_entry = diff.pow(2)
+        if mask is not None:
+            per_entry = per_entry * mask[first + start:first + start + z.shape[0]].to(per_entry)
+        return per_entry.sum()
 
-    rows, _ = _slice(z_reps, shard)
-    return _row_blocks(block_sum, rows, block_rows) / (z_reps.shape[0] * e_reps.shape[0])
+    count = z_reps.shape[0] * e_reps.shape[0] if mask is None else mask.sum().clamp(min=1)
+    return _row_blocks(block_sum, rows, block_rows) / count
 
 
 def _slice(anchors: Tensor, shard: Shard) -> tuple[Tensor, int]:
@@ -135,14 +144,20 @@ class LossTerms:
         return {k: float(v.detach()) for k, v in out.items() if v is not None}
 
 
-def lacl_loss(reps: dict[str, Tensor], cfg, shard: Shard = WHOLE) -> LossTerms:
+def lacl_loss(reps: dict[str, Tensor], cfg, shard: Shard = WHOLE, language_mask: Tensor | None = None) -> LossTerms:
     """L = L_IR + alpha L_sem + beta L_lang over global representations (`cfg`: config.LossConfig), or
     with `shard`, that shard's share of every term (the shares of all shards add up to L and its terms).
 
     reps holds `query`, `passage` and, when their weights are > 0, `para_en`, `para_xx`, `mono`;
     with several aux towers, the keys carry a tower suffix (`para_en@query`) and the aux terms are
-    averaged over towers.
+    averaged over towers. With cfg.language_pairs = "own", `language_mask` [K, N] (the global
+    monolingual rows against the global pairs, losses_variants.same_language_mask) selects the pairs
+    each monolingual sentence is compared with, the same for every tower.
     """
+    own_pairs = getattr(cfg, "language_pairs", "all") == "own"
+    if own_pairs and cfg.language_weight > 0 and language_mask is None:
+        raise ValueError("loss.language_pairs=own needs the step's language mask (language_mask)")
+    mask = language_mask.to(reps["query"].device) if own_pairs and language_mask is not None else None
     blocks = cfg.block_rows
     ir = ir_loss(reps["query"], reps["passage"], cfg.temperature, shard, blocks)
     total, sem, lang = ir, None, None
@@ -153,7 +168,7 @@ def lacl_loss(reps: dict[str, Tensor], cfg, shard: Shard = WHOLE) -> LossTerms:
         total = total + cfg.semantic_weight * sem
     if cfg.language_weight > 0:
         lang = torch.stack([language_loss(reps[_k("mono", t)], reps[_k("para_en", t)], reps[_k("para_xx", t)],
-                                          _language_tau(cfg), cfg.language_variant, shard, blocks)
+                                          _language_tau(cfg), cfg.language_variant, shard, blocks, mask)
                             for t in towers]).mean()
         total = total + cfg.language_weight * lang
     return LossTerms(total, ir, sem, lang)

@@ -11,15 +11,16 @@
     pairs of other languages carry no information about L's offset. Where the batch holds no pair of
     z's language (the low-resource setting: monolingual-only languages), that row falls back to every
     pair, so the loss never goes silent on exactly the languages it is meant to help.
+    `loss.language_pairs=own` selects it: the trainer builds the mask once per step from the gathered
+    languages (`trainer.step_language_mask`) and `losses.lacl_loss` applies it.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import _language_tau, similarity
+from .losses import WHOLE, Shard, _language_tau, language_loss
 
 
 def language_temperature(cfg) -> float:
@@ -38,19 +39,12 @@ def same_language_mask(mono_langs: Tensor, pair_langs: Tensor, fallback: bool = 
 
 
 def masked_language_loss(z_reps: Tensor, e_reps: Tensor, f_reps: Tensor, temperature: float, mask: Tensor,
-                         variant: str = "balanced") -> Tensor:
+                         variant: str = "balanced", shard: Shard = WHOLE, block_rows: int = 0) -> Tensor:
     """`losses.language_loss` over the (k, i) with mask[k, i] only: z_reps [K, D], e_reps and f_reps
     [N, D], mask [K, N] bool; the mean is over the selected entries. No entry selected: 0, still
-    attached to the graph (so every rank runs the same backward)."""
-    diff = similarity(z_reps, e_reps, temperature) - similarity(z_reps, f_reps, temperature)
-    if variant == "balanced":
-        per_entry = 0.5 * (F.softplus(diff) + F.softplus(-diff))
-    elif variant == "squared":
-        per_entry = diff.pow(2)
-    else:
-        raise ValueError(f"unknown language loss variant {variant!r}")
-    weight = mask.to(per_entry.dtype)
-    return (per_entry * weight).sum() / weight.sum().clamp(min=1.0)
+    attached to the graph (so every rank runs the same backward). With a shard, that slice of the
+    rows against every pair, divided by the whole mask's count (the shares add up to the loss)."""
+    return language_loss(z_reps, e_reps, f_reps, temperature, variant, shard, block_rows, mask)
 
 
 def language_ids(langs: list[str], vocabulary: list[str]) -> Tensor:

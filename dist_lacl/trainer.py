@@ -23,6 +23,7 @@ from .engine import build_engine
 from .errors import ConfigError, NonFiniteError, ResumeRequested, UserError
 from .grad_cache import GradCache
 from .losses import LossTerms, lacl_loss
+from .losses_variants import language_ids, same_language_mask
 from .model import build_model, max_tokens
 from .outputs import check_parent_writable
 from .tokenizer import load_tokenizer
@@ -95,10 +96,12 @@ def tower_of(job: str) -> str:
 
 
 class RepsTap:
-    """Keeps a detached copy of the step's global representations when enabled (for diagnostics)."""
+    """What a step shares with its loss function: a detached copy of the global representations when
+    enabled (for diagnostics), and the step's language mask (loss.language_pairs=own, else None)."""
 
     def __init__(self):
         self.enabled, self.reps = False, None
+        self.language_mask: Tensor | None = None
 
 
 def make_loss_fn(cfg: RunConfig, tap: RepsTap):
@@ -116,9 +119,10 @@ def make_loss_fn(cfg: RunConfig, tap: RepsTap):
     def loss_fn(reps: dict[str, Tensor]) -> tuple[Tensor, LossTerms]:
         global_reps = {name: dist.gather_for_loss(r, sharded) for name, r in reps.items()}
         if sharded:
-            terms = global_terms(lacl_loss(global_reps, cfg.loss, (dist.rank(), dist.world_size())))
+            terms = global_terms(lacl_loss(global_reps, cfg.loss, (dist.rank(), dist.world_size()),
+                                           tap.language_mask))
         else:
-            terms = lacl_loss(global_reps, cfg.loss)
+            terms = lacl_loss(global_reps, cfg.loss, language_mask=tap.language_mask)
         if tap.enabled:
             tap.reps = {k: v.detach() for k, v in global_reps.items()}
         return terms.total, terms
@@ -130,6 +134,25 @@ def global_terms(shares: LossTerms) -> LossTerms:
     names = [n for n in ("total", "ir", "semantic", "language") if getattr(shares, n) is not None]
     summed = dist.sum_shares(torch.stack([getattr(shares, n) for n in names]))
     return LossTerms(**dict(zip(names, summed.unbind())))
+
+
+def step_language_mask(meta: dict, cfg: RunConfig) -> Tensor | None:
+    """*Collective* (gathers languages) with loss.language_pairs=own, else None at once.
+
+    mask[k, i]: global monolingual row k is compared with global pair i ([K, N] bool, the rows in the
+    order gather_for_loss concatenates them: rank by rank). Built once per step, before the loss and
+    outside the gradient cache's chunks; every rank builds the same one from the same gathered lists.
+    """
+    if cfg.loss.language_pairs != "own" or cfg.loss.language_weight == 0:
+        return None
+    para, mono = (_gathered(meta[key]) for key in ("para_lang", "mono_lang"))
+    vocabulary = sorted(set(para) | set(mono))
+    return same_language_mask(language_ids(mono, vocabulary), language_ids(para, vocabulary))
+
+
+def _gathered(local: list) -> list:
+    """*Collective.* Every rank's list, concatenated rank by rank."""
+    return [item for part in dist.all_gather_objects(local) for item in part]
 
 
 def diagnostics(global_reps: dict[str, Tensor], meta: dict) -> dict[str, float]:
@@ -266,6 +289,10 @@ class Trainer:
         t = self.cfg.train
         self.resume()
         self.open_writer()
+        if self.writer and self.state.step == 0:
+            # The mix the sampler aims at, once: step 0 of the mix/ curves (the observed ones start at 1).
+            for name, p in self.data.expected_language_mix().items():
+                self.writer.add_scalar(name, p, 0)
         self.engine.train()
         scalars: dict[str, float] = {}
         progress = _progress(t.max_steps, self.state.step)
@@ -298,6 +325,7 @@ class Trainer:
         batch, meta = self.data.next()
         self.tap.enabled = (self.state.step + 1) % self.cfg.train.log_every == 0
         self.tap.reps = None
+        self.tap.language_mask = step_language_mask(meta, self.cfg)
         cache = self.grad_cache.compute_loss(encode_jobs(batch, self.cfg))
         finite = math.isfinite(float(cache.loss)) and cache.grads_finite()
         if dist.all_reduce_max(0.0 if finite else 1.0) > 0:
@@ -310,6 +338,8 @@ class Trainer:
         scalars.update(self.throughput(batch, elapsed))
         if self.tap.reps is not None:
             scalars.update(diagnostics(self.tap.reps, meta))
+        if self.tap.enabled:
+            scalars.update(self.data.language_mix(meta))  # the global draws, recomputed from the step
         scalars["train/epoch"] = meta["epoch"]
         return scalars
 
