@@ -1,8 +1,9 @@
 """FAISS inner-product search on CPU, one GPU or all GPUs (index sharded), exact over corpora of any size.
 
-The corpus is searched block by block: each block gets its own index (on the GPUs when there are any),
-and the per-block top-k lists are merged exactly (`merge_topk`), so a corpus larger than GPU memory
-gives the same result as one index over all of it. Not collective: the search runs in one process.
+The corpus is searched block by block, each block read into one reused float32 buffer: exact search on
+CPU runs on the buffer in place (`faiss.knn`); otherwise each block gets its own index (on the GPUs when
+there are any). The per-block top-k lists are merged exactly (`merge_topk`), so a corpus larger than
+GPU memory gives the same result as one index over all of it. Not collective: the search runs in one process.
 
 Platform traps guarded here (docs/platform.md): faiss-cpu has no `StandardGpuResources`; faiss-gpu on a
 machine without a GPU silently returns an *empty* index from `index_cpu_to_all_gpus`; GPU faiss
