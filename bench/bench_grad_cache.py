@@ -9,7 +9,9 @@
    run with MALLOC_MMAP_THRESHOLD_=65536, so freed tensors leave the resident set; after a warm-up step
    on 8 queries (AdamW state allocated), the baseline RSS is read, the kernel's high-water mark is reset
    and the step runs; its peak is that mark (exact; an RSS sampler every 5 ms cross-checks it). The
-   high-water mark is also reset at each phase of the step, which shows where the memory goes.
+   high-water mark is also reset at each phase of the step, which shows where the memory goes. The batch
+   is tokenised in a thread of its own, as the trainer's prefetcher does (the worker's --tokenize-in:
+   on the step's thread the tokenizer's freed buffers stay in the heap the step allocates from).
 2. Time overhead. dist-lacl's step at 128 queries with MiniLM, cached vs uncached: forward + loss +
    backward timed in the warm process of 3 (the four sides there alternate), plus the AdamW step,
    timed apart because it is the same on both.

@@ -32,7 +32,7 @@ which backward closes the step: ZeRO-2 otherwise keeps only the last chunk's gra
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,13 +84,31 @@ def same_attention_kernel() -> contextlib.AbstractContextManager:
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+class Chunks(Sequence):
+    """The chunks of one input batch, each cut when asked for: chunk i is rows `rows[i]` of `inputs`,
+    trimmed to its longest row. Both passes cut the same rows, so they see the same tensors; the step
+    keeps the batch and B row numbers alive instead of a second copy of the batch (B x L x 16 bytes)."""
+
+    def __init__(self, inputs: Inputs, rows: list[Tensor]):
+        self.inputs, self.rows = inputs, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Inputs:
+        return _trim_padding({k: v[self.rows[i]] for k, v in self.inputs.items()})
+
+    def sizes(self) -> list[int]:
+        return [len(rows) for rows in self.rows]
+
+
 @dataclass
 class Cache:
     """What step 2-3 leave for step 4 (or, without caching, the graph to backpropagate)."""
 
     loss: Tensor
     loss_out: Any
-    chunks: dict[str, list[Inputs]] = field(default_factory=dict)
+    chunks: dict[str, Chunks] = field(default_factory=dict)
     rng: dict[str, list[RandomState]] = field(default_factory=dict)
     rep_grads: dict[str, list[Tensor]] = field(default_factory=dict)
     kept: Tensor | None = None  # the last chunk's representations with their graph (keep_last_graph)
@@ -138,17 +156,17 @@ class GradCache:
     def caching(self) -> bool:
         return bool(self.chunk_size or self.chunk_tokens)
 
-    def split(self, inputs: Inputs) -> tuple[list[Inputs], Tensor]:
+    def split(self, inputs: Inputs) -> tuple[Chunks, Tensor]:
         """Step 1: [B, L] tensors -> chunks of at most chunk_size rows (or chunk_tokens positions), each
-        trimmed to its own longest, and `order`: the input row behind each chunked row (longest first;
-        ties keep their order)."""
+        trimmed to its own longest (cut when indexed), and `order`: the input row behind each chunked
+        row (longest first; ties keep their order)."""
         lengths = inputs["attention_mask"].sum(1)
         if self.sort_by_length:
             order = torch.sort(lengths, descending=True, stable=True).indices
         else:
             order = torch.arange(len(lengths))
         sizes = self.chunk_sizes(lengths[order].tolist())
-        return [_trim_padding({k: v[rows] for k, v in inputs.items()}) for rows in order.split(sizes)], order
+        return Chunks(inputs, list(order.split(sizes))), order
 
     def chunk_sizes(self, lengths: list[int]) -> list[int]:
         """Rows per chunk for rows of these lengths, in chunk order."""
@@ -164,7 +182,7 @@ class GradCache:
                 longest = length
         return sizes
 
-    def forward_no_grad(self, chunks: dict[str, list[Inputs]], order: dict[str, Tensor]
+    def forward_no_grad(self, chunks: dict[str, Chunks], order: dict[str, Tensor]
                         ) -> tuple[dict[str, Tensor], dict[str, list], Tensor | None]:
         """Step 2: representations of every chunk without a graph, in input row order, the RNG state
         before each chunk, and (keep_last_graph) the last chunk's representations with their graph."""
@@ -223,7 +241,7 @@ class GradCache:
         rep_grads = {}
         for name, parts in chunks.items():
             in_chunk_order = grads[name][order[name].to(grads[name].device)]
-            rep_grads[name] = list(in_chunk_order.split([len(part["input_ids"]) for part in parts]))
+            rep_grads[name] = list(in_chunk_order.split(parts.sizes()))
         return Cache(loss, loss_out, chunks, rng, rep_grads, kept)
 
     def backward(self, cache: Cache) -> None:

@@ -7,6 +7,7 @@ import pytest
 from dist_lacl.errors import UserError
 from dist_lacl.evaluation import index as index_mod
 from dist_lacl.evaluation.index import GPU_MAX_K, IndexSpec, merge_topk, num_gpus, resolve_gpus, search
+from dist_lacl.evaluation.shards import NpyRows
 
 requires_gpu = pytest.mark.skipif(num_gpus() == 0, reason="needs faiss-gpu and a GPU (faiss sees none)")
 requires_2_gpus = pytest.mark.skipif(num_gpus() < 2, reason="sharded search needs at least 2 GPUs")
@@ -64,6 +65,38 @@ def test_merge_topk_orders_ties_by_row():
     scores, rows = merge_topk(scores_a[:, :1], rows_a[:, :1], scores_b[:, 2:], rows_b[:, 2:], 2)
     np.testing.assert_array_equal(rows, [[7, -1]])
     assert np.isneginf(scores[0, 1])
+
+
+def test_blocks_read_from_float16_shards_keep_ties_in_row_order(tmp_path):
+    """Shards on disk (float16, read block by block into one reused buffer) with tied scores: the result
+    is the stable order (score descending, row ascending) of the whole corpus, whatever the blocks."""
+    rng = np.random.default_rng(3)
+    corpus = rng.integers(-1, 2, (300, 8)).astype(np.float32)  # small integers: exact, many equal scores
+    corpus[150:] = corpus[:150]  # every row has a twin, in another shard
+    queries = rng.integers(-1, 2, (25, 8)).astype(np.float32)
+    paths = []
+    for i, part in enumerate((corpus[:100], corpus[100:260], corpus[260:])):
+        paths.append(tmp_path / f"emb-{i}.npy")
+        np.save(paths[-1], part.astype(np.float16))
+    for block_rows in (7, 64, None):
+        result = search(queries, [NpyRows(p) for p in paths], 30, IndexSpec(gpus="none"), block_rows=block_rows)
+        assert_equal_to_numpy(result, queries, corpus, 30, rtol=0)
+    six = tmp_path / "six.npy"
+    np.save(six, np.array([[2], [3], [3], [1], [3], [2]], np.float16))
+    scores, rows = search(np.ones((1, 1), np.float32), [NpyRows(six)] * 2, 5, IndexSpec(gpus="none"),
+                          block_rows=4)  # scores 2 3 3 1 3 2 2 3 3 1 3 2 in blocks 0-3, 4-5, 6-9, 10-11
+    np.testing.assert_array_equal(rows, [[1, 2, 4, 7, 8]])
+    np.testing.assert_array_equal(scores, [[3, 3, 3, 3, 3]])
+
+
+def test_npy_rows_read_into_converts_through_a_small_staging_buffer(tmp_path):
+    rows = np.arange(60, dtype=np.float16).reshape(20, 3)
+    np.save(tmp_path / "x.npy", rows)
+    out = np.full((9, 3), -1, np.float32)
+    NpyRows(tmp_path / "x.npy").read_into(5, out, staging_rows=4)  # 4 + 4 + 1 rows
+    np.testing.assert_array_equal(out, rows[5:14])
+    with pytest.raises(ValueError, match="not in"):
+        NpyRows(tmp_path / "x.npy").read_into(15, out)
 
 
 def test_ivf_visiting_every_list_is_exact():

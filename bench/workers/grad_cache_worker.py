@@ -115,6 +115,26 @@ def peak_rss_mib() -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
+class MallInfo2(ctypes.Structure):
+    """glibc's struct mallinfo2 (glibc >= 2.33): what malloc holds, over all arenas."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_mib() -> dict[str, float] | None:
+    """glibc's account, MiB: `heap_used` (live allocations below the mmap threshold), `heap_free` (freed
+    chunks it keeps; resident only once reused or never trimmed) and `mmapped` (live allocations above
+    the threshold: with MALLOC_MMAP_THRESHOLD_=65536 every tensor of 64 KiB or more). None without glibc."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return {"heap_used": info.uordblks / 2**20, "heap_free": info.fordblks / 2**20, "mmapped": info.hblkhd / 2**20}
+
+
 class RssSampler:
     """Peak resident memory while the body runs, sampled every 5 ms (MiB), as tests/workers/train_steps.py
     samples it: a cross-check of the exact high-water mark, and the figure where that is unavailable."""
@@ -149,7 +169,7 @@ class PhasePeaks:
         for name in names:
             self._wrap(grad_cache, name, name)
         self._wrap(optimizer, "step", "optimizer")
-        self.supported, self.peaks, self.phase = False, {}, "other"
+        self.supported, self.peaks, self.ends, self.phase = False, {}, {}, "other"
 
     def _wrap(self, obj, attr: str, phase: str) -> None:
         inner = getattr(obj, attr)
@@ -167,10 +187,13 @@ class PhasePeaks:
         if self.supported:
             self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), peak_rss_mib())
             reset_peak_rss()
+        # Where the resident memory is when the phase ends: live tensors, or freed memory malloc keeps.
+        self.ends[self.phase] = {"rss": rss_mib(), **(heap_mib() or {})}
         self.phase = phase
 
     def __enter__(self):
-        self.supported, self.peaks, self.phase = reset_peak_rss(), {}, "other"
+        self.supported, self.peaks, self.ends, self.phase = reset_peak_rss(), {}, {}, "other"
+        self.ends["start"] = {"rss": rss_mib(), **(heap_mib() or {})}
         return self
 
     def __exit__(self, *exc):
@@ -201,7 +224,19 @@ def measure_memory(args) -> dict:
     release_free_heap()
     before = rss_mib()
     reset_peak_rss()
-    batch = tokenize_batch(tokenizer, triples, *(min(n, tokenizer.model_max_length) for n in LENGTHS[args.lengths]))
+    lengths = [min(n, tokenizer.model_max_length) for n in LENGTHS[args.lengths]]
+    if args.tokenize_in == "thread":
+        # As the trainer does by default (data.prefetch >= 1: dist_lacl.data.Prefetcher's thread). glibc gives
+        # that thread its own arena, so the tokenizer's many small freed buffers do not stay scattered through
+        # the heap the step allocates from (on the main thread, at 2,048 queries, the step's small allocations
+        # fault ~110 MiB of them back in: memory glibc holds, not live tensors).
+        out = {}
+        thread = threading.Thread(target=lambda: out.update(batch=tokenize_batch(tokenizer, triples, *lengths)))
+        thread.start()
+        thread.join()
+        batch = out["batch"]
+    else:
+        batch = tokenize_batch(tokenizer, triples, *lengths)
     tokenize_peak = peak_rss_mib() - before
     model = build_dual_encoder(args.model).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=2e-5)
@@ -216,8 +251,12 @@ def measure_memory(args) -> dict:
         start = time.perf_counter()
         loss = train_step(grad_cache, optimizer, batch)
         step_s = time.perf_counter() - start
+    after_step = {"rss": rss_mib(), **(heap_mib() or {})}
+    release_free_heap()
     return {"baseline_mib": rss.start, "peak_sampled_mib": rss.peak, "peak_hwm_mib": phases.peak,
-            "phase_peak_mib": phases.peaks, "tokenize_peak_mib": tokenize_peak, "step_s": step_s, "loss": loss,
+            "phase_peak_mib": phases.peaks, "phase_end_mib": phases.ends, "after_step_mib": after_step,
+            "rss_after_trim_mib": rss_mib(), "tokenize_in": args.tokenize_in,
+            "tokenize_peak_mib": tokenize_peak, "step_s": step_s, "loss": loss,
             "params": sum(p.numel() for p in model.parameters()), "dim": model.query_encoder.config.hidden_size,
             "input_shapes": {k: list(v["input_ids"].shape) for k, v in batch.items()},
             "chunk_shapes": [list(shape) for shape in chunks],
@@ -415,6 +454,9 @@ def main():
     parser.add_argument("--chunk", type=int, required=True, help="sequences per chunk; 0 = no caching")
     parser.add_argument("--chunk-tokens", type=int, default=0, help="memory: tokens per chunk (with --chunk 0)")
     parser.add_argument("--lengths", choices=sorted(LENGTHS), default="default", help="memory: text lengths")
+    parser.add_argument("--tokenize-in", choices=("thread", "main"), default="thread",
+                        help="memory: tokenise the batch in a thread, as the trainer's prefetcher does, or on the "
+                             "step's thread")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--block-rows", type=int, default=0, help="memory: the IR loss's loss.block_rows")
     parser.add_argument("--repeats", type=int, default=5, help="st: timed rounds")

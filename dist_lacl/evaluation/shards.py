@@ -166,6 +166,35 @@ class NpyRows:
             flat = np.fromfile(f, dtype=self.dtype, count=count * self.row_bytes // self.dtype.itemsize)
         return flat.reshape((count, *self.shape[1:]))
 
+    def read_into(self, start: int, out: np.ndarray, staging_rows: int = 16384) -> np.ndarray:
+        """Rows [start, start + len(out)) into the C-contiguous array `out`, converted to its dtype; returns `out`.
+
+        Allocates nothing when the dtypes agree, else one staging buffer of `staging_rows` rows: a search
+        reuses one block buffer for every block (fresh memory costs a page fault per 4 KiB page, as
+        much as the copy itself).
+        """
+        if start < 0 or start + len(out) > len(self) or out.shape[1:] != self.shape[1:]:
+            raise ValueError(f"rows [{start}, {start + len(out)}) of shape {out.shape[1:]} are not in {self.path}")
+        with self.path.open("rb", buffering=0) as f:
+            f.seek(self.offset + start * self.row_bytes)
+            if out.dtype == self.dtype:
+                self._read_exactly(f, out)
+                return out
+            staging = np.empty((min(staging_rows, len(out)), *self.shape[1:]), dtype=self.dtype)
+            for a in range(0, len(out), len(staging)):
+                rows = staging[:len(out) - a]
+                self._read_exactly(f, rows)
+                out[a:a + len(rows)] = rows
+        return out
+
+    def _read_exactly(self, f, out: np.ndarray) -> None:
+        view, done = memoryview(out).cast("B"), 0
+        while done < len(view):
+            got = f.readinto(view[done:])
+            if not got:
+                raise UserError(f"{self.path}: the file ends before the rows its header declares; encode again")
+            done += got
+
     def rows_at(self, rows) -> np.ndarray:
         """The rows at the (sorted or not) positions `rows`, one read each: for a few rows of a big file."""
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
