@@ -4,7 +4,7 @@ RESULT line with the bytes this rank holds, read from the tensors themselves, by
   weights    the module's parameters (bf16 or fp32, never partitioned under ZeRO-2)
   grads      gradients: the parameters' .grad plus the optimizer wrapper's gradient buffers
              (ZeRO-2's partition and reduce bucket, DeepSpeed's fp32 copies)
-  master     the optimizer wrapper's fp32 master weights (DeepSpeed keeps them also in fp32 runs)
+  master     the optimizer wrapper's fp32 master weights (ZeRO-2 keeps them also in fp32 runs)
   adam       the inner optimizer's state (exp_avg, exp_avg_sq)
 
 Counted three times in the last step, each storage once (views into one flat buffer are not counted
