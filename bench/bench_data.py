@@ -88,7 +88,10 @@ def size_case(work: Path, model: Path, small: dict, n: int, ranks: int) -> dict:
                reused_first_step_s=round(max(r["first_step_s"] for r in again), 1),
                data_load_s=round(max(r["data_load_s"] for r in first), 2),
                reused_data_load_s=round(max(r["data_load_s"] for r in again), 2),
-               peak_rss_gib_per_rank=[round(r["peak_rss_gib"], 2) for r in first])
+               peak_rss_gib_per_rank=[round(r["peak_rss_gib"], 2) for r in first],
+               # ru_maxrss counts the mapped cache pages too; these say how much is the rank's own memory.
+               rss_anon_gib_per_rank=[round(r["rssanon_gib"], 2) for r in first],
+               rss_file_gib_per_rank=[round(r["rssfile_gib"], 2) for r in first])
     path.unlink()
     return row
 
@@ -111,10 +114,20 @@ def prefetch_case(work: Path, model: Path, small: dict) -> dict:
     return out
 
 
+FIRST_RUN = "2026-12-01 09:30 UTC"  # the rows written before rows were named by their run
+
+
+def run_key(row: dict) -> tuple:
+    """Rows of earlier runs stay in data.json beside this run's, named by their run."""
+    return row.get("run", FIRST_RUN), row["pairs"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1e5", help="comma-separated numbers of parallel pairs")
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--label", default=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        help="names this run's rows in data.json (earlier runs' rows are kept beside them)")
     args = parser.parse_args()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
@@ -123,13 +136,16 @@ def main():
         make_tiny_model(model, make_tiny_tokenizer(model))
         small = {"train_ir": str(write_jsonl(work / "ir.jsonl", ir_records(256))),
                  "monolingual": str(write_jsonl(work / "mono.jsonl", monolingual_records(256)))}
-        rows = [size_case(work, model, small, n, args.ranks) for n in sizes]
-        prefetch = prefetch_case(work, model, small)
+        rows = [{"run": args.label, **size_case(work, model, small, n, args.ranks)} for n in sizes]
+        prefetch = {"run": args.label, **prefetch_case(work, model, small)}
     results = {"ranks": args.ranks, "sizes": rows, "prefetch": prefetch}
     out = REPO / "bench" / "results" / "data.json"
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    merged = {r["pairs"]: r for r in previous.get("sizes", [])} | {r["pairs"]: r for r in rows}
-    out.write_text(json.dumps({**results, "sizes": sorted(merged.values(), key=lambda r: r["pairs"])}, indent=1))
+    merged = {run_key(r): {"run": run_key(r)[0], **r} for r in previous.get("sizes", []) + rows}
+    earlier = [p for p in previous.get("prefetch_earlier", []) + [previous.get("prefetch")] if p]
+    out.write_text(json.dumps({**results, "sizes": [merged[k] for k in sorted(merged)],
+                               "prefetch_earlier": [{"run": FIRST_RUN, **p} if "run" not in p else p
+                                                    for p in earlier]}, indent=1))
     print_table(results)
 
 
@@ -140,6 +156,9 @@ def print_table(results: dict) -> None:
         print(f"{r['pairs']:>10} {r['file_mib']:>7} {r['build_rps_1']:>19} {r['build_rps_n']:>9} ({r['procs']}) "
               f"{r['first_step_s']:>11} {r['reused_first_step_s']:>7} {r.get('data_load_s', '-'):>12} "
               f"{r.get('reused_data_load_s', '-'):>7} {' '.join(map(str, r['peak_rss_gib_per_rank'])):>18}")
+        if "rss_anon_gib_per_rank" in r:
+            print(f"{'':>10} resident after the steps, GiB per rank: anonymous "
+                  f"{' '.join(map(str, r['rss_anon_gib_per_rank']))}, file-backed {' '.join(map(str, r['rss_file_gib_per_rank']))}")
     p = results["prefetch"]
     print(f"\ninput wait share of step time (long passages, tiny encoder, 1 rank): prefetch off "
           f"{p['prefetch_0']['input_wait_share']:.1%} (step {p['prefetch_0']['step_s']} s), on "
