@@ -38,6 +38,10 @@ HEARTBEAT_S = 2.0
 LINE_FORMATS = (".jsonl", ".json", ".ndjson")
 MIN_PART_BYTES = 32 * 2**20
 MAX_PART_BYTES = 256 * 2**20
+# Rows per Arrow record batch. Opening a cache reads every batch's header, and each read maps (at least)
+# a page of the memory-mapped file into every rank: with datasets' default of 1,000 rows that is 0.6 GiB
+# of resident file pages per rank at 10^7 rows. At 100,000 rows it is a few MiB per 10^7.
+RECORD_BATCH_ROWS = 100_000
 
 
 def default_cache_root() -> Path:
@@ -311,7 +315,7 @@ def build_part(job) -> dict:
         _copy_range(source, piece, part.start, part.stop)
     skipped: list = []
     result = {"file": name, "start": part.start, "num_rows": 0, "num_skipped": 0}
-    writer = ArrowWriter(features=features, path=str(tmp / name))
+    writer = ArrowWriter(features=features, path=str(tmp / name), writer_batch_size=RECORD_BATCH_ROWS)
     try:
         for record in read(piece, kind, bad_records, skipped):
             writer.write(record)

@@ -108,6 +108,21 @@ def test_cache_built_in_parts_keeps_file_order(tmp_path, monkeypatch, num_proc):
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [entry.name]  # no temporary left
 
 
+def test_cache_parts_hold_few_large_record_batches(tmp_path, monkeypatch):
+    """Opening a cache reads every record batch's header (a page of the mapped file each, per rank), so
+    the batches are RECORD_BATCH_ROWS rows, not datasets' default 1,000."""
+    import pyarrow as pa
+
+    monkeypatch.setattr(data_cache, "RECORD_BATCH_ROWS", 1000)
+    path = write_jsonl(tmp_path / "ir.jsonl", ir_records(2500))
+    ds = load_dataset(path, "ir", tmp_path / "cache")
+    entry = cache_entry(path, "ir", tmp_path / "cache", "error")[0]
+    [part] = entry.manifest()["parts"]
+    with pa.memory_map(str(entry.dir / part)) as source:
+        sizes = [b.num_rows for b in pa.ipc.open_stream(source)]
+    assert sizes == [1000, 1000, 500] and len(ds) == 2500
+
+
 def test_cache_is_reused_and_keyed_by_the_file(tmp_path):
     path = write_jsonl(tmp_path / "ir.jsonl", ir_records(8))
     root = tmp_path / "cache"
