@@ -37,6 +37,12 @@ class ModelConfig:
     random_init: bool = False
     """Build the architecture from `name_or_path`'s config.json with random weights (from-scratch
     training, or memory planning for a model whose weights are not at hand)."""
+    compile: bool = False
+    """Run each encoder through torch.compile(dynamic=True): chunks of every length share one graph
+    (docs/speed.md: measured, and off by default for that reason)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with model.compile: inductor (generated kernels; on CPU it needs a C++
+    compiler) or aot_eager (the same graphs run by eager kernels: a check, not a speed-up)."""
 
 
 @dataclass
@@ -184,6 +190,7 @@ class RunConfig:
 _CHOICES = {
     "model.aux_towers": ("query", "passage", "both"),
     "model.pooling": ("cls", "mean"),
+    "model.compile_backend": ("inductor", "aot_eager"),
     "data.bad_records": ("error", "skip"),
     "data.train_ir_format": ("auto", "tevatron", "tevatron-v2", "flagembedding", "msmarco", "dpr"),
     "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),

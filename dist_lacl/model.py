@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
@@ -60,7 +61,34 @@ def build_model(cfg) -> DualEncoder:
         for enc in (query, passage):
             if enc is not None:
                 enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        for enc in (query, passage):
+            if enc is not None:
+                compile_encoder(enc, cfg.compile_backend)
     return DualEncoder(query, passage, pooling=cfg.pooling, normalize=cfg.normalize, prefixes=prefixes_of(cfg))
+
+
+def compile_encoder(encoder: nn.Module, backend: str = "inductor") -> None:
+    """Compile `encoder`'s forward in place (its parameters and state-dict keys are unchanged).
+
+    dynamic=True makes every size a symbol from the first call: chunks of any length and row count share
+    one graph, so lengths need no bucketing. Dynamo keeps one graph per grad mode and train/eval mode,
+    and another for a chunk of one row (sizes 0 and 1 are specialised): at most 6, within its
+    recompile limit of 8 (tested). fallback_random: inductor draws dropout masks with torch's own random
+    ops, from the same generator in the same order as eager, so the gradient cache's RNG replay gives
+    the re-forward the first pass's masks (and a compiled step equals an eager one).
+    """
+    if backend == "inductor" and not torch.cuda.is_available():
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            raise UserError("model.compile: inductor on CPU needs a C++ compiler (g++ or clang++, or $CXX) and "
+                            "none was found; install one or set model.compile_backend: aot_eager") from None
+    encoder.compile(dynamic=True, backend=backend,
+                    options={"fallback_random": True} if backend == "inductor" else None)
 
 
 def prefixes_of(cfg) -> dict[str, str]:
