@@ -20,7 +20,7 @@ from torch._dynamo.utils import counters
 
 from dist_lacl.config import config_from_dict
 from dist_lacl.errors import ConfigError, UserError
-from dist_lacl.model import DualEncoder, load_encoder
+from dist_lacl.model import load_encoder
 
 
 @pytest.fixture
