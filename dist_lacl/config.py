@@ -37,6 +37,15 @@ class ModelConfig:
     random_init: bool = False
     """Build the architecture from `name_or_path`'s config.json with random weights (from-scratch
     training, or memory planning for a model whose weights are not at hand)."""
+    compile: bool = False
+    """Run each encoder through torch.compile(dynamic=True): chunks of every length share one graph
+    (off by default: not faster on CPU, minutes of compiling; docs/speed.md)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend with model.compile: inductor (generated kernels; on CPU it needs a C++
+    compiler) or aot_eager (the same graphs run by eager kernels: a check, not a speed-up)."""
+    padding_free: bool = False
+    """Pack each chunk's sequences into one row without padding, attention kept within each sequence by
+    flash-attention's varlen kernel: needs a CUDA GPU, flash-attn, bf16/fp16, a BERT/RoBERTa/XLM-R model."""
 
 
 @dataclass
@@ -193,6 +202,7 @@ class RunConfig:
 _CHOICES = {
     "model.aux_towers": ("query", "passage", "both"),
     "model.pooling": ("cls", "mean"),
+    "model.compile_backend": ("inductor", "aot_eager"),
     "data.bad_records": ("error", "skip"),
     "data.train_ir_format": ("auto", "tevatron", "tevatron-v2", "flagembedding", "msmarco", "dpr"),
     "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),
@@ -322,6 +332,8 @@ def validate(cfg: RunConfig) -> None:
         (t.chunk_size <= max(t.ir_batch_size * data.train_group_size, 1), "train.chunk_size",
          f"at most the largest per-step batch ({t.ir_batch_size * data.train_group_size} passages)"),
         (t.chunk_tokens >= 0, "train.chunk_tokens", "an integer >= 0 (0: chunks of train.chunk_size rows)"),
+        (not cfg.model.padding_free or t.precision != "fp32", "model.padding_free",
+         "train.precision bf16 or fp16 with it (flash-attention has no fp32 kernel)"),
         (not (t.chunk_tokens and t.chunk_size), "train.chunk_tokens",
          "train.chunk_size 0 with it (a token budget replaces chunks of train.chunk_size rows)"),
         (not t.chunk_tokens or t.chunk_tokens >= max(data.query_max_len, data.passage_max_len,

@@ -257,4 +257,7 @@ class GradCache:
 def _trim_padding(inputs: Inputs) -> Inputs:
     """Drop padding columns no row of this chunk uses (right padding): shorter chunks run faster."""
     longest = int(inputs["attention_mask"].sum(1).max())
-    return {k: v[:, :longest] for k, v in inputs.items()}
+    # A copy with its own strides: a compiled encoder's graph guards on strides, and a view into the
+    # wider batch would need a graph of its own (model.compile). Not .contiguous(), which keeps the
+    # view of a one-row chunk (contiguous by definition whatever its row stride).
+    return {k: v[:, :longest].clone(memory_format=torch.contiguous_format) for k, v in inputs.items()}

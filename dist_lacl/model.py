@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
 from .errors import UserError
+from .packing import FLASH_IMPLEMENTATIONS, attention_kwargs, pack, pool_packed
 
 TOWERS = ("query", "passage")
 
@@ -16,10 +18,13 @@ class DualEncoder(nn.Module):
 
     With `shared_encoder` both names refer to one module (and one set of parameters). `prefixes`: the
     text each tower's inputs start with (e5's "query: " / "passage: "), for whoever tokenizes them.
+    `padding_free`: each batch's sequences go through the encoder packed into one row (dist_lacl.packing);
+    fast with a flash-attention encoder, a T x T reference mask with SDPA or eager attention.
     """
 
     def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None = None,
-                 pooling: str = "cls", normalize: bool = False, prefixes: dict[str, str] | None = None):
+                 pooling: str = "cls", normalize: bool = False, prefixes: dict[str, str] | None = None,
+                 padding_free: bool = False):
         super().__init__()
         self.query_encoder = query_encoder
         # Registered only when separate, so a shared encoder is saved and optimised once.
@@ -27,6 +32,7 @@ class DualEncoder(nn.Module):
         self.pooling = pooling
         self.normalize = normalize
         self.prefixes = {"query": "", "passage": "", **(prefixes or {})}
+        self.padding_free = padding_free
 
     @property
     def shared(self) -> bool:
@@ -39,9 +45,22 @@ class DualEncoder(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, tower: str = "query") -> Tensor:
         """input_ids, attention_mask [B, L] -> representations [B, D] in the encoder's dtype."""
-        hidden = self.tower(tower)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        reps = pool(hidden, attention_mask, self.pooling)
+        encoder = self.tower(tower)
+        if self.padding_free:
+            reps = forward_packed(encoder, input_ids, attention_mask, self.pooling)
+        else:
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            reps = pool(hidden, attention_mask, self.pooling)
         return F.normalize(reps, dim=-1) if self.normalize else reps
+
+
+def forward_packed(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+    """[B, L] right-padded -> [B, D]: the encoder run over the B sequences packed into one row."""
+    packed = pack(input_ids, attention_mask, first_position(encoder.config))
+    kwargs = attention_kwargs(packed, encoder.config._attn_implementation, encoder.get_input_embeddings().weight.dtype)
+    hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                     token_type_ids=torch.zeros_like(packed.input_ids), **kwargs).last_hidden_state
+    return pool_packed(hidden, packed, pooling)
 
 
 def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
@@ -54,13 +73,62 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
 
 def build_model(cfg) -> DualEncoder:
     """The dual encoder of `cfg` (config.ModelConfig), loaded from a local folder or hub id."""
-    query = load_encoder(cfg.name_or_path, cfg.random_init)
-    passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path, cfg.random_init)
+    attn = flash_attention_implementation() if cfg.padding_free else None
+    query = load_encoder(cfg.name_or_path, cfg.random_init, attn)
+    passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path, cfg.random_init, attn)
     if cfg.gradient_checkpointing:
         for enc in (query, passage):
             if enc is not None:
                 enc.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return DualEncoder(query, passage, pooling=cfg.pooling, normalize=cfg.normalize, prefixes=prefixes_of(cfg))
+    if cfg.compile:
+        for enc in (query, passage):
+            if enc is not None:
+                compile_encoder(enc, cfg.compile_backend)
+    return DualEncoder(query, passage, pooling=cfg.pooling, normalize=cfg.normalize, prefixes=prefixes_of(cfg),
+                       padding_free=cfg.padding_free)
+
+
+def flash_attention_implementation() -> str:
+    """The flash-attention implementation transformers can run here (model.padding_free needs one)."""
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    if not torch.cuda.is_available():
+        raise UserError("model.padding_free: needs a CUDA GPU (flash-attention's varlen kernel); this machine has "
+                        "none. Set model.padding_free: false")
+    for name, available in (("flash_attention_3", is_flash_attn_3_available),
+                            ("flash_attention_2", is_flash_attn_2_available)):
+        if available():
+            return name
+    raise UserError("model.padding_free: needs flash-attention (the flash-attn package, or flash_attn_interface "
+                    "for FA3) and neither is installed. Install one or set model.padding_free: false")
+
+
+# Absolute position embeddings numbered from first_position(); attention kwargs passed down to the
+# attention function (transformers 5's BERT and RoBERTa families).
+_PADDING_FREE_TYPES = {"bert", "roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"}
+
+
+def compile_encoder(encoder: nn.Module, backend: str = "inductor") -> None:
+    """Compile `encoder`'s forward in place (its parameters and state-dict keys are unchanged).
+
+    dynamic=True makes every size a symbol from the first call: chunks of any length and row count share
+    one graph, so lengths need no bucketing. Dynamo keeps one graph per grad mode and train/eval mode,
+    and another for a chunk of one row (sizes 0 and 1 are specialised): at most 6, within its
+    recompile limit of 8 (tested). fallback_random: inductor draws dropout masks with torch's own random
+    ops, from the same generator in the same order as eager, so the gradient cache's RNG replay gives
+    the re-forward the first pass's masks (and a compiled step equals an eager one).
+    """
+    if backend == "inductor" and not torch.cuda.is_available():
+        from torch._inductor import exc
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        try:
+            get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            raise UserError("model.compile: inductor on CPU needs a C++ compiler (g++ or clang++, or $CXX) and "
+                            "none was found; install one or set model.compile_backend: aot_eager") from None
+    encoder.compile(dynamic=True, backend=backend,
+                    options={"fallback_random": True} if backend == "inductor" else None)
 
 
 def prefixes_of(cfg) -> dict[str, str]:
@@ -72,13 +140,18 @@ def prefixes_of(cfg) -> dict[str, str]:
 _HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
 
 
-def load_encoder(name_or_path: str, random_init: bool = False) -> nn.Module:
+def load_encoder(name_or_path: str, random_init: bool = False, attn_implementation: str | None = None) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model.name_or_path: {name_or_path}: not a loadable model folder or id ({first})") from None
     kwargs = {"add_pooling_layer": False} if config.model_type in _HAS_UNUSED_POOLER else {}
+    if attn_implementation in FLASH_IMPLEMENTATIONS and config.model_type not in _PADDING_FREE_TYPES:
+        raise UserError(f"model.padding_free: supported for model types {', '.join(sorted(_PADDING_FREE_TYPES))}; "
+                        f"{name_or_path} is {config.model_type!r}. Set model.padding_free: false")
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if random_init:
         return AutoModel.from_config(config, **kwargs)
     return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
@@ -103,5 +176,9 @@ def max_tokens(encoder: nn.Module) -> int | None:
     positions = getattr(config, "max_position_embeddings", None)
     if positions is None:
         return None
-    offset = (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_TYPES else 0
-    return positions - offset
+    return positions - first_position(config)
+
+
+def first_position(config) -> int:
+    """The position id of a sequence's first token: padding_idx + 1 for the RoBERTa family, else 0."""
+    return (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_TYPES else 0

@@ -63,8 +63,10 @@ def main():
     torch.set_num_threads(1)
     loss, grads, params, grad_norm = plain_step(cfg) if mode == "plain" else engine_step(cfg, mode)
     if dist.is_main():
+        from torch._dynamo.utils import counters
+
         torch.save({"loss": loss, "grads": grads, "params": params, "grad_norm": grad_norm,
-                    "world_size": dist.world_size()}, out)
+                    "world_size": dist.world_size(), "compiled_graphs": counters["stats"]["unique_graphs"]}, out)
     dist.destroy()
 
 
