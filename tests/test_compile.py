@@ -24,13 +24,14 @@ from dist_lacl.model import load_encoder
 
 
 @pytest.fixture
-def fresh_dynamo(monkeypatch):
+def fresh_dynamo():
     """Dynamo's caches and counters emptied; exceeding its recompile limit fails instead of falling
-    back to eager in silence."""
+    back to eager in silence. Through dynamo's own config.patch: monkeypatch's undo deletes the entry
+    from dynamo's config module, and the next test's setup then finds no such option."""
     torch._dynamo.reset()
     counters.clear()
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
-    yield
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        yield
     torch._dynamo.reset()
 
 
