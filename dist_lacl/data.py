@@ -34,7 +34,7 @@ from . import distributed as dist
 from . import formats
 from .data_cache import CacheEntry, default_cache_root
 from .errors import DataError, UserError
-from .formats import ReadOptions
+from .formats import ReadOptions, arrow_json
 from .formats.records import Suspicious
 from .sampling import LanguageSampler
 from .shuffle import KeyedPermutation
@@ -91,7 +91,8 @@ def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None
     options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
     log.info("%s: %s data in the %s format", path, kind, fmt)
     entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records, sources=sources,
-                       options=dataclasses.asdict(options), splittable=(kind, fmt) in LINE_SPLITTABLE)
+                       options=dataclasses.asdict(options), splittable=(kind, fmt) in LINE_SPLITTABLE,
+                       flat_jsonl=arrow_json.applies(path, kind, fmt))
     return entry, options
 
 

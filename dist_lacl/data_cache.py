@@ -64,12 +64,14 @@ class CacheEntry:
     """The cache of one (file, kind, bad-record policy) under `root`."""
 
     def __init__(self, root: str | Path, path: str | Path, kind: str, bad_records: str,
-                 sources: list[Path] | None = None, options: dict | None = None, splittable: bool = True):
+                 sources: list[Path] | None = None, options: dict | None = None, splittable: bool = True,
+                 flat_jsonl: bool = False):
         """`path` as the user named it (a file or a dataset folder); `sources`: every file the format reads
         (default: `path`); `options`: the reading options (format included); `splittable`: whether the
-        file holds one record per line on its own, so byte ranges of it can be built in parallel."""
+        file holds one record per line on its own, so byte ranges of it can be built in parallel;
+        `flat_jsonl`: whether Arrow's JSON reader may try it first (`formats.arrow_json.applies`)."""
         self.source = Path(path).resolve()
-        self.kind, self.bad_records, self.splittable = kind, bad_records, splittable
+        self.kind, self.bad_records, self.splittable, self.flat_jsonl = kind, bad_records, splittable, flat_jsonl
         self.size = self.source.stat().st_size
         stamps = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in (sources or [self.source])]
         key = json.dumps([str(self.source), stamps, kind, bad_records, options or {}, FORMAT_VERSION], sort_keys=True)
@@ -159,7 +161,8 @@ class CacheEntry:
             log.info("%s: building the Arrow cache in %s (%d parts, %d processes)", self.source, self.dir,
                      len(parts), procs)
             results, last_log = [], time.perf_counter()
-            jobs = [(str(self.source), part, self.kind, self.bad_records, str(tmp), features, read) for part in parts]
+            jobs = [(str(self.source), part, self.kind, self.bad_records, str(tmp), features, read, self.flat_jsonl)
+                    for part in parts]
             for result in _run(jobs, procs):
                 results.append(result)
                 _write_json(self.lock / "progress.json", {"parts_done": len(results), "parts": len(parts)})
@@ -303,19 +306,56 @@ def _run(jobs: list, procs: int):
 
 def build_part(job) -> dict:
     """Write one part's validated records to part-NNNNN.arrow; a bad record is reported, not raised
-    (its line is relative to the part; the parent makes it absolute)."""
-    from datasets.arrow_writer import ArrowWriter
-
-    source, part, kind, bad_records, tmp, features, read = job
+    (its line is relative to the part; the parent makes it absolute). Flat jsonl records go through
+    Arrow's JSON reader (`formats.arrow_json`) unless the part needs the Python reader."""
+    source, part, kind, bad_records, tmp, features, read, fast = job
     source, tmp = Path(source), Path(tmp)
     name = f"part-{part.index:05d}.arrow"
+    result = {"file": name, "start": part.start, "num_rows": 0, "num_skipped": 0}
+    built = fast and _build_fast(source, part, kind, tmp / name, features, result)
+    if not built:
+        _build_slow(source, part, kind, bad_records, tmp, name, features, read, result)
+    if not result["num_rows"]:
+        (tmp / name).unlink(missing_ok=True)
+    return result
+
+
+def _writer(path: Path, features):
+    from datasets.arrow_writer import ArrowWriter
+
+    return ArrowWriter(features=features, path=str(path), writer_batch_size=RECORD_BATCH_ROWS)
+
+
+def _build_fast(source: Path, part: Part, kind: str, out: Path, features, result: dict) -> bool:
+    """The part through Arrow's JSON reader; False (nothing written) where it needs the Python reader."""
+    from .formats import arrow_json
+    from .formats.records import Suspicious
+
+    suspicious, writer = Suspicious(source), _writer(out, features)
+    try:
+        for table in arrow_json.tables(source, part.start, part.stop, kind, suspicious):
+            writer.write_table(table)
+            result["num_rows"] += table.num_rows
+    except arrow_json.NotFast:
+        writer.close()
+        out.unlink(missing_ok=True)
+        result["num_rows"] = 0
+        return False
+    writer.finalize()
+    writer.close()
+    suspicious.first = {what: _global_line(source, part.start, line) for what, line in suspicious.first.items()}
+    suspicious.report()
+    return True
+
+
+def _build_slow(source: Path, part: Part, kind: str, bad_records: str, tmp: Path, name: str, features, read,
+                result: dict) -> None:
     whole = part.start == 0 and part.stop == source.stat().st_size
     piece = source if whole else tmp / f"piece-{part.index:05d}{source.suffix}"
     if not whole:
         _copy_range(source, piece, part.start, part.stop)
     skipped: list = []
-    result = {"file": name, "start": part.start, "num_rows": 0, "num_skipped": 0}
-    writer = ArrowWriter(features=features, path=str(tmp / name), writer_batch_size=RECORD_BATCH_ROWS)
+    writer = _writer(tmp / name, features)
     try:
         for record in read(piece, kind, bad_records, skipped):
             writer.write(record)
@@ -333,9 +373,6 @@ def build_part(job) -> dict:
     if skipped:
         line, message = skipped[0]
         result["first_skip"] = {"line": line, "field": None, "expected": _strip_where(message, piece, line)}
-    if not result["num_rows"]:
-        (tmp / name).unlink(missing_ok=True)
-    return result
 
 
 def _located(e: DataError, piece: Path) -> dict:

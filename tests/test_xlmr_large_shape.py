@@ -1,6 +1,7 @@
 """A model of XLM-R-large's shape (560M parameters, random weights from XLMRobertaConfig) takes ZeRO-2
-bf16 training steps with gradient caching on 2 CPU ranks (about 9 GiB and 50 s a step per rank on one
-thread). Memory figures live in bench/bench_zero.py."""
+bf16 training step with gradient caching on 2 CPU ranks (about 9 GiB and 50 s a step per rank on one
+thread; one step, sequences of 8 tokens: the suite's slowest test). Memory figures live in
+bench/bench_zero.py."""
 
 
 import pytest
@@ -18,8 +19,8 @@ def write_large_config(tmp_path, tokenizer_dir, data, ds_config="ds_configs/zero
     model_dir = tmp_path / "xlmr-large-shape"
     XLMRobertaConfig(**{**XLMR_LARGE, **shape}).save_pretrained(model_dir)
     raw = {"model": {"name_or_path": str(model_dir), "tokenizer": str(tokenizer_dir), "random_init": True},
-           "data": {**data, "train_group_size": 2, "query_max_len": 16, "passage_max_len": 16,
-                    "sentence_max_len": 16, "cache_dir": str(tmp_path / "cache")},
+           "data": {**data, "train_group_size": 2, "query_max_len": 8, "passage_max_len": 8,
+                    "sentence_max_len": 8, "cache_dir": str(tmp_path / "cache")},
            "train": {"backend": "deepspeed", "deepspeed_config": ds_config, "precision": precision, "ir_batch_size": 2,
                      "parallel_batch_size": 2, "monolingual_batch_size": 2, "chunk_size": 1, "lr": 1e-5,
                      "warmup_steps": 0, "num_threads": 1, "output_dir": str(tmp_path / "run")}}
@@ -35,8 +36,8 @@ def results(proc) -> list[dict]:
 @pytest.mark.slow
 def test_xlmr_large_shape_trains_under_zero2_with_grad_cache(tmp_path, tiny_model_dir, training_data):
     config = write_large_config(tmp_path, tiny_model_dir, training_data)
-    out = results(torchrun(WORKERS / "train_steps.py", config, 2, timeout=900))
+    out = results(torchrun(WORKERS / "train_steps.py", config, 1, timeout=900))
     assert [r["rank"] for r in out] == [0, 1]
     assert 550e6 < out[0]["params"] < 570e6
-    assert all(loss == loss and loss > 0 for loss in out[0]["losses"]) and len(out[0]["losses"]) == 2
+    assert all(loss == loss and loss > 0 for loss in out[0]["losses"]) and len(out[0]["losses"]) == 1
     assert out[0]["losses"] == out[1]["losses"]  # every rank computes the same global loss

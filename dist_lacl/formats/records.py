@@ -51,6 +51,17 @@ def text(rec: dict, key: str, where) -> str:
         raise DataError(*where, key, f"expected a string, got {type(value).__name__}")
     if not value.strip():
         raise DataError(*where, key, "expected a non-empty string, got an empty one")
+    return unicode(value, where, key)
+
+
+def unicode(value: str, where, key: str) -> str:
+    """`value`, if UTF-8 can hold it: JSON's \\ud800-\\udfff escapes, alone, give strings it cannot."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(*where, key, f"expected Unicode text, got a lone surrogate {value[e.start]!r} "
+                            "(a \\ud800-\\udfff escape without its pair)") from None
     return value
 
 
@@ -58,7 +69,7 @@ def ident(rec: dict, key: str, where) -> str:
     value = rec.get(key)
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise DataError(*where, key, "expected a string" + (" (missing)" if key not in rec else ""))
-    return str(value)
+    return unicode(str(value), where, key)
 
 
 def lang(value, where, key: str = "lang") -> str:
@@ -92,12 +103,13 @@ def passage(p, name: str, where, id_key: str | None) -> dict:
     title = p.get("title") or ""
     if not isinstance(title, str):
         raise DataError(*where, f"{name}.title", "expected a string")
+    unicode(title, where, f"{name}.title")
     body = text(p, "text", where)
     if id_key is not None and (id_key in p or id_key == "docid"):
         value = p.get(id_key)
         if not isinstance(value, (str, int)) or isinstance(value, bool):
             raise DataError(*where, f"{name}.{id_key}", "expected a string")
-        return {"docid": str(value), "title": title, "text": body}
+        return {"docid": unicode(str(value), where, f"{name}.{id_key}"), "title": title, "text": body}
     return {"docid": text_id(f"{title} {body}" if title else body), "title": title, "text": body}
 
 
@@ -128,6 +140,10 @@ class Suspicious:
     def note(self, what: str, line: int) -> None:
         self.counts[what] += 1
         self.first.setdefault(what, line)
+
+    def note_many(self, what: str, count: int, first_line: int) -> None:
+        self.counts[what] += count
+        self.first.setdefault(what, first_line)
 
     def check(self, kind: str, rec: dict, line: int) -> dict:
         """The record, with hard negatives that share a positive's docid dropped (and counted)."""
