@@ -3,7 +3,8 @@ share of step time spent waiting for inputs with and without the prefetching wor
 
 One command: `python bench/bench_data.py [--sizes 1e5,1e6,1e7] [--ranks 2]`. For each size, a synthetic
 parallel file of that many pairs (~80 bytes a line):
-  1. its cache built in this process with 1 and with N (= CPUs) processes: records/s;
+  1. its cache built in this process with 1 and with N (= CPUs) processes: records/s; up to
+     --python-reader-up-to pairs also with Arrow's JSON reader off (the Python reader alone), side by side;
   2. a real training run on `--ranks` gloo ranks (tiny model, DDP) whose caches start empty: time from
      launch to the end of step 1 and peak RSS per rank; then the same run again on the same files
      (the caches are reused): its time to the first step. Both also report the time spent in
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -49,11 +51,14 @@ def write_parallel(path: Path, n: int) -> Path:
     return path
 
 
-def build_rate(path: Path, root: Path, num_proc: int) -> float:
+def build_rate(path: Path, root: Path, num_proc: int, arrow_json: bool = True) -> float:
     entry = cache_entry(path, "parallel", root, "error")[0]
+    entry.flat_jsonl = arrow_json
     start = time.perf_counter()
     entry.build(_features("parallel"), read_records, num_proc, uuid.uuid4().hex, stale_s=120)
-    return entry.manifest()["num_rows"] / (time.perf_counter() - start)
+    rate = entry.manifest()["num_rows"] / (time.perf_counter() - start)
+    shutil.rmtree(root)  # 10^8 pairs: about 10 GB a cache
+    return rate
 
 
 def write_config(work: Path, name: str, model: Path, files: dict, **extra) -> Path:
@@ -74,12 +79,14 @@ def launch(config: Path, steps: int, ranks: int, cache: Path) -> list[dict]:
     return rank_results(proc.stdout)
 
 
-def size_case(work: Path, model: Path, small: dict, n: int, ranks: int) -> dict:
+def size_case(work: Path, model: Path, small: dict, n: int, ranks: int, python_up_to: int) -> dict:
     path = write_parallel(work / f"parallel-{n}.jsonl", n)
     procs = os.cpu_count() or 1
     row = {"pairs": n, "file_mib": round(path.stat().st_size / 2**20, 1), "procs": procs,
            "build_rps_1": round(build_rate(path, work / f"c1-{n}", 1)),
            "build_rps_n": round(build_rate(path, work / f"cn-{n}", procs))}
+    if n <= python_up_to:
+        row["build_rps_python_1"] = round(build_rate(path, work / f"cp-{n}", 1, arrow_json=False))
     config = write_config(work, f"size-{n}", model, {**small, "parallel": str(path)})
     cache = work / f"cache-{n}"
     first = launch(config, 2, ranks, cache)
@@ -126,6 +133,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1e5", help="comma-separated numbers of parallel pairs")
     parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--python-reader-up-to", type=float, default=1e6,
+                        help="sizes up to this also build with the Python reader alone (an hour per 10^8 pairs)")
     parser.add_argument("--label", default=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         help="names this run's rows in data.json (earlier runs' rows are kept beside them)")
     args = parser.parse_args()
@@ -136,7 +145,7 @@ def main():
         make_tiny_model(model, make_tiny_tokenizer(model))
         small = {"train_ir": str(write_jsonl(work / "ir.jsonl", ir_records(256))),
                  "monolingual": str(write_jsonl(work / "mono.jsonl", monolingual_records(256)))}
-        rows = [{"run": args.label, **size_case(work, model, small, n, args.ranks)} for n in sizes]
+        rows = [{"run": args.label, **size_case(work, model, small, n, args.ranks, int(args.python_reader_up_to))} for n in sizes]
         prefetch = {"run": args.label, **prefetch_case(work, model, small)}
     results = {"ranks": args.ranks, "sizes": rows, "prefetch": prefetch}
     out = REPO / "bench" / "results" / "data.json"
@@ -150,10 +159,12 @@ def main():
 
 
 def print_table(results: dict) -> None:
-    print(f"{'pairs':>10} {'MiB':>7} {'build rec/s 1 proc':>19} {'N procs':>15} {'1st step s':>11} "
+    print(f"{'pairs':>10} {'MiB':>7} {'build rec/s 1 proc':>19} {'Python reader':>19} {'N procs':>15} {'1st step s':>11} "
           f"{'reused':>7} {'data load s':>12} {'reused':>7} {'peak RSS GiB/rank':>18}")
     for r in results["sizes"]:
-        print(f"{r['pairs']:>10} {r['file_mib']:>7} {r['build_rps_1']:>19} {r['build_rps_n']:>9} ({r['procs']}) "
+        python = r.get("build_rps_python_1")
+        python = f"{python} ({r['build_rps_1'] / python:.1f}x)" if python else "-"
+        print(f"{r['pairs']:>10} {r['file_mib']:>7} {r['build_rps_1']:>19} {python:>19} {r['build_rps_n']:>9} ({r['procs']}) "
               f"{r['first_step_s']:>11} {r['reused_first_step_s']:>7} {r.get('data_load_s', '-'):>12} "
               f"{r.get('reused_data_load_s', '-'):>7} {' '.join(map(str, r['peak_rss_gib_per_rank'])):>18}")
         if "rss_anon_gib_per_rank" in r:

@@ -157,3 +157,11 @@ def test_what_the_fast_path_assumes_of_arrow():
             # Arrow refuses (the Python reader then decides), reads a row count other than one (the fast
             # path gives up), or reads what Python reads.
             assert arrow is None or arrow == "rows" or arrow == python, (code, line, python, arrow)
+
+
+def test_only_plain_flat_jsonl_takes_the_fast_path(tmp_path):
+    assert arrow_json.applies(tmp_path / "p.jsonl", "parallel", "jsonl")
+    assert arrow_json.applies(tmp_path / "m.ndjson", "monolingual", "jsonl")
+    assert not arrow_json.applies(tmp_path / "p.jsonl.gz", "parallel", "jsonl")  # read through gzip
+    assert not arrow_json.applies(tmp_path / "p.tsv", "parallel", "tsv")
+    assert not arrow_json.applies(tmp_path / "train.jsonl", "ir", "tevatron")  # nested records
