@@ -13,6 +13,7 @@ next steps' batches are tokenised by a background thread (Prefetcher).
 
 from __future__ import annotations
 
+import atexit
 import collections
 import copy
 import dataclasses
@@ -312,18 +313,36 @@ class Prefetcher:
     """Runs make(plan) for planned steps in one daemon thread, in order, so the next step's records are
     read and tokenised while the current step trains (tokenizers and torch release the GIL)."""
 
+    JOIN_S = 60.0
+
     def __init__(self, make):
         self.make, self.todo = make, queue.Queue()
-        threading.Thread(target=self._work, daemon=True, name="dist-lacl-prefetch").start()
+        self.thread = threading.Thread(target=self._work, daemon=True, name="dist-lacl-prefetch")
+        self.thread.start()
+        atexit.register(self.close)
 
     def submit(self, plan: StepPlan) -> Future:
         future = Future()
         self.todo.put((plan, future))
         return future
 
-    def _work(self):
+    def close(self) -> None:
+        """Cancel the steps not started and wait for the one in hand. At exit too: a daemon thread still
+        inside tokenizer or torch code when the interpreter finalises can abort the process with
+        "terminate called without an active exception", a non-zero exit after a finished run."""
+        atexit.unregister(self.close)
         while True:
-            plan, future = self.todo.get()
+            try:
+                _, future = self.todo.get_nowait()
+            except queue.Empty:
+                break
+            future.cancel()
+        self.todo.put(None)
+        self.thread.join(self.JOIN_S)
+
+    def _work(self):
+        while (item := self.todo.get()) is not None:
+            plan, future = item
             if not future.set_running_or_notify_cancel():
                 continue
             try:

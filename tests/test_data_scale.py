@@ -250,3 +250,25 @@ def test_prefetch_error_reaches_the_training_loop(tmp_path, tiny_model_dir, trai
     data.prefetcher.make = broken
     with pytest.raises(RuntimeError, match="tokenizer failed"):
         data.next()
+
+
+def test_prefetcher_close_cancels_the_waiting_steps_and_joins_the_thread():
+    """What runs at exit (atexit): no prefetch thread is left inside tokenizer or torch code while the
+    interpreter finalises."""
+    import threading
+
+    from dist_lacl.data import Prefetcher
+
+    started, release = threading.Event(), threading.Event()
+
+    def make(plan):
+        started.set()
+        release.wait(10)
+        return plan
+
+    prefetcher = Prefetcher(make)
+    first, second = prefetcher.submit(1), prefetcher.submit(2)
+    assert started.wait(10)
+    threading.Timer(0.2, release.set).start()
+    prefetcher.close()
+    assert first.result(timeout=0) == 1 and second.cancelled() and not prefetcher.thread.is_alive()
