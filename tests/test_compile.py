@@ -56,9 +56,9 @@ def test_compiled_cached_step_equals_eager_uncached_with_dropout(tiny_model_dir,
     assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-5)
     # Inductor fuses the encoder's elementwise ops (another rounding order than eager's kernels); the
     # attention key biases' gradient, 0 in exact arithmetic (softmax is shift-invariant), is then
-    # rounding noise of another size (4e-10 seen).
+    # rounding noise of another size (4e-10 and 1.1e-9 seen; a wrong gradient is off by orders more).
     assert_same_grads(grads_c, grads_u, rtol=1e-5 if backend == "aot_eager" else 1e-4,
-                      floor=0.0 if backend == "aot_eager" else 1e-9)
+                      floor=0.0 if backend == "aot_eager" else 1e-8)
     # Dropout was on: another seed gives another loss.
     torch.manual_seed(7)
     assert grad_cache_for(cfg, model, 2).compute_loss(jobs).loss.item() != pytest.approx(loss_c, rel=1e-6)

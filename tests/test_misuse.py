@@ -237,8 +237,11 @@ def test_ctrl_c_outside_training_exits_130_and_leaves_no_partial_output(tmp_path
     """A KeyboardInterrupt (a second Ctrl-C in training, or the first anywhere else) is one line and exit
     130; the output of an interrupted write never appears, not even half-written."""
     out = tmp_path / "ir.jsonl"
+    # SIGINT as a terminal gives it: a suite started in the background of a non-interactive shell hands its
+    # children SIGINT ignored (POSIX), and Python then never raises KeyboardInterrupt.
     proc = subprocess.Popen([*CLI, "data", "python-docs", "-o", str(out)], cwd=REPO, env=launch_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.wait(timeout=8)  # BM25 mining over the Python docs takes ~40 s: still running
     except subprocess.TimeoutExpired:
