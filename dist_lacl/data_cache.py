@@ -343,7 +343,9 @@ def _build_fast(source: Path, part: Part, kind: str, out: Path, features, result
         return False
     writer.finalize()
     writer.close()
-    suspicious.first = {what: _global_line(source, part.start, line) for what, line in suspicious.first.items()}
+    if suspicious.first:  # lines of the whole file: one count of the newlines before the part
+        lines_before = _global_line(source, part.start, 0)
+        suspicious.first = {what: lines_before + line for what, line in suspicious.first.items()}
     suspicious.report()
     return True
 

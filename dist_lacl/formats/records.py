@@ -138,8 +138,7 @@ class Suspicious:
         self.path, self.counts, self.first = path, Counter(), {}
 
     def note(self, what: str, line: int) -> None:
-        self.counts[what] += 1
-        self.first.setdefault(what, line)
+        self.note_many(what, 1, line)
 
     def note_many(self, what: str, count: int, first_line: int) -> None:
         self.counts[what] += count
