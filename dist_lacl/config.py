@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -282,16 +283,32 @@ def _coerce(value, hint, name: str):
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{name}: expected a list of {len(args)} numbers, got {value!r}")
         return tuple(_coerce(v, t, name) for v, t in zip(value, args))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
+    if hint is float:
+        return _finite_float(value, name)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _finite_float(value, name: str) -> float:
+    """ints and numeric strings as floats; inf and nan (YAML's 1e400, .inf, .nan) refused for every option."""
+    number = None
+    if isinstance(value, float) or isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"{name}: expected float, got {value!r}")
+    try:
+        number = float(number)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+    return number
 
 
 def _suggest(key: str, valid, section: str | None = None) -> str:

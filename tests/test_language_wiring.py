@@ -25,6 +25,8 @@ from dist_lacl.trainer import RepsTap, make_loss_fn, step_language_mask
 @pytest.mark.parametrize("override,message", [
     ("data.language_alpha=-0.5", "data.language_alpha: expected a number >= 0 or null"),
     ("data.language_alpha=many", "data.language_alpha: expected float"),
+    ("data.language_alpha=1e400", r"data.language_alpha: expected a finite number, got '1e400'"),
+    ("loss.temperature=nan", r"loss.temperature: expected a finite number, got 'nan'"),
     ("loss.language_pairs=mine", "loss.language_pairs: expected one of all, own, got 'mine'"),
 ])
 def test_bad_values_are_refused_naming_the_field(override, message):
