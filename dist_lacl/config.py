@@ -45,8 +45,10 @@ class ModelConfig:
     """torch.compile backend with model.compile: inductor (generated kernels; on CPU it needs a C++
     compiler) or aot_eager (the same graphs run by eager kernels: a check, not a speed-up)."""
     padding_free: bool = False
-    """Pack each chunk's sequences into one row without padding, attention kept within each sequence by
-    flash-attention's varlen kernel: needs a CUDA GPU, flash-attn, bf16/fp16, a BERT/RoBERTa/XLM-R model."""
+    """Run each chunk's sequences without padding, attention kept within each sequence (a BERT, RoBERTa or
+    XLM-R model): on a CUDA GPU with flash-attn and bf16/fp16, one row through its varlen kernel; elsewhere
+    (CPU, fp32) rows as long as the chunk's longest sequence, shorter ones sharing a row, under SDPA's
+    block-diagonal mask. With train.chunk_tokens the budget counts these packed positions."""
 
 
 @dataclass
@@ -349,8 +351,6 @@ def validate(cfg: RunConfig) -> None:
         (t.chunk_size <= max(t.ir_batch_size * data.train_group_size, 1), "train.chunk_size",
          f"at most the largest per-step batch ({t.ir_batch_size * data.train_group_size} passages)"),
         (t.chunk_tokens >= 0, "train.chunk_tokens", "an integer >= 0 (0: chunks of train.chunk_size rows)"),
-        (not cfg.model.padding_free or t.precision != "fp32", "model.padding_free",
-         "train.precision bf16 or fp16 with it (flash-attention has no fp32 kernel)"),
         (not (t.chunk_tokens and t.chunk_size), "train.chunk_tokens",
          "train.chunk_size 0 with it (a token budget replaces chunks of train.chunk_size rows)"),
         (not t.chunk_tokens or t.chunk_tokens >= max(data.query_max_len, data.passage_max_len,

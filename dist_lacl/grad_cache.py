@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .packing import Rows, packed_rows
+
 Inputs = dict[str, Tensor]  # {input_ids, attention_mask}, [B, L] each
 
 
@@ -82,6 +84,32 @@ def same_attention_kernel() -> contextlib.AbstractContextManager:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+class ChunkPositions:
+    """The token positions a growing chunk costs the encoder: rows x its longest row, or (packed) the
+    positions of the rows `Rows` packs it into, grown one sequence at a time when fed longest first."""
+
+    def __init__(self, packed: bool):
+        self.packed, self.lengths, self.longest, self.rows = packed, [], 0, Rows(0)
+
+    def with_row(self, length: int) -> int:
+        """The positions with one more row of `length` tokens."""
+        if not self.packed:
+            return max(self.longest, length) * (len(self.lengths) + 1)
+        if length > self.rows.capacity:  # a longer row widens every row: pack again (unsorted chunks only)
+            return packed_rows(self.lengths + [length]).positions
+        return self.rows.positions + (0 if self.rows.fits(length) else self.rows.capacity)
+
+    def add(self, length: int) -> None:
+        self.lengths.append(length)
+        self.longest = max(self.longest, length)
+        if not self.packed:
+            return
+        if length > self.rows.capacity:
+            self.rows = packed_rows(self.lengths)
+        else:
+            self.rows.place(length)
 
 
 class Chunks(Sequence):
@@ -129,6 +157,8 @@ class GradCache:
     chunk_size: rows per chunk; or chunk_tokens: token positions per chunk (rows x longest row; a row
         longer than the budget gets a chunk of its own). Both 0 turns caching off: one forward with
         autograd per input batch, one backward.
+    packed: the encoder packs each chunk's sequences into rows as long as its longest (model.padding_free,
+        dist_lacl.packing.Rows): chunk_tokens then counts those rows' positions, so short sequences share them.
     sort_by_length False keeps the batch's row order in the chunks (only for comparison: more padding).
     cache_dtype: the least dtype of the loss leaves, cached gradients and surrogate (see the module's
         docstring); None takes the representations' own dtype (the old behaviour, only for comparison).
@@ -143,12 +173,13 @@ class GradCache:
                  chunk_context: Callable[[bool], contextlib.AbstractContextManager] | None = None,
                  backward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
                  sort_by_length: bool = True, chunk_tokens: int = 0,
-                 cache_dtype: torch.dtype | None = torch.float32, keep_last_graph: bool = True):
+                 cache_dtype: torch.dtype | None = torch.float32, keep_last_graph: bool = True,
+                 packed: bool = False):
         if chunk_size and chunk_tokens:
             raise ValueError("chunk_size and chunk_tokens are alternatives: give one of them")
         self.encode, self.loss_fn, self.backward_fn = encode, loss_fn, backward
         self.chunk_size, self.chunk_tokens, self.sort_by_length = chunk_size, chunk_tokens, sort_by_length
-        self.cache_dtype, self.keep_last_graph = cache_dtype, keep_last_graph
+        self.cache_dtype, self.keep_last_graph, self.packed = cache_dtype, keep_last_graph, packed
         self.chunk_context = chunk_context or (lambda is_last: contextlib.nullcontext())
         self.backward_context = backward_context or contextlib.nullcontext
 
@@ -172,14 +203,13 @@ class GradCache:
         """Rows per chunk for rows of these lengths, in chunk order."""
         if not self.chunk_tokens:
             return [min(self.chunk_size, len(lengths) - i) for i in range(0, len(lengths), self.chunk_size)]
-        sizes, longest = [], 0
+        sizes, chunk = [], ChunkPositions(self.packed)
         for length in lengths:
-            if sizes and max(longest, length) * (sizes[-1] + 1) <= self.chunk_tokens:
-                sizes[-1] += 1
-                longest = max(longest, length)
-            else:
-                sizes.append(1)
-                longest = length
+            if not sizes or chunk.with_row(length) > self.chunk_tokens:
+                chunk = ChunkPositions(self.packed)
+                sizes.append(0)
+            chunk.add(length)
+            sizes[-1] += 1
         return sizes
 
     def forward_no_grad(self, chunks: dict[str, Chunks], order: dict[str, Tensor]

@@ -18,8 +18,9 @@ class DualEncoder(nn.Module):
 
     With `shared_encoder` both names refer to one module (and one set of parameters). `prefixes`: the
     text each tower's inputs start with (e5's "query: " / "passage: "), for whoever tokenizes them.
-    `padding_free`: each batch's sequences go through the encoder packed into one row (dist_lacl.packing);
-    fast with a flash-attention encoder, a T x T reference mask with SDPA or eager attention.
+    `padding_free`: each batch's sequences go through the encoder packed without padding (dist_lacl.packing):
+    one row through flash-attention's varlen kernel where the encoder runs flash-attention, else rows as
+    long as the batch's longest sequence, shorter ones sharing a row, under a block-diagonal mask.
     """
 
     def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None = None,
@@ -55,9 +56,12 @@ class DualEncoder(nn.Module):
 
 
 def forward_packed(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
-    """[B, L] right-padded -> [B, D]: the encoder run over the B sequences packed into one row."""
-    packed = pack(input_ids, attention_mask, first_position(encoder.config))
-    kwargs = attention_kwargs(packed, encoder.config._attn_implementation, encoder.get_input_embeddings().weight.dtype)
+    """[B, L] right-padded -> [B, D]: the encoder run over the B sequences packed (one row for flash-attention,
+    else rows of the longest sequence's length)."""
+    implementation = encoder.config._attn_implementation
+    row_length = None if implementation in FLASH_IMPLEMENTATIONS else int(attention_mask.sum(1).max())
+    packed = pack(input_ids, attention_mask, first_position(encoder.config), row_length)
+    kwargs = attention_kwargs(packed, implementation, encoder.get_input_embeddings().weight.dtype)
     hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
                      token_type_ids=torch.zeros_like(packed.input_ids), **kwargs).last_hidden_state
     return pool_packed(hidden, packed, pooling)
@@ -71,11 +75,12 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-def build_model(cfg) -> DualEncoder:
-    """The dual encoder of `cfg` (config.ModelConfig), loaded from a local folder or hub id."""
-    attn = flash_attention_implementation() if cfg.padding_free else None
-    query = load_encoder(cfg.name_or_path, cfg.random_init, attn)
-    passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path, cfg.random_init, attn)
+def build_model(cfg, precision: str = "fp32") -> DualEncoder:
+    """The dual encoder of `cfg` (config.ModelConfig), loaded from a local folder or hub id. With
+    padding_free, flash-attention where it can run (a CUDA GPU, flash-attn, `precision` bf16/fp16)."""
+    attn = flash_attention_implementation(precision) if cfg.padding_free else None
+    query = load_encoder(cfg.name_or_path, cfg.random_init, attn, cfg.padding_free)
+    passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path, cfg.random_init, attn, cfg.padding_free)
     if cfg.gradient_checkpointing:
         for enc in (query, passage):
             if enc is not None:
@@ -88,19 +93,18 @@ def build_model(cfg) -> DualEncoder:
                        padding_free=cfg.padding_free)
 
 
-def flash_attention_implementation() -> str:
-    """The flash-attention implementation transformers can run here (model.padding_free needs one)."""
+def flash_attention_implementation(precision: str = "bf16") -> str | None:
+    """The flash-attention implementation transformers can run here for `precision`, or None (padding-free
+    batches then go in rows under SDPA's block-diagonal mask: flash-attention has no fp32 kernel)."""
     from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
-    if not torch.cuda.is_available():
-        raise UserError("model.padding_free: needs a CUDA GPU (flash-attention's varlen kernel); this machine has "
-                        "none. Set model.padding_free: false")
+    if precision == "fp32" or not torch.cuda.is_available():
+        return None
     for name, available in (("flash_attention_3", is_flash_attn_3_available),
                             ("flash_attention_2", is_flash_attn_2_available)):
         if available():
             return name
-    raise UserError("model.padding_free: needs flash-attention (the flash-attn package, or flash_attn_interface "
-                    "for FA3) and neither is installed. Install one or set model.padding_free: false")
+    return None
 
 
 # Absolute position embeddings numbered from first_position(); attention kwargs passed down to the
@@ -140,14 +144,15 @@ def prefixes_of(cfg) -> dict[str, str]:
 _HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
 
 
-def load_encoder(name_or_path: str, random_init: bool = False, attn_implementation: str | None = None) -> nn.Module:
+def load_encoder(name_or_path: str, random_init: bool = False, attn_implementation: str | None = None,
+                 padding_free: bool = False) -> nn.Module:
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model.name_or_path: {name_or_path}: not a loadable model folder or id ({first})") from None
     kwargs = {"add_pooling_layer": False} if config.model_type in _HAS_UNUSED_POOLER else {}
-    if attn_implementation in FLASH_IMPLEMENTATIONS and config.model_type not in _PADDING_FREE_TYPES:
+    if (padding_free or attn_implementation in FLASH_IMPLEMENTATIONS) and config.model_type not in _PADDING_FREE_TYPES:
         raise UserError(f"model.padding_free: supported for model types {', '.join(sorted(_PADDING_FREE_TYPES))}; "
                         f"{name_or_path} is {config.model_type!r}. Set model.padding_free: false")
     if attn_implementation:

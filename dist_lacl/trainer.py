@@ -185,7 +185,7 @@ class Trainer:
         check_output_dir(self.run_dir, cfg)  # read-only: a refused run leaves the directory untouched
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
                                         "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path")
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, t.precision)
         check_vocabulary(model, self.tokenizer, cfg)
         check_lengths(model, self.tokenizer, cfg)
         self.engine = build_engine(model, cfg)
@@ -200,8 +200,9 @@ class Trainer:
         self.grad_cache = GradCache(
             encode=lambda job, inputs: self.engine.encode(inputs, tower_of(job)),
             loss_fn=make_loss_fn(cfg, self.tap), backward=self.engine.backward,
-            chunk_size=t.chunk_size, chunk_tokens=t.chunk_tokens, chunk_context=self.engine.chunk_context,
-            backward_context=self.engine.backward_context, keep_last_graph=t.keep_last_graph)
+            chunk_size=t.chunk_size, chunk_tokens=t.chunk_tokens, packed=cfg.model.padding_free,
+            chunk_context=self.engine.chunk_context, backward_context=self.engine.backward_context,
+            keep_last_graph=t.keep_last_graph)
         self.writer = None
 
     # -- set-up ------------------------------------------------------------------------------

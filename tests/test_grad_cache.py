@@ -31,7 +31,8 @@ def make_step(model_dir, data, tmp_path, **model_overrides):
 def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0, keep_last_graph=True):
     return GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)),
                      loss_fn=make_loss_fn(cfg, RepsTap()), backward=lambda loss: loss.backward(),
-                     chunk_size=chunk_size, chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph)
+                     chunk_size=chunk_size, chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph,
+                     packed=model.padding_free)
 
 
 def cached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0, keep_last_graph=True):
@@ -209,6 +210,34 @@ def test_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, trainin
     assert loss_c == pytest.approx(loss_u, rel=1e-6)
     assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
     assert_same_grads(grads_c, grads_u)
+
+
+def test_packed_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, training_data, tmp_path):
+    """model.padding_free on CPU (rows under SDPA's block-diagonal mask) with train.chunk_tokens: the budget
+    counts packed positions, so short rows share a row and a chunk holds more rows; the cache stays exact."""
+    cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path, padding_free=True)
+    assert model.padding_free and model.query_encoder.config._attn_implementation == "sdpa"
+    packed = grad_cache_for(cfg, model, 0, chunk_tokens=128)
+    padded = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=128)
+    lengths = sorted(jobs["query"]["attention_mask"].sum(1).tolist(), reverse=True)
+    assert len(packed.chunk_sizes(lengths)) < len(padded.chunk_sizes(lengths))
+    loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=128)
+    loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=128)
+    assert loss_c == pytest.approx(loss_u, rel=1e-6)
+    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
+    assert_same_grads(grads_c, grads_u)
+
+
+def test_split_by_packed_token_budget():
+    """Budget 16, packed: 8 8 | 5 3 3 2 (rows of 5: [5] [3 2] [3], 15 positions); padded: 8 8 | 5 3 3 | 2."""
+    lengths = [8, 8, 5, 3, 3, 2]
+    packed = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=16, packed=True)
+    padded = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=16)
+    assert packed.chunk_sizes(lengths) == [2, 4]
+    assert padded.chunk_sizes(lengths) == [2, 3, 1]
+    # Unsorted (a longer row after shorter ones widens the rows): 3 3 fill one row of 3 each (6), an 8 makes
+    # rows of 8: [8] [3 3] = 16 fits; the next 8 would need a third row.
+    assert packed.chunk_sizes([3, 3, 8, 8]) == [3, 1]
 
 
 def test_split_by_token_budget():

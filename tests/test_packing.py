@@ -1,6 +1,6 @@
-"""model.padding_free: packing by hand, position ids as each model family numbers them, packed
-representations equal to the padded path's (CPU: SDPA / eager with the block-diagonal mask, the same
-layout as flash-attention's varlen kernel), the refusals where it cannot run; the flash path on a GPU."""
+"""model.padding_free: packing by hand (one row for flash-attention, rows first fit longest first for
+SDPA / eager), position ids as each model family numbers them, packed representations and gradients
+equal to the padded path's on CPU, the refusal of unknown model types; the flash path on a GPU."""
 
 import pytest
 import torch
@@ -8,9 +8,9 @@ from helpers_tiny import make_tiny_model, make_tiny_tokenizer
 from test_grad_cache import assert_same_grads
 
 from dist_lacl.config import config_from_dict
-from dist_lacl.errors import ConfigError, UserError
-from dist_lacl.model import DualEncoder, build_model, first_position, load_encoder
-from dist_lacl.packing import attention_kwargs, pack, pool_packed
+from dist_lacl.errors import UserError
+from dist_lacl.model import DualEncoder, build_model, first_position, flash_attention_implementation, load_encoder
+from dist_lacl.packing import attention_kwargs, pack, packed_rows, pool_packed
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +93,41 @@ def test_packed_representations_equal_padded(tiny_models, model_type, pooling, a
     assert_same_grads(grads_packed, grads_padded, rtol=1e-4, floor=1e-9)
 
 
-def test_padding_free_refuses_where_it_cannot_run(tiny_models, training_data):
-    base = {"model": {"name_or_path": tiny_models["xlm-roberta"], "padding_free": True},
-            "data": {"train_ir": training_data["train_ir"]}, "loss": {"semantic_weight": 0.0, "language_weight": 0.0}}
-    with pytest.raises(ConfigError, match=r"model.padding_free: expected train.precision bf16 or fp16 with it"):
-        config_from_dict(base)
-    cfg = config_from_dict({**base, "train": {"precision": "bf16"}})
-    assert not torch.cuda.is_available()
-    with pytest.raises(UserError, match=r"model.padding_free: needs a CUDA GPU"):
-        build_model(cfg.model)
+def test_pack_in_rows_by_hand():
+    """Rows of the longest (5), longest first, first fit: [s2 s2 s2 s2 s2] [s0 s0 s0 s3 s3] [s1 filler x 4]."""
+    lengths = [3, 1, 5, 2]
+    ids = torch.tensor([[10 * (b + 1) + t if t < n else 1 for t in range(5)] for b, n in enumerate(lengths)])
+    packed = pack(ids, (ids != 1).long(), first_position=2, row_length=5)
+    assert packed.input_ids.tolist() == [[30, 31, 32, 33, 34], [10, 11, 12, 40, 41], [20, 0, 0, 0, 0]]
+    assert packed.position_ids.tolist() == [[2, 3, 4, 5, 6], [2, 3, 4, 2, 3], [2, 2, 2, 2, 2]]
+    assert packed.segment.tolist() == [[2] * 5, [0, 0, 0, 3, 3], [1, -3, -3, -3, -3]]
+    assert packed.index.tolist() == [5, 6, 7, 10, 0, 1, 2, 3, 4, 8, 9]  # sequence by sequence, in input order
+    assert packed.cu_seq_lens.tolist() == [0, 3, 4, 9, 11]
+    mask = attention_kwargs(packed, "sdpa", torch.float32)["attention_mask"]
+    assert mask.shape == (3, 1, 5, 5)
+    assert mask[1, 0, 3].tolist() == [False, False, False, True, True]  # s3 sees itself, not s0 in its row
+    assert mask[2, 0, 2].tolist() == [False, True, True, True, True]  # filler sees filler: no empty softmax
+    hidden = torch.arange(15.0).view(3, 5, 1)  # position (r, c)'s vector is r * 5 + c
+    assert pool_packed(hidden, packed, "cls")[:, 0].tolist() == [5, 10, 0, 8]
+    assert pool_packed(hidden, packed, "mean")[:, 0].tolist() == [6, 10, 2, 8.5]
+    with pytest.raises(ValueError, match="one packed row"):
+        attention_kwargs(packed, "flash_attention_2", torch.float32)
+
+
+def test_rows_fill_first_fit_longest_first():
+    rows = packed_rows([2, 7, 4, 3, 1, 5])  # capacity 7: [7] [5 2] [4 3] [1]
+    assert rows.capacity == 7 and rows.free == [0, 0, 0, 6] and rows.positions == 28
+    assert rows.fits(6) and not rows.fits(7)
+
+
+def test_padding_free_without_flash_packs_rows_under_sdpa(tiny_models, training_data):
+    """On CPU (or fp32, or without flash-attn) model.padding_free runs rows under SDPA, in any precision."""
+    cfg = config_from_dict({"model": {"name_or_path": tiny_models["xlm-roberta"], "padding_free": True},
+                            "data": {"train_ir": training_data["train_ir"]},
+                            "loss": {"semantic_weight": 0.0, "language_weight": 0.0}})
+    assert cfg.train.precision == "fp32" and flash_attention_implementation("fp32") is None
+    model = build_model(cfg.model, cfg.train.precision)
+    assert model.padding_free and model.query_encoder.config._attn_implementation == "sdpa"
 
 
 def test_padding_free_refuses_a_model_type_it_does_not_know(tiny_models, tmp_path):
@@ -113,6 +139,8 @@ def test_padding_free_refuses_a_model_type_it_does_not_know(tiny_models, tmp_pat
     (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "model_type": "distilbert"}))
     with pytest.raises(UserError, match=r"model.padding_free: supported for model types bert, .*'distilbert'"):
         load_encoder(str(tmp_path / "m"), attn_implementation="flash_attention_2")
+    with pytest.raises(UserError, match=r"model.padding_free: supported for model types bert, .*'distilbert'"):
+        load_encoder(str(tmp_path / "m"), padding_free=True)  # the SDPA rows need the same position ids
 
 
 def _flash_available() -> bool:
@@ -126,8 +154,6 @@ def _flash_available() -> bool:
 @pytest.mark.parametrize("model_type", ["xlm-roberta", "bert"])
 def test_flash_varlen_packed_equals_padded_sdpa_on_cuda(tiny_models, model_type):
     """The real path: flash-attention's varlen kernel over the packed row, bf16, against SDPA padded."""
-    from dist_lacl.model import flash_attention_implementation
-
     flash = load_encoder(tiny_models[model_type], attn_implementation=flash_attention_implementation())
     sdpa = load_encoder(tiny_models[model_type], attn_implementation="sdpa")
     ids, mask = padded_batch(flash.config.vocab_size, [9, 3, 17, 1, 12, 40], seed=2)
@@ -161,8 +187,6 @@ def test_flash_varlen_dropout_replays_exactly_on_cuda(tiny_models):
     """The gradient cache's two passes of a packed chunk: flash-attention draws its dropout masks from the
     CUDA generator, so the recorded state gives the re-forward the first pass's masks."""
     from dist_lacl.grad_cache import RandomState
-    from dist_lacl.model import flash_attention_implementation
-
     encoder = load_encoder(tiny_models["xlm-roberta"], attn_implementation=flash_attention_implementation())
     model = DualEncoder(encoder, pooling="mean", padding_free=True).cuda().bfloat16().train()
     ids, mask = padded_batch(encoder.config.vocab_size, [9, 3, 17, 12], seed=3)

@@ -34,6 +34,7 @@ from dist_lacl.data import Tokenize  # noqa: E402
 from dist_lacl.grad_cache import GradCache  # noqa: E402
 from dist_lacl.losses import ir_loss  # noqa: E402
 from dist_lacl.model import DualEncoder, load_encoder, parameter_groups  # noqa: E402
+from dist_lacl.packing import packed_rows  # noqa: E402
 
 TEMPERATURE = 0.05
 QUERY_MAX_LEN, PASSAGE_MAX_LEN = 32, 128
@@ -79,7 +80,12 @@ def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool =
                      loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE,
                                                    block_rows=block_rows), None),
                      backward=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length,
-                     chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph)
+                     chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph, packed=model.padding_free)
+
+
+def padding_free(model: DualEncoder) -> DualEncoder:
+    """The same encoder (the same parameters and gradients) with packed rows (model.padding_free)."""
+    return DualEncoder(model.query_encoder, pooling=model.pooling, normalize=model.normalize, padding_free=True)
 
 
 def forward_backward(grad_cache: GradCache, batch: dict) -> float:
@@ -326,20 +332,26 @@ def padded_tokens(chunks: list[dict]) -> int:
     return sum(c["input_ids"].shape[0] * c["input_ids"].shape[1] for c in chunks)
 
 
-def encoder_work(sorted_cache: GradCache, unsorted_cache: GradCache, batch: dict, st_loss,
+def packed_tokens(chunks: list[dict]) -> int:
+    """Token positions of these chunks packed into rows of each one's longest (model.padding_free)."""
+    return sum(packed_rows(c["attention_mask"].sum(1).tolist()).positions for c in chunks)
+
+
+def encoder_work(sorted_cache: GradCache, unsorted_cache: GradCache, packed_cache: GradCache, batch: dict, st_loss,
                  st_features: list[dict]) -> dict:
     """Token positions per forward pass over the whole batch (padding included) after each side's
-    per-chunk trimming, dist-lacl with and without sorting by length; the non-padding tokens."""
+    per-chunk trimming, dist-lacl with and without sorting by length, and packed; the non-padding tokens."""
     from sentence_transformers.base.losses.gradcache import _create_minibatch, _minibatch_ranges
 
-    def chunk_tokens(grad_cache: GradCache) -> int:
-        return padded_tokens([c for inputs in batch.values() for c in grad_cache.split(inputs)[0]])
+    def chunks(grad_cache: GradCache) -> list[dict]:
+        return [c for inputs in batch.values() for c in grad_cache.split(inputs)[0]]
 
     theirs = padded_tokens([_create_minibatch(f, b, e) for f in st_features
                             for b, e in _minibatch_ranges(f, st_loss.mini_batch_size)])
     real = sum(int(inputs["attention_mask"].sum()) for inputs in batch.values())
-    return {"dist_lacl_tokens_per_forward": chunk_tokens(sorted_cache),
-            "dist_lacl_unsorted_tokens_per_forward": chunk_tokens(unsorted_cache),
+    return {"dist_lacl_tokens_per_forward": padded_tokens(chunks(sorted_cache)),
+            "dist_lacl_unsorted_tokens_per_forward": padded_tokens(chunks(unsorted_cache)),
+            "dist_lacl_packed_tokens_per_forward": packed_tokens(chunks(packed_cache)),
             "st_tokens_per_forward": theirs, "non_padding_tokens": real}
 
 
@@ -367,12 +379,14 @@ class PhaseTimer:
         return out
 
 
-def time_phases(timer: PhaseTimer, cached: GradCache, st: SentenceTransformersSide) -> None:
+def time_phases(timer: PhaseTimer, cached: GradCache, st: SentenceTransformersSide | None) -> None:
     """The GradCache phases on both sides: the no-grad forward of every chunk, the loss and its backward
     to the representations, the re-forward + backward of every chunk (ST: its re-forwards only; the
     backward through them is the rest of its step)."""
     for name in ("forward_no_grad", "build_cache", "forward_backward"):
         timer.wrap(cached, name, name)
+    if st is None:
+        return
     timer.wrap(st.cached, "calculate_loss", "build_cache")
     timer.wrap(st.cached, "embed_minibatch",
                lambda args, kwargs: "reforward" if kwargs["with_grad"] else "forward_no_grad")
@@ -407,14 +421,20 @@ def measure_st(args) -> dict:
     cached, uncached = build_grad_cache(ours, args.chunk), build_grad_cache(ours, 0)
     unsorted = build_grad_cache(ours, args.chunk, sort_by_length=False)
     every_chunk_reforwarded = build_grad_cache(ours, args.chunk, keep_last_graph=False)
+    # The same activation memory as `args.chunk` rows of the longest text: its positions, packed.
+    packed = build_grad_cache(padding_free(ours), 0, chunk_tokens=args.chunk * args.max_len)
 
     ours.eval(), st.model.eval()
     zero_grads(ours, st.model)
-    loss_ours = forward_backward(cached, batch)
     loss_st = st.forward_backward(st.cached, features)
-    agreement = {"loss_dist_lacl": loss_ours, "loss_st": loss_st,
-                 "loss_rel_err": abs(loss_ours - loss_st) / abs(loss_st),
-                 **compare_grads(dual_encoder_grads(ours), st.grads())}
+    grads_st = st.grads()
+    agreement = {}
+    for label, grad_cache in (("", cached), ("packed_", packed)):
+        zero_grads(ours)
+        loss_ours = forward_backward(grad_cache, batch)
+        agreement[label + "agreement"] = {"loss_dist_lacl": loss_ours, "loss_st": loss_st,
+                                          "loss_rel_err": abs(loss_ours - loss_st) / abs(loss_st),
+                                          **compare_grads(dual_encoder_grads(ours), grads_st)}
     optimizer_s = time_optimizer_step(ours)
 
     ours.train(), st.model.train()
@@ -422,6 +442,7 @@ def measure_st(args) -> dict:
              "dist_lacl_cached": lambda b, f: forward_backward(cached, b),
              "dist_lacl_cached_unsorted": lambda b, f: forward_backward(unsorted, b),
              "dist_lacl_cached_reforward_all": lambda b, f: forward_backward(every_chunk_reforwarded, b),
+             "dist_lacl_cached_packed": lambda b, f: forward_backward(packed, b),
              "st_uncached_mnrl": lambda b, f: st.forward_backward(st.uncached, f),
              "dist_lacl_uncached": lambda b, f: forward_backward(uncached, b)}
     warm_batch, warm_features = slice_batch(batch, min(8, args.batch)), st.tokenize(triples[:8])
@@ -430,6 +451,7 @@ def measure_st(args) -> dict:
         side(warm_batch, warm_features)
     timer = PhaseTimer()
     time_phases(timer, cached, st)
+    time_phases(timer, packed, None)
     names, times, phases = list(sides), {name: [] for name in sides}, []
     for round_ in range(args.repeats):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
@@ -438,11 +460,11 @@ def measure_st(args) -> dict:
             start = time.perf_counter()
             sides[name](batch, features)
             times[name].append(time.perf_counter() - start)
-            if name in ("dist_lacl_cached", "st_cached"):
+            if name in ("dist_lacl_cached", "dist_lacl_cached_packed", "st_cached"):
                 phases.append({"side": name, "step_s": times[name][-1], **timer.take()})
-    return {"agreement": agreement, "step_s": times, "optimizer_step_s": optimizer_s, "phases": phases,
+    return {**agreement, "step_s": times, "optimizer_step_s": optimizer_s, "phases": phases,
             "tokenize_s": {"dist_lacl": tokenize_ours, "st": tokenize_st},
-            "work": encoder_work(cached, unsorted, batch, st.cached, features)}
+            "work": encoder_work(cached, unsorted, packed, batch, st.cached, features)}
 
 
 def main():
