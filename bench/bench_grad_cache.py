@@ -101,14 +101,15 @@ def gpu_scaling(plan: dict) -> dict:
 
 # ---------------------------------------------------------------- data and models
 
-def load_ir_records(num: int) -> tuple[str, list[dict]]:
-    """At least `num` Tevatron records (query, positive_passages, negative_passages) and their source."""
-    for path in DATA_CANDIDATES:
-        if path.is_file() and path.stat().st_size > 0:
-            with open(path, encoding="utf-8") as f:
+def load_ir_records(num: int, path: Path | None = None) -> tuple[str, list[dict]]:
+    """At least `num` Tevatron records (query, positive_passages, negative_passages) and their source: from
+    `path`, else the first of DATA_CANDIDATES that exists, else the Python docs."""
+    for candidate in [path] if path else DATA_CANDIDATES:
+        if candidate.is_file() and candidate.stat().st_size > 0:
+            with open(candidate, encoding="utf-8") as f:
                 records = [json.loads(line) for line in f if line.strip()]
             records = [r for r in records if r["positive_passages"] and r["negative_passages"]]
-            return str(path), cycle(records, num)
+            return str(candidate), cycle(records, num)
     if PYTHON_DOCS.is_dir():
         return str(PYTHON_DOCS), cycle(python_docs_records(), num)
     return "tests/helpers_tiny.TEXTS", cycle(sentence_records(TEXTS), num)
@@ -604,9 +605,13 @@ def main() -> int:
                         help="per-GPU peak for MFU (default: H100 SXM dense bf16)")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--st-batch", type=int, help="table 2-3: triples per step (default: the plan's)")
+    parser.add_argument("--ir-data", type=Path, help="Tevatron jsonl the triples come from (default: "
+                        "runs/demo/data/train_ir.jsonl if `make demo` built it, else pages of the Python docs)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                         help="run only these; the others' results are kept from --out")
     args = parser.parse_args()
+    if args.ir_data and not args.ir_data.is_file():
+        parser.error(f"--ir-data: {args.ir_data}: no such file")
     plan = QUICK if args.quick else FULL
     if args.st_batch:
         plan = {**plan, "st_batch": args.st_batch}
@@ -619,7 +624,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         num = max(max(plan["memory_batches"]), plan["st_batch"], plan["chunks_batch"])
-        source, records = load_ir_records(num)
+        source, records = load_ir_records(num, args.ir_data)
         result["data"] = {"source": source, "records": len(records)}
         m = result["machine"]
         print(f"dist-lacl gradient cache benchmark, {result['date']}, {m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB, "

@@ -10,6 +10,7 @@ gradients below the last LayerNorm become near-cancelling sums whose fp32 roundi
 would hide real errors instead of revealing them.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -38,8 +39,9 @@ ZERO_GRAD_UPDATE = 1e-6
 CROSS_PROCESS = dict(rtol=1e-4, scale_tol=1e-3)
 
 
-def write_config(tmp_path, model_dir, data, shared_encoder=True, **train):
-    raw = {"model": {"name_or_path": str(model_dir), "pooling": "mean", "shared_encoder": shared_encoder},
+def write_config(tmp_path, model_dir, data, shared_encoder=True, padding_free=False, **train):
+    raw = {"model": {"name_or_path": str(model_dir), "pooling": "mean", "shared_encoder": shared_encoder,
+                     "padding_free": padding_free},
            "data": {**data, "train_group_size": 3, "cache_dir": str(tmp_path / "cache")},
            "loss": {"temperature": 0.5, "semantic_weight": 0.7, "language_weight": 0.4},
            "train": {"ir_batch_size": 4, "parallel_batch_size": 6, "monolingual_batch_size": 4, "chunk_size": 2,
@@ -51,9 +53,9 @@ def write_config(tmp_path, model_dir, data, shared_encoder=True, **train):
 
 
 def reference_step(cfg):
-    """One process, the whole global batch, no cache, plain autograd and torch AdamW."""
+    """One process, the whole global batch, no cache, padded (never packed), plain autograd and torch AdamW."""
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).train()
+    model = build_model(dataclasses.replace(cfg.model, padding_free=False)).train()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
     batch, _ = TrainBatches(cfg, tokenizer, 0, 1, cfg.data.cache_dir).next()
     reps = {job: model(**x, tower=tower_of(job)) for job, x in encode_jobs(batch, cfg).items()}
@@ -106,6 +108,14 @@ def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, 
     assert_engine_step_equals_reference(tmp_path, config, cfg)
 
 
+def test_zero2_padding_free_token_budget_equals_padded_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data):
+    """model.padding_free on CPU (rows under SDPA's block-diagonal mask) with a train.chunk_tokens budget over
+    packed positions, through the trainer under ZeRO-2 on 2 ranks == the padded one-process reference."""
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, padding_free=True, backend="deepspeed",
+                               deepspeed_config="ds_configs/zero2_fp32_cpu.json", chunk_size=0, chunk_tokens=160)
+    assert_engine_step_equals_reference(tmp_path, config, cfg)
+
+
 @pytest.mark.parametrize("shipped", [n for n in SHIPPED if n != "zero2_fp32_cpu.json"])
 def test_zero2_with_each_shipped_zero_block_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data,
                                                                  shipped):
@@ -119,6 +129,7 @@ def test_zero2_with_each_shipped_zero_block_equals_plain_pytorch(tmp_path, tiny_
 def assert_engine_step_equals_reference(tmp_path, config, cfg, read_grads=True):
     loss, grads, params, grad_norm = reference_step(cfg)
     result = run_worker(tmp_path, config, "engine" if read_grads else "engine-norm")
+    assert (result["packed_rows"] > 0) == cfg.model.padding_free
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert result["grad_norm"] == pytest.approx(grad_norm, rel=1e-4)
     if read_grads:

@@ -9,7 +9,13 @@ from test_grad_cache import assert_same_grads
 
 from dist_lacl.config import config_from_dict
 from dist_lacl.errors import UserError
-from dist_lacl.model import DualEncoder, build_model, first_position, flash_attention_implementation, load_encoder
+from dist_lacl.model import (
+    DualEncoder,
+    build_model,
+    first_position,
+    flash_attention_implementation,
+    load_encoder,
+)
 from dist_lacl.packing import attention_kwargs, pack, packed_rows, pool_packed
 
 

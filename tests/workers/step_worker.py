@@ -57,16 +57,33 @@ def plain_step(cfg):
     return cache.loss.item(), grads, {}, None
 
 
+PACKED = {"rows": 0}  # rows the encoder ran packed (model.padding_free), counted at dist_lacl.model.pack
+
+
+def count_packed_rows():
+    import dist_lacl.model
+
+    inner = dist_lacl.model.pack
+
+    def counted(*args, **kwargs):
+        packed = inner(*args, **kwargs)
+        PACKED["rows"] += packed.input_ids.shape[0]
+        return packed
+    dist_lacl.model.pack = counted
+
+
 def main():
     config, mode, out = sys.argv[1:4]
     cfg = load_config(config)
     torch.set_num_threads(1)
+    count_packed_rows()
     loss, grads, params, grad_norm = plain_step(cfg) if mode == "plain" else engine_step(cfg, mode)
     if dist.is_main():
         from torch._dynamo.utils import counters
 
         torch.save({"loss": loss, "grads": grads, "params": params, "grad_norm": grad_norm,
-                    "world_size": dist.world_size(), "compiled_graphs": counters["stats"]["unique_graphs"]}, out)
+                    "world_size": dist.world_size(), "compiled_graphs": counters["stats"]["unique_graphs"],
+                    "packed_rows": PACKED["rows"]}, out)
     dist.destroy()
 
 
