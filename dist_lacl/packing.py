@@ -39,6 +39,8 @@ class Rows:
 
     def place(self, length: int) -> tuple[int, int]:
         """(row, offset) of a new sequence of `length` tokens (at most the capacity)."""
+        if length > self.capacity:
+            raise ValueError(f"a sequence of {length} tokens does not fit rows of {self.capacity}")
         for row, free in enumerate(self.free):
             if free >= length:
                 self.free[row] = free - length

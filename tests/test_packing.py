@@ -124,6 +124,8 @@ def test_rows_fill_first_fit_longest_first():
     rows = packed_rows([2, 7, 4, 3, 1, 5])  # capacity 7: [7] [5 2] [4 3] [1]
     assert rows.capacity == 7 and rows.free == [0, 0, 0, 6] and rows.positions == 28
     assert rows.fits(6) and not rows.fits(7)
+    with pytest.raises(ValueError, match="does not fit rows of 7"):
+        rows.place(8)
 
 
 def test_padding_free_without_flash_packs_rows_under_sdpa(tiny_models, training_data):
