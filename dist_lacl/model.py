@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,6 +13,7 @@ from .errors import UserError
 from .packing import FLASH_IMPLEMENTATIONS, attention_kwargs, pack, pool_packed
 
 TOWERS = ("query", "passage")
+log = logging.getLogger(__name__)
 
 
 class DualEncoder(nn.Module):
@@ -79,6 +82,10 @@ def build_model(cfg, precision: str = "fp32") -> DualEncoder:
     """The dual encoder of `cfg` (config.ModelConfig), loaded from a local folder or hub id. With
     padding_free, flash-attention where it can run (a CUDA GPU, flash-attn, `precision` bf16/fp16)."""
     attn = flash_attention_implementation(precision) if cfg.padding_free else None
+    if cfg.padding_free:
+        log.info("model.padding_free: %s", f"one packed row per chunk through {attn}'s varlen kernel" if attn else
+                 f"rows shared by several sequences under SDPA's block-diagonal mask (no flash-attention for "
+                 f"{precision} here)")
     query = load_encoder(cfg.name_or_path, cfg.random_init, attn, cfg.padding_free)
     passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path, cfg.random_init, attn, cfg.padding_free)
     if cfg.gradient_checkpointing:
