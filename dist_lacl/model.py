@@ -100,7 +100,7 @@ def build_model(cfg, precision: str = "fp32") -> DualEncoder:
                        padding_free=cfg.padding_free)
 
 
-def flash_attention_implementation(precision: str = "bf16") -> str | None:
+def flash_attention_implementation(precision: str) -> str | None:
     """The flash-attention implementation transformers can run here for `precision`, or None (padding-free
     batches then go in rows under SDPA's block-diagonal mask: flash-attention has no fp32 kernel)."""
     from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available

@@ -53,11 +53,16 @@ class Rows:
         return len(self.free) * self.capacity
 
 
+def longest_first(lengths: list[int]) -> list[int]:
+    """The order sequences are placed in rows: longest first, ties in input order (as GradCache sorts)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 def packed_rows(lengths: list[int]) -> Rows:
-    """The rows sequences of these lengths fill, each row as long as the longest, longest first."""
+    """The rows sequences of these lengths fill, each row as long as the longest, placed as `pack` does."""
     rows = Rows(max(lengths))
-    for length in sorted(lengths, reverse=True):
-        rows.place(length)
+    for i in longest_first(lengths):
+        rows.place(lengths[i])
     return rows
 
 
@@ -110,7 +115,7 @@ def place_sequences(lengths: list[int], row_length: int | None) -> tuple[list[in
         return offsets, [0] * len(lengths)
     rows = Rows(row_length)
     offsets, row_of = [0] * len(lengths), [0] * len(lengths)
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for i in longest_first(lengths):
         row_of[i], offsets[i] = rows.place(lengths[i])
     return offsets, row_of
 

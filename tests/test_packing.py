@@ -162,7 +162,7 @@ def _flash_available() -> bool:
 @pytest.mark.parametrize("model_type", ["xlm-roberta", "bert"])
 def test_flash_varlen_packed_equals_padded_sdpa_on_cuda(tiny_models, model_type):
     """The real path: flash-attention's varlen kernel over the packed row, bf16, against SDPA padded."""
-    flash = load_encoder(tiny_models[model_type], attn_implementation=flash_attention_implementation())
+    flash = load_encoder(tiny_models[model_type], attn_implementation=flash_attention_implementation("bf16"))
     sdpa = load_encoder(tiny_models[model_type], attn_implementation="sdpa")
     ids, mask = padded_batch(flash.config.vocab_size, [9, 3, 17, 1, 12, 40], seed=2)
     ids, mask = ids.cuda(), mask.cuda()
@@ -195,7 +195,7 @@ def test_flash_varlen_dropout_replays_exactly_on_cuda(tiny_models):
     """The gradient cache's two passes of a packed chunk: flash-attention draws its dropout masks from the
     CUDA generator, so the recorded state gives the re-forward the first pass's masks."""
     from dist_lacl.grad_cache import RandomState
-    encoder = load_encoder(tiny_models["xlm-roberta"], attn_implementation=flash_attention_implementation())
+    encoder = load_encoder(tiny_models["xlm-roberta"], attn_implementation=flash_attention_implementation("bf16"))
     model = DualEncoder(encoder, pooling="mean", padding_free=True).cuda().bfloat16().train()
     ids, mask = padded_batch(encoder.config.vocab_size, [9, 3, 17, 12], seed=3)
     ids, mask = ids.cuda(), mask.cuda()
