@@ -49,6 +49,11 @@ class ModelConfig:
     XLM-R model): on a CUDA GPU with flash-attn and bf16/fp16, one row through its varlen kernel; elsewhere
     (CPU, fp32) rows as long as the chunk's longest sequence, shorter ones sharing a row, under SDPA's
     block-diagonal mask. With train.chunk_tokens the budget counts these packed positions."""
+    packed_row_length: int = 0
+    """With padding_free under SDPA or eager attention: rows of this many positions for every chunk
+    (0: each chunk's longest sequence). Attention keeps row length x row length scores per row, so a fixed
+    length makes train.chunk_tokens a fixed activation memory whatever the texts' lengths, at the price of
+    wider scores for short texts. Flash-attention's varlen row ignores it."""
 
 
 @dataclass
@@ -356,6 +361,15 @@ def validate(cfg: RunConfig) -> None:
         (not t.chunk_tokens or t.chunk_tokens >= max(data.query_max_len, data.passage_max_len,
                                                      data.sentence_max_len), "train.chunk_tokens",
          "at least the longest max length (data.*_max_len), so every row fits in a chunk"),
+        (cfg.model.packed_row_length >= 0, "model.packed_row_length",
+         "an integer >= 0 (0: rows as long as each chunk's longest sequence)"),
+        (not cfg.model.packed_row_length or cfg.model.padding_free, "model.packed_row_length",
+         "model.padding_free true with it (it sets the length of the packed rows)"),
+        (not cfg.model.packed_row_length or cfg.model.packed_row_length >= max(
+            data.query_max_len, data.passage_max_len, data.sentence_max_len), "model.packed_row_length",
+         "at least the longest max length (data.*_max_len), so every sequence fits in a row"),
+        (not (cfg.model.packed_row_length and t.chunk_tokens) or t.chunk_tokens >= cfg.model.packed_row_length,
+         "train.chunk_tokens", "at least model.packed_row_length, so a chunk holds a whole row"),
         (t.log_every > 0, "train.log_every", "a positive integer"),
         (t.eval_every >= 0, "train.eval_every", "an integer >= 0"),
         (t.eval_every == 0 or all((data.dev_queries, data.dev_corpus, data.dev_qrels)), "data.dev_*",
@@ -416,6 +430,7 @@ RESUMABLE_CHANGES = {"train.max_steps", "train.log_every", "train.save_every", "
                      "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
                      "data.cache_dir", "data.cache_build_procs", "data.prefetch", "model.gradient_checkpointing",
+                     "model.packed_row_length",
                      "loss.sharding", "loss.block_rows"}
 
 

@@ -88,10 +88,11 @@ def same_attention_kernel() -> contextlib.AbstractContextManager:
 
 class ChunkPositions:
     """The token positions a growing chunk costs the encoder: rows x its longest row, or (packed) the
-    positions of the rows `Rows` packs it into, grown one sequence at a time when fed longest first."""
+    positions of the rows `Rows` packs it into, grown one sequence at a time when fed longest first
+    (rows of `row_length` positions, 0: as long as the chunk's longest)."""
 
-    def __init__(self, packed: bool):
-        self.packed, self.lengths, self.longest, self.rows = packed, [], 0, Rows(0)
+    def __init__(self, packed: bool, row_length: int = 0):
+        self.packed, self.lengths, self.longest, self.rows = packed, [], 0, Rows(row_length)
 
     def with_row(self, length: int) -> int:
         """The positions with one more row of `length` tokens."""
@@ -159,6 +160,7 @@ class GradCache:
         autograd per input batch, one backward.
     packed: the encoder packs each chunk's sequences into rows as long as its longest (model.padding_free,
         dist_lacl.packing.Rows): chunk_tokens then counts those rows' positions, so short sequences share them.
+        row_length: the packed rows' length when fixed (model.packed_row_length; 0: each chunk's longest).
     sort_by_length False keeps the batch's row order in the chunks (only for comparison: more padding).
     cache_dtype: the least dtype of the loss leaves, cached gradients and surrogate (see the module's
         docstring); None takes the representations' own dtype (the old behaviour, only for comparison).
@@ -174,12 +176,13 @@ class GradCache:
                  backward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
                  sort_by_length: bool = True, chunk_tokens: int = 0,
                  cache_dtype: torch.dtype | None = torch.float32, keep_last_graph: bool = True,
-                 packed: bool = False):
+                 packed: bool = False, row_length: int = 0):
         if chunk_size and chunk_tokens:
             raise ValueError("chunk_size and chunk_tokens are alternatives: give one of them")
         self.encode, self.loss_fn, self.backward_fn = encode, loss_fn, backward
         self.chunk_size, self.chunk_tokens, self.sort_by_length = chunk_size, chunk_tokens, sort_by_length
         self.cache_dtype, self.keep_last_graph, self.packed = cache_dtype, keep_last_graph, packed
+        self.row_length = row_length
         self.chunk_context = chunk_context or (lambda is_last: contextlib.nullcontext())
         self.backward_context = backward_context or contextlib.nullcontext
 
@@ -203,10 +206,10 @@ class GradCache:
         """Rows per chunk for rows of these lengths, in chunk order."""
         if not self.chunk_tokens:
             return [min(self.chunk_size, len(lengths) - i) for i in range(0, len(lengths), self.chunk_size)]
-        sizes, chunk = [], ChunkPositions(self.packed)
+        sizes, chunk = [], ChunkPositions(self.packed, self.row_length)
         for length in lengths:
             if not sizes or chunk.with_row(length) > self.chunk_tokens:
-                chunk = ChunkPositions(self.packed)
+                chunk = ChunkPositions(self.packed, self.row_length)
                 sizes.append(0)
             chunk.add(length)
             sizes[-1] += 1

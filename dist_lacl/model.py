@@ -28,7 +28,7 @@ class DualEncoder(nn.Module):
 
     def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None = None,
                  pooling: str = "cls", normalize: bool = False, prefixes: dict[str, str] | None = None,
-                 padding_free: bool = False):
+                 padding_free: bool = False, packed_row_length: int = 0):
         super().__init__()
         self.query_encoder = query_encoder
         # Registered only when separate, so a shared encoder is saved and optimised once.
@@ -37,6 +37,7 @@ class DualEncoder(nn.Module):
         self.normalize = normalize
         self.prefixes = {"query": "", "passage": "", **(prefixes or {})}
         self.padding_free = padding_free
+        self.packed_row_length = packed_row_length  # 0: rows as long as each chunk's longest sequence
 
     @property
     def shared(self) -> bool:
@@ -51,18 +52,22 @@ class DualEncoder(nn.Module):
         """input_ids, attention_mask [B, L] -> representations [B, D] in the encoder's dtype."""
         encoder = self.tower(tower)
         if self.padding_free:
-            reps = forward_packed(encoder, input_ids, attention_mask, self.pooling)
+            reps = forward_packed(encoder, input_ids, attention_mask, self.pooling, self.packed_row_length)
         else:
             hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             reps = pool(hidden, attention_mask, self.pooling)
         return F.normalize(reps, dim=-1) if self.normalize else reps
 
 
-def forward_packed(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+def forward_packed(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor, pooling: str,
+                   row_length: int = 0) -> Tensor:
     """[B, L] right-padded -> [B, D]: the encoder run over the B sequences packed (one row for flash-attention,
-    else rows of the longest sequence's length)."""
+    else rows of `row_length` positions, 0: the longest sequence's length)."""
     implementation = encoder.config._attn_implementation
-    row_length = None if implementation in FLASH_IMPLEMENTATIONS else int(attention_mask.sum(1).max())
+    if implementation in FLASH_IMPLEMENTATIONS:
+        row_length = None
+    else:
+        row_length = row_length or int(attention_mask.sum(1).max())
     packed = pack(input_ids, attention_mask, first_position(encoder.config), row_length)
     kwargs = attention_kwargs(packed, implementation, encoder.get_input_embeddings().weight.dtype)
     hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
@@ -84,8 +89,8 @@ def build_model(cfg, precision: str = "fp32") -> DualEncoder:
     attn = flash_attention_implementation(precision) if cfg.padding_free else None
     if cfg.padding_free:
         log.info("model.padding_free: %s", f"one packed row per chunk through {attn}'s varlen kernel" if attn else
-                 f"rows shared by several sequences under SDPA's block-diagonal mask (no flash-attention for "
-                 f"{precision} here)")
+                 f"rows of {cfg.packed_row_length or 'the longest sequence'} positions shared by several sequences "
+                 f"under SDPA's block-diagonal mask (no flash-attention for {precision} here)")
     query = load_encoder(cfg.name_or_path, cfg.random_init, attn, cfg.padding_free)
     passage = None if cfg.shared_encoder else load_encoder(cfg.name_or_path, cfg.random_init, attn, cfg.padding_free)
     if cfg.gradient_checkpointing:
@@ -97,7 +102,7 @@ def build_model(cfg, precision: str = "fp32") -> DualEncoder:
             if enc is not None:
                 compile_encoder(enc, cfg.compile_backend)
     return DualEncoder(query, passage, pooling=cfg.pooling, normalize=cfg.normalize, prefixes=prefixes_of(cfg),
-                       padding_free=cfg.padding_free)
+                       padding_free=cfg.padding_free, packed_row_length=cfg.packed_row_length)
 
 
 def flash_attention_implementation(precision: str) -> str | None:

@@ -201,6 +201,7 @@ class Trainer:
             encode=lambda job, inputs: self.engine.encode(inputs, tower_of(job)),
             loss_fn=make_loss_fn(cfg, self.tap), backward=self.engine.backward,
             chunk_size=t.chunk_size, chunk_tokens=t.chunk_tokens, packed=cfg.model.padding_free,
+            row_length=cfg.model.packed_row_length,
             chunk_context=self.engine.chunk_context, backward_context=self.engine.backward_context,
             keep_last_graph=t.keep_last_graph)
         self.writer = None

@@ -39,9 +39,9 @@ ZERO_GRAD_UPDATE = 1e-6
 CROSS_PROCESS = dict(rtol=1e-4, scale_tol=1e-3)
 
 
-def write_config(tmp_path, model_dir, data, shared_encoder=True, padding_free=False, **train):
+def write_config(tmp_path, model_dir, data, shared_encoder=True, padding_free=False, packed_row_length=0, **train):
     raw = {"model": {"name_or_path": str(model_dir), "pooling": "mean", "shared_encoder": shared_encoder,
-                     "padding_free": padding_free},
+                     "padding_free": padding_free, "packed_row_length": packed_row_length},
            "data": {**data, "train_group_size": 3, "cache_dir": str(tmp_path / "cache")},
            "loss": {"temperature": 0.5, "semantic_weight": 0.7, "language_weight": 0.4},
            "train": {"ir_batch_size": 4, "parallel_batch_size": 6, "monolingual_batch_size": 4, "chunk_size": 2,
@@ -109,10 +109,12 @@ def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, 
 
 
 def test_zero2_padding_free_token_budget_equals_padded_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data):
-    """model.padding_free on CPU (rows under SDPA's block-diagonal mask) with a train.chunk_tokens budget over
-    packed positions, through the trainer under ZeRO-2 on 2 ranks == the padded one-process reference."""
-    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, padding_free=True, backend="deepspeed",
-                               deepspeed_config="ds_configs/zero2_fp32_cpu.json", chunk_size=0, chunk_tokens=160)
+    """model.padding_free on CPU (rows under SDPA's block-diagonal mask, of a fixed 128 positions) with a
+    train.chunk_tokens budget over packed positions, through the trainer under ZeRO-2 on 2 ranks == the padded
+    one-process reference. Rows as long as each chunk's longest: test_packing and test_grad_cache."""
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, padding_free=True, packed_row_length=128,
+                               backend="deepspeed", deepspeed_config="ds_configs/zero2_fp32_cpu.json", chunk_size=0,
+                               chunk_tokens=256)
     assert_engine_step_equals_reference(tmp_path, config, cfg)
 
 
@@ -130,6 +132,8 @@ def assert_engine_step_equals_reference(tmp_path, config, cfg, read_grads=True):
     loss, grads, params, grad_norm = reference_step(cfg)
     result = run_worker(tmp_path, config, "engine" if read_grads else "engine-norm")
     assert (result["packed_rows"] > 0) == cfg.model.padding_free
+    if cfg.model.packed_row_length:
+        assert result["packed_widths"] == [cfg.model.packed_row_length]
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert result["grad_norm"] == pytest.approx(grad_norm, rel=1e-4)
     if read_grads:

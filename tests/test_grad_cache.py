@@ -240,6 +240,16 @@ def test_split_by_packed_token_budget():
     assert packed.chunk_sizes([3, 3, 8, 8]) == [3, 1]
 
 
+def test_split_by_packed_token_budget_in_rows_of_a_fixed_length():
+    """Budget 24, six sequences of 8: rows of 16 (model.packed_row_length) hold two each, so a chunk is one
+    row (16; a second row would make 32): 2 | 2 | 2. Rows as long as the longest (8) hold one: 3 | 3."""
+    fixed = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=24, packed=True, row_length=16)
+    longest = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=24, packed=True)
+    assert fixed.chunk_sizes([8] * 6) == [2, 2, 2]
+    assert longest.chunk_sizes([8] * 6) == [3, 3]
+    assert fixed.chunk_sizes([16, 5, 5, 5, 1]) == [1, 4]  # [16] | [5 5 5 1] fill one row of 16
+
+
 def test_split_by_token_budget():
     """Budget 8, rows sorted by length 4 4 3 2 2 1 1 1: chunks 4 4 (2 x 4) | 3 2 (a third row: 3 x 3 > 8)
     | 2 1 1 1 (4 x 2)."""
@@ -262,3 +272,19 @@ def test_token_budget_config_is_validated(training_data):
         config_from_dict({**base, "train": {"chunk_size": 0, "chunk_tokens": 32}})
     with pytest.raises(ConfigError, match=r"train.chunk_tokens: expected an integer >= 0"):
         config_from_dict({**base, "train": {"chunk_size": 0, "chunk_tokens": -1}})
+
+
+def test_packed_row_length_config_is_validated(training_data):
+    base = {"data": {"train_ir": training_data["train_ir"], "passage_max_len": 64},
+            "loss": {"semantic_weight": 0.0, "language_weight": 0.0}}
+    packed = {"padding_free": True, "packed_row_length": 128}
+    cfg = config_from_dict({**base, "model": packed, "train": {"chunk_size": 0, "chunk_tokens": 512}})
+    assert cfg.model.packed_row_length == 128
+    with pytest.raises(ConfigError, match=r"model.packed_row_length: expected model.padding_free true with it"):
+        config_from_dict({**base, "model": {"packed_row_length": 128}})
+    with pytest.raises(ConfigError, match=r"model.packed_row_length: expected at least the longest max length"):
+        config_from_dict({**base, "model": {**packed, "packed_row_length": 32}})
+    with pytest.raises(ConfigError, match=r"model.packed_row_length: expected an integer >= 0"):
+        config_from_dict({**base, "model": {**packed, "packed_row_length": -1}})
+    with pytest.raises(ConfigError, match=r"train.chunk_tokens: expected at least model.packed_row_length"):
+        config_from_dict({**base, "model": packed, "train": {"chunk_size": 0, "chunk_tokens": 96}})

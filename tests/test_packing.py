@@ -7,6 +7,7 @@ import torch
 from helpers_tiny import make_tiny_model, make_tiny_tokenizer
 from test_grad_cache import assert_same_grads
 
+import dist_lacl.model
 from dist_lacl.config import config_from_dict
 from dist_lacl.errors import UserError
 from dist_lacl.model import (
@@ -78,25 +79,36 @@ def test_position_ids_restart_where_the_model_numbers_its_first_token(tiny_model
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize("model_type", ["xlm-roberta", "bert"])
-def test_packed_representations_equal_padded(tiny_models, model_type, pooling, attn):
+def test_packed_representations_equal_padded(tiny_models, model_type, pooling, attn, monkeypatch):
     """The same weights, eval mode: each sequence's representation packed equals it padded, and so do the
-    gradients of a loss over them (the packed layout's backward reaches the same parameters)."""
+    gradients of a loss over them (the packed layout's backward reaches the same parameters), in rows as
+    long as the longest sequence (17: [17] [12 3 1] [9]) and in rows of a fixed 24 ([17 3 1] [12 9])."""
     encoder = load_encoder(tiny_models[model_type], attn_implementation=attn)
     with torch.no_grad():
         encoder.get_input_embeddings().weight.mul_(20.0)  # distinct inputs, distinct representations
     ids, mask = padded_batch(encoder.config.vocab_size, [9, 3, 17, 1, 12], seed=1)
+    shapes = []
+
+    def recording_pack(*args, **kwargs):
+        packed = pack(*args, **kwargs)
+        shapes.append(tuple(packed.input_ids.shape))
+        return packed
+
+    monkeypatch.setattr(dist_lacl.model, "pack", recording_pack)
     results = []
-    for padding_free in (False, True):
-        model = DualEncoder(encoder, pooling=pooling, padding_free=padding_free).eval()
+    for padding_free, row_length in ((False, 0), (True, 0), (True, 24)):
+        model = DualEncoder(encoder, pooling=pooling, padding_free=padding_free, packed_row_length=row_length).eval()
         model.zero_grad(set_to_none=True)
         reps = model(ids, mask)
         (reps * torch.linspace(-1, 1, reps.numel()).view_as(reps)).sum().backward()
         results.append((reps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (padded, grads_padded), (packed, grads_packed) = results
+    assert shapes == [(3, 17), (2, 24)]
+    (padded, grads_padded), *packed_runs = results
     assert padded.std(0).mean() > 1e-2  # the rows differ: a comparison of representations, not of one vector
-    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
-    # Attention key biases: gradient 0 in exact arithmetic (softmax is shift-invariant), rounding noise here.
-    assert_same_grads(grads_packed, grads_padded, rtol=1e-4, floor=1e-9)
+    for packed, grads_packed in packed_runs:
+        torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+        # Attention key biases: gradient 0 in exact arithmetic (softmax is shift-invariant), rounding noise here.
+        assert_same_grads(grads_packed, grads_padded, rtol=1e-4, floor=1e-9)
 
 
 def test_pack_in_rows_by_hand():

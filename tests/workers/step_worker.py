@@ -57,7 +57,7 @@ def plain_step(cfg):
     return cache.loss.item(), grads, {}, None
 
 
-PACKED = {"rows": 0}  # rows the encoder ran packed (model.padding_free), counted at dist_lacl.model.pack
+PACKED = {"rows": 0, "widths": set()}  # rows the encoder ran packed (model.padding_free) and their lengths
 
 
 def count_packed_rows():
@@ -68,6 +68,7 @@ def count_packed_rows():
     def counted(*args, **kwargs):
         packed = inner(*args, **kwargs)
         PACKED["rows"] += packed.input_ids.shape[0]
+        PACKED["widths"].add(packed.input_ids.shape[1])
         return packed
     dist_lacl.model.pack = counted
 
@@ -83,7 +84,8 @@ def main():
 
         torch.save({"loss": loss, "grads": grads, "params": params, "grad_norm": grad_norm,
                     "world_size": dist.world_size(), "compiled_graphs": counters["stats"]["unique_graphs"],
-                    "packed_rows": PACKED["rows"]}, out)
+                    "packed_rows": PACKED["rows"],
+                    "packed_widths": sorted(PACKED["widths"])}, out)
     dist.destroy()
 
 
