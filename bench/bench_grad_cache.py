@@ -78,15 +78,19 @@ FULL = dict(
     st_model="minilm", st_batch=128, st_repeats=3, max_len=128,
     scaling_model="minilm", scaling_batch=32, scaling_steps=3, scaling_runs=2,
     scaling_layouts=((1, 1), (2, 1), (1, 2)), scaling_precision="fp32",
-    # 5. one batch of short sentences and one of long passages, chunked by rows and by a token budget.
-    chunks_model="minilm", chunks_batch=32, chunks_rows=32, chunks_tokens=2048, chunks_repeats=1,
+    # 5. one batch of short sentences and one of long passages, chunked by rows and by a token budget
+    # (padded, and packed in rows of chunks_row_length). The short batch holds enough sentences to fill
+    # the budget (128 x 16 = 2048), the long one fills it with 8 passages of 256.
+    chunks_model="minilm", chunks_batch={"short": 128, "long": 32}, chunks_rows=32, chunks_tokens=2048,
+    chunks_row_length=256, chunks_repeats=1,
 )
 QUICK = dict(
     memory_models=("tiny",), memory_batches=(8, 32), chunk=8, uncached_cap={"tiny": 8},
     memory_repeats={"tiny": 1}, st_model="tiny", st_batch=16, st_repeats=2, max_len=64,
     scaling_model="tiny", scaling_batch=8, scaling_steps=3, scaling_runs=1, scaling_layouts=((1, 1), (2, 1)),
     scaling_precision="fp32",
-    chunks_model="tiny", chunks_batch=16, chunks_rows=8, chunks_tokens=512, chunks_repeats=1,
+    chunks_model="tiny", chunks_batch={"short": 32, "long": 16}, chunks_rows=8, chunks_tokens=512,
+    chunks_row_length=256, chunks_repeats=1,
 )
 
 
@@ -327,26 +331,41 @@ def phase_lines(rows: list[dict]) -> list[str]:
 
 # ---------------------------------------------------------------- 5. token-budget chunks
 
+# Rows per chunk; a token budget, padded; the budget over packed rows. Every chunk re-forwarded
+# (keep_last_graph off): the step's peak is then its largest chunk's activations, what a budget bounds.
+# "packed+kept" is the default keep_last_graph, beside it: the last chunk's graph, kept from the first pass,
+# is alive while the others are re-forwarded, adding that chunk's activations to the peak.
+CHUNKINGS = ("rows", "tokens", "packed", "packed+kept")
+
+
+def chunking_options(plan: dict, kind: str) -> dict:
+    if kind == "rows":
+        return {"chunk": plan["chunks_rows"], "keep_last_graph": "off"}
+    packed = {"packed_row_length": plan["chunks_row_length"]} if kind.startswith("packed") else {}
+    return {"chunk": 0, "chunk_tokens": plan["chunks_tokens"], **packed,
+            "keep_last_graph": "on" if kind == "packed+kept" else "off"}
+
+
 def measure_chunks(plan: dict, models: dict, triples: Path, threads: int) -> list[dict]:
     """Peak memory and time of one step over short sentences and over long passages, chunked by rows and
-    by a token budget: a fresh process each, as in table 1, sides alternating over the repeats."""
-    sides = [(lengths, kind) for lengths in ("short", "long") for kind in ("rows", "tokens")]
+    by a token budget (padded, and packed in rows of a fixed length): a fresh process each, as in table 1,
+    sides alternating over the repeats."""
+    sides = [(lengths, kind) for lengths in ("short", "long") for kind in CHUNKINGS]
     runs = {side: [] for side in sides}
     for rep in range(plan["chunks_repeats"]):
         for lengths, kind in (sides if rep % 2 == 0 else sides[::-1]):
             progress(f"chunks {plan['chunks_model']} {lengths} texts, chunks by {kind} ({rep + 1})")
-            chunking = ({"chunk": plan["chunks_rows"]} if kind == "rows" else
-                        {"chunk": 0, "chunk_tokens": plan["chunks_tokens"]})
             runs[(lengths, kind)].append(run_worker("memory", models[plan["chunks_model"]], triples, threads,
-                                                    batch=plan["chunks_batch"], lengths=lengths, **chunking))
+                                                    batch=plan["chunks_batch"][lengths], lengths=lengths,
+                                                    **chunking_options(plan, kind)))
     rows = []
     for (lengths, kind), rs in runs.items():
         shapes = rs[0]["chunk_shapes"]
-        rows.append({"texts": lengths, "chunks_by": kind, "n": len(rs),
+        rows.append({"texts": lengths, "chunks_by": kind, "n": len(rs), "queries": plan["chunks_batch"][lengths],
                      "budget": plan["chunks_rows"] if kind == "rows" else plan["chunks_tokens"],
                      "num_chunks": len(shapes), "max_rows_per_chunk": max(r for r, _ in shapes),
                      "min_rows_per_chunk": min(r for r, _ in shapes),
-                     "max_positions_per_chunk": max(r * L for r, L in shapes),
+                     "max_positions_per_chunk": max(rs[0]["chunk_positions"]),
                      "sequences": sum(r for r, _ in shapes), "non_padding_tokens": rs[0]["non_padding_tokens"],
                      "step_mib": median([(r["peak_hwm_mib"] or r["peak_sampled_mib"]) - r["baseline_mib"] for r in rs]),
                      "refwd_mib": median([r["phase_peak_mib"].get("forward_backward", float("nan")) - r["baseline_mib"]
@@ -356,25 +375,29 @@ def measure_chunks(plan: dict, models: dict, triples: Path, threads: int) -> lis
 
 
 def chunks_table(rows: list[dict], plan: dict) -> tuple[str, dict]:
-    lines = [f"5. Chunks by rows vs by a token budget: one training step (as table 1) of {plan['chunks_model']}, "
-             f"{plan['chunks_batch']} queries + {2 * plan['chunks_batch']} passages; short = every text cut at 16 "
-             f"tokens, long = passages cut at 256 (queries 32); rows = {plan['chunks_rows']} sequences per chunk, "
-             f"tokens = {plan['chunks_tokens']} positions per chunk (rows x longest row); a fresh process each, "
+    batches = plan["chunks_batch"]
+    lines = [f"5. Chunks by rows vs by a token budget: one training step (as table 1) of {plan['chunks_model']}; "
+             f"short = {batches['short']} queries + {2 * batches['short']} passages, every text cut at 16 tokens; "
+             f"long = {batches['long']} queries + {2 * batches['long']} passages cut at 256 (queries 32); "
+             f"rows = {plan['chunks_rows']} sequences per chunk; tokens = {plan['chunks_tokens']} positions per chunk "
+             f"(rows x longest row); packed = the same budget over model.padding_free rows of a fixed "
+             f"{plan['chunks_row_length']} positions (model.packed_row_length); every chunk re-forwarded, but packed+kept: "
+             f"packed with the default keep_last_graph; a fresh process each, "
              f"n = processes, median; step = peak - baseline, re-fwd = the peak within the re-forward+backward phase",
-             f"{'texts':6} {'chunks by':>9} {'n':>2} {'tokens':>7} {'chunks':>6} {'rows/chunk':>10} {'max pos':>7} "
+             f"{'texts':6} {'chunks by':>11} {'n':>2} {'tokens':>7} {'chunks':>6} {'rows/chunk':>10} {'max pos':>7} "
              f"{'step MiB':>9} {'re-fwd MiB':>10} {'step s':>7}"]
     for r in rows:
-        lines.append(f"{r['texts']:6} {r['chunks_by']:>9} {r['n']:>2} {r['non_padding_tokens']:>7} {r['num_chunks']:>6} "
+        lines.append(f"{r['texts']:6} {r['chunks_by']:>11} {r['n']:>2} {r['non_padding_tokens']:>7} {r['num_chunks']:>6} "
                      f"{r['min_rows_per_chunk']:>4}-{r['max_rows_per_chunk']:<5} {r['max_positions_per_chunk']:>7} "
                      f"{r['step_mib']:>9.0f} {r['refwd_mib']:>10.0f} {r['step_s']:>7.2f}")
     verdict = {}
-    for kind in ("rows", "tokens"):
+    for kind in CHUNKINGS:
         short, long = (next(r for r in rows if r["texts"] == t and r["chunks_by"] == kind) for t in ("short", "long"))
         ratio = max(short["step_mib"], long["step_mib"]) / min(short["step_mib"], long["step_mib"])
         verdict[kind] = {"ratio": ratio, "met": ratio <= TOKEN_MEMORY_TARGET}
         lines.append(f"peak step memory, long passages vs short sentences, chunks by {kind}: {ratio:.2f}x"
                      + (f" (target <= {TOKEN_MEMORY_TARGET}x) -> {'met' if ratio <= TOKEN_MEMORY_TARGET else 'NOT met'}"
-                        if kind == "tokens" else " (shown beside it)"))
+                        if kind in ("tokens", "packed") else " (shown beside it)"))
     return "\n".join(lines), verdict
 
 
@@ -623,7 +646,7 @@ def main() -> int:
                    "torch_threads": args.threads, "machine": machine(), "plan": plan})
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        num = max(max(plan["memory_batches"]), plan["st_batch"], plan["chunks_batch"])
+        num = max(max(plan["memory_batches"]), plan["st_batch"], *plan["chunks_batch"].values())
         source, records = load_ir_records(num, args.ir_data)
         result["data"] = {"source": source, "records": len(records)}
         m = result["machine"]

@@ -333,6 +333,7 @@ def validate(cfg: RunConfig) -> None:
         if value not in choices:
             raise ConfigError(f"{dotted}: expected one of {', '.join(choices)}, got {value!r}")
     t, loss, data = cfg.train, cfg.loss, cfg.data
+    longest = max(data.query_max_len, data.passage_max_len, data.sentence_max_len)
     checks = [
         (loss.temperature > 0, "loss.temperature", "a positive number"),
         (loss.language_temperature is None or loss.language_temperature > 0, "loss.language_temperature",
@@ -358,16 +359,14 @@ def validate(cfg: RunConfig) -> None:
         (t.chunk_tokens >= 0, "train.chunk_tokens", "an integer >= 0 (0: chunks of train.chunk_size rows)"),
         (not (t.chunk_tokens and t.chunk_size), "train.chunk_tokens",
          "train.chunk_size 0 with it (a token budget replaces chunks of train.chunk_size rows)"),
-        (not t.chunk_tokens or t.chunk_tokens >= max(data.query_max_len, data.passage_max_len,
-                                                     data.sentence_max_len), "train.chunk_tokens",
-         "at least the longest max length (data.*_max_len), so every row fits in a chunk"),
+        (not t.chunk_tokens or t.chunk_tokens >= longest, "train.chunk_tokens",
+         f"at least the longest max length (data.*_max_len: {longest}), so every row fits in a chunk"),
         (cfg.model.packed_row_length >= 0, "model.packed_row_length",
          "an integer >= 0 (0: rows as long as each chunk's longest sequence)"),
         (not cfg.model.packed_row_length or cfg.model.padding_free, "model.packed_row_length",
          "model.padding_free true with it (it sets the length of the packed rows)"),
-        (not cfg.model.packed_row_length or cfg.model.packed_row_length >= max(
-            data.query_max_len, data.passage_max_len, data.sentence_max_len), "model.packed_row_length",
-         "at least the longest max length (data.*_max_len), so every sequence fits in a row"),
+        (not cfg.model.packed_row_length or cfg.model.packed_row_length >= longest, "model.packed_row_length",
+         f"at least the longest max length (data.*_max_len: {longest}), so every sequence fits in a row"),
         (not (cfg.model.packed_row_length and t.chunk_tokens) or t.chunk_tokens >= cfg.model.packed_row_length,
          "train.chunk_tokens", "at least model.packed_row_length, so a chunk holds a whole row"),
         (t.log_every > 0, "train.log_every", "a positive integer"),

@@ -2,7 +2,8 @@
 
     grad_cache_worker.py memory MODEL TRIPLES --batch B --chunk C   peak memory of one training step
         [--chunk-tokens T --lengths short|long]                      (a token budget instead of C rows;
-                                                                     short sentences or long passages)
+        [--packed-row-length N]                                      short sentences or long passages;
+                                                                     padding-free rows of N positions)
     grad_cache_worker.py st     MODEL TRIPLES --batch B --chunk C   dist-lacl against sentence-transformers
 
 TRIPLES is a jsonl of {query, positive, negative} texts. The step is dist-lacl's: a shared-encoder
@@ -34,7 +35,7 @@ from dist_lacl.data import Tokenize  # noqa: E402
 from dist_lacl.grad_cache import GradCache  # noqa: E402
 from dist_lacl.losses import ir_loss  # noqa: E402
 from dist_lacl.model import DualEncoder, load_encoder, parameter_groups  # noqa: E402
-from dist_lacl.packing import packed_rows  # noqa: E402
+from dist_lacl.packing import Rows, packed_rows  # noqa: E402
 
 TEMPERATURE = 0.05
 QUERY_MAX_LEN, PASSAGE_MAX_LEN = 32, 128
@@ -70,8 +71,10 @@ def slice_batch(batch: dict, num_queries: int) -> dict:
             "passage": {k: v[:2 * num_queries] for k, v in batch["passage"].items()}}
 
 
-def build_dual_encoder(model_path: str) -> DualEncoder:
-    return DualEncoder(load_encoder(model_path), pooling="mean", normalize=True)
+def build_dual_encoder(model_path: str, packed_row_length: int = 0) -> DualEncoder:
+    """Padded, or (packed_row_length) padding-free in rows of that many positions."""
+    return DualEncoder(load_encoder(model_path, padding_free=bool(packed_row_length)), pooling="mean",
+                       normalize=True, padding_free=bool(packed_row_length), packed_row_length=packed_row_length)
 
 
 def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool = True,
@@ -80,7 +83,8 @@ def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool =
                      loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE,
                                                    block_rows=block_rows), None),
                      backward=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length,
-                     chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph, packed=model.padding_free)
+                     chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph, packed=model.padding_free,
+                     row_length=model.packed_row_length)
 
 
 def padding_free(model: DualEncoder) -> DualEncoder:
@@ -244,10 +248,11 @@ def measure_memory(args) -> dict:
     else:
         batch = tokenize_batch(tokenizer, triples, *lengths)
     tokenize_peak = peak_rss_mib() - before
-    model = build_dual_encoder(args.model).train()
+    model = build_dual_encoder(args.model, args.packed_row_length).train()
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.01), lr=2e-5)
-    grad_cache = build_grad_cache(model, args.chunk, block_rows=args.block_rows, chunk_tokens=args.chunk_tokens)
-    chunks = [c["input_ids"].shape for inputs in batch.values() for c in grad_cache.split(inputs)[0]]
+    grad_cache = build_grad_cache(model, args.chunk, block_rows=args.block_rows, chunk_tokens=args.chunk_tokens,
+                                  keep_last_graph=args.keep_last_graph == "on")
+    chunks = [c for inputs in batch.values() for c in grad_cache.split(inputs)[0]]
     # The warm-up runs the loss in several blocks where blocked (checkpointing's first call is not the step's).
     warm_up = build_grad_cache(model, args.chunk, block_rows=min(args.block_rows, 2), chunk_tokens=args.chunk_tokens)
     train_step(warm_up, optimizer, slice_batch(batch, min(8, args.batch)))
@@ -265,7 +270,8 @@ def measure_memory(args) -> dict:
             "tokenize_peak_mib": tokenize_peak, "step_s": step_s, "loss": loss,
             "params": sum(p.numel() for p in model.parameters()), "dim": model.query_encoder.config.hidden_size,
             "input_shapes": {k: list(v["input_ids"].shape) for k, v in batch.items()},
-            "chunk_shapes": [list(shape) for shape in chunks],
+            "chunk_shapes": [list(c["input_ids"].shape) for c in chunks],
+            "chunk_positions": [chunk_positions(c, args.packed_row_length) for c in chunks],
             "non_padding_tokens": sum(int(v["attention_mask"].sum()) for v in batch.values())}
 
 
@@ -330,6 +336,16 @@ def zero_grads(*modules) -> None:
 def padded_tokens(chunks: list[dict]) -> int:
     """Token positions (padding included) the encoder runs over for these chunk inputs."""
     return sum(c["input_ids"].shape[0] * c["input_ids"].shape[1] for c in chunks)
+
+
+def chunk_positions(chunk: dict, packed_row_length: int) -> int:
+    """Token positions the encoder runs for one chunk: rows x longest, or its packed rows' positions."""
+    if not packed_row_length:
+        return chunk["input_ids"].numel()
+    rows = Rows(packed_row_length)
+    for length in sorted(chunk["attention_mask"].sum(1).tolist(), reverse=True):
+        rows.place(length)
+    return rows.positions
 
 
 def packed_tokens(chunks: list[dict]) -> int:
@@ -476,6 +492,10 @@ def main():
     parser.add_argument("--chunk", type=int, required=True, help="sequences per chunk; 0 = no caching")
     parser.add_argument("--chunk-tokens", type=int, default=0, help="memory: tokens per chunk (with --chunk 0)")
     parser.add_argument("--lengths", choices=sorted(LENGTHS), default="default", help="memory: text lengths")
+    parser.add_argument("--keep-last-graph", choices=("on", "off"), default="on",
+                        help="memory: GradCache's keep_last_graph (off: every chunk re-forwarded)")
+    parser.add_argument("--packed-row-length", type=int, default=0,
+                        help="memory: padding-free rows of this many positions (0: padded chunks)")
     parser.add_argument("--tokenize-in", choices=("thread", "main"), default="thread",
                         help="memory: tokenise the batch in a thread, as the trainer's prefetcher does, or on the "
                              "step's thread")
