@@ -13,8 +13,9 @@ Steps, each a method:
      same representations) and backpropagate the surrogate <reps, cached grad>, which gives exactly
      the parameter gradient of the full-batch loss, chunk by chunk.
 With `keep_last_graph`, the step's last chunk runs with autograd in step 2 and keeps its graph through
-the loss: step 4 backpropagates it without a re-forward (one chunk's activations more during the loss,
-one forward fewer per step; with 3 chunks a third of the no-grad pass).
+the loss: step 4 backpropagates it first, without a re-forward, and frees it before re-forwarding the
+others (one chunk's activations more during the loss only; one forward fewer per step, with 3 chunks a
+third of the no-grad pass).
 Precision: the loss leaves, the cached gradients and the surrogate dot product are fp32 whatever the
 encoder's dtype (`cache_dtype`). Under fp16, a cache in fp16 built by an unscaled backward flushes the
 small passage gradients of a large batch at a small temperature to zero before the engine's loss
@@ -243,12 +244,15 @@ class GradCache:
         return loss.detach(), loss_out, {name: leaf.grad for name, leaf in leaves.items()}
 
     def forward_backward(self, cache: Cache) -> None:
-        """Step 4: re-forward each chunk under its RNG state; backpropagate <reps, cached grad>."""
+        """Step 4: re-forward each chunk under its RNG state; backpropagate <reps, cached grad>. The kept
+        chunk (the last of step 2) goes first: its graph is freed before any re-forward builds another."""
         order = [(name, i) for name, parts in cache.chunks.items() for i in range(len(parts))]
+        if cache.kept is not None:
+            order.insert(0, order.pop())
         for n, (name, i) in enumerate(order):
             is_last = n == len(order) - 1
             with self.chunk_context(is_last), cache.rng[name][i].replay(), same_attention_kernel():
-                kept = cache.kept if is_last else None
+                kept = cache.kept if n == 0 else None
                 reps = self.encode(name, cache.chunks[name][i]) if kept is None else kept
                 grad = cache.rep_grads[name][i]
                 # In the cache's dtype: backward_fn may scale the surrogate (fp16) before any rounding.
