@@ -161,7 +161,7 @@ class GradCache:
         autograd per input batch, one backward.
     packed: the encoder packs each chunk's sequences into rows as long as its longest (model.padding_free,
         dist_lacl.packing.Rows): chunk_tokens then counts those rows' positions, so short sequences share them.
-        row_length: the packed rows' length when fixed (model.packed_row_length; 0: each chunk's longest).
+    row_length: the packed rows' length when fixed (model.packed_row_length; 0: each chunk's longest).
     sort_by_length False keeps the batch's row order in the chunks (only for comparison: more padding).
     cache_dtype: the least dtype of the loss leaves, cached gradients and surrogate (see the module's
         docstring); None takes the representations' own dtype (the old behaviour, only for comparison).
