@@ -64,11 +64,8 @@ def forward_packed(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor
     """[B, L] right-padded -> [B, D]: the encoder run over the B sequences packed (one row for flash-attention,
     else rows of `row_length` positions, 0: the longest sequence's length)."""
     implementation = encoder.config._attn_implementation
-    if implementation in FLASH_IMPLEMENTATIONS:
-        row_length = None
-    else:
-        row_length = row_length or int(attention_mask.sum(1).max())
-    packed = pack(input_ids, attention_mask, first_position(encoder.config), row_length)
+    rows = None if implementation in FLASH_IMPLEMENTATIONS else row_length or int(attention_mask.sum(1).max())
+    packed = pack(input_ids, attention_mask, first_position(encoder.config), rows)
     kwargs = attention_kwargs(packed, implementation, encoder.get_input_embeddings().weight.dtype)
     hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids,
                      token_type_ids=torch.zeros_like(packed.input_ids), **kwargs).last_hidden_state

@@ -58,9 +58,10 @@ def longest_first(lengths: list[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
-def packed_rows(lengths: list[int]) -> Rows:
-    """The rows sequences of these lengths fill, each row as long as the longest, placed as `pack` does."""
-    rows = Rows(max(lengths))
+def packed_rows(lengths: list[int], row_length: int = 0) -> Rows:
+    """The rows sequences of these lengths fill, placed as `pack` does: rows of `row_length` positions
+    (0: as long as the longest)."""
+    rows = Rows(row_length or max(lengths))
     for i in longest_first(lengths):
         rows.place(lengths[i])
     return rows

@@ -35,7 +35,7 @@ from dist_lacl.data import Tokenize  # noqa: E402
 from dist_lacl.grad_cache import GradCache  # noqa: E402
 from dist_lacl.losses import ir_loss  # noqa: E402
 from dist_lacl.model import DualEncoder, load_encoder, parameter_groups  # noqa: E402
-from dist_lacl.packing import Rows, packed_rows  # noqa: E402
+from dist_lacl.packing import packed_rows  # noqa: E402
 
 TEMPERATURE = 0.05
 QUERY_MAX_LEN, PASSAGE_MAX_LEN = 32, 128
@@ -342,10 +342,7 @@ def chunk_positions(chunk: dict, packed_row_length: int) -> int:
     """Token positions the encoder runs for one chunk: rows x longest, or its packed rows' positions."""
     if not packed_row_length:
         return chunk["input_ids"].numel()
-    rows = Rows(packed_row_length)
-    for length in sorted(chunk["attention_mask"].sum(1).tolist(), reverse=True):
-        rows.place(length)
-    return rows.positions
+    return packed_rows(chunk["attention_mask"].sum(1).tolist(), packed_row_length).positions
 
 
 def packed_tokens(chunks: list[dict]) -> int:
