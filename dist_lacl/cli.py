@@ -1,14 +1,18 @@
-"""Command line: `dist-lacl train|export|encode|search|evaluate|data ...`; user errors exit cleanly."""
+"""Command line: `dist-lacl train|export|mine|encode|search|evaluate|data ...`; user errors exit cleanly.
+
+Building the parser imports no torch, transformers or datasets: a handler imports its module when its
+command runs, so `--help` and a refused option or config answer in well under a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import os
 import sys
 
-from . import distributed as dist
 from .errors import NonFiniteError, ResumeRequested, UserError
 
 
@@ -24,26 +28,95 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-5")
     train.set_defaults(func=run_train)
 
-    for add_parsers in _optional_parsers():
+    _add_export_parser(sub)
+    _add_mine_parser(sub)
+    for add_parsers in _subpackage_parsers():
         add_parsers(sub)
     return parser
 
 
-def _optional_parsers():
-    """Subcommands of the other subpackages, each registering its own parsers."""
+def _subpackage_parsers():
+    """Subcommands of the other subpackages, each registering its own parsers (import-light modules)."""
     from .builders.cli import add_parsers as data_parsers
     from .evaluation.cli import add_parsers as eval_parsers
-    from .export import add_parsers as export_parsers
-    from .mine import add_parsers as mine_parsers
 
-    return [export_parsers, eval_parsers, data_parsers, mine_parsers]
+    return [eval_parsers, data_parsers]
+
+
+def handler(module: str, name: str):
+    """`args -> module.name(args)`, importing `module` (relative to dist_lacl) only when the command runs."""
+    def run(args):
+        return getattr(importlib.import_module(module, __package__), name)(args)
+    return run
 
 
 def run_train(args) -> None:
     from .config import adopt_launcher_settings, load_config
-    from .trainer import train
 
-    train(adopt_launcher_settings(load_config(args.config, args.overrides)))
+    cfg = adopt_launcher_settings(load_config(args.config, args.overrides))
+    from .trainer import train  # after the config check: a refused config costs no torch import
+
+    train(cfg)
+
+
+def _add_export_parser(subparsers) -> None:
+    export = subparsers.add_parser("export", help="consolidate a checkpoint into a transformers model folder")
+    export.add_argument("checkpoint", help="a run directory, its checkpoints/ folder, or one step-* checkpoint")
+    export.add_argument("--output", "-o", "--out", dest="output", required=True,
+                        help="the model folder to write (new, empty, or a previous export with --overwrite)")
+    export.add_argument("--overwrite", action="store_true", help="replace a previous export in --output")
+    export.set_defaults(func=handler(".export", "run_export"))
+
+
+def _add_mine_parser(subparsers) -> None:
+    from .evaluation.index_spec import GPU_MODES
+
+    p = subparsers.add_parser("mine", help="hard negatives from a model for a training set -> Tevatron jsonl "
+                                           "(launch with torchrun to encode on every rank)")
+    p.add_argument("--model", required=True,
+                   help="exported model folder, transformers folder, or training run/checkpoint directory")
+    p.add_argument("--corpus", required=True, help="corpus jsonl: docid, title, text")
+    p.add_argument("--train-ir", help="Tevatron training jsonl: its queries and positive_passages")
+    p.add_argument("--queries", help="queries (.jsonl or .tsv), with --qrels")
+    p.add_argument("--qrels", help="TREC qrels: the positives (relevance >= --min-relevance)")
+    p.add_argument("--output", required=True, help="Tevatron jsonl to write (refused if it exists, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--work-dir", help="embeddings, kept for a rerun or resume (default <output>.work)")
+    p.add_argument("--rank-range", default="10-100",
+                   help="draw negatives from these 1-based positions of the retrieved list, positives counted "
+                        "and then removed (default 10-100)")
+    p.add_argument("--num-negatives", type=int, default=30, help="negatives per query (default 30)")
+    p.add_argument("--k", type=int, help="passages retrieved per query (default: the rank range's end)")
+    p.add_argument("--seed", type=int, default=0, help="the draw depends on (seed, query_id) only (default 0)")
+    p.add_argument("--min-relevance", type=int, default=1, help="qrels relevance that makes a positive (default 1)")
+    p.add_argument("--skip-unjudged", action="store_true",
+                   help="leave out queries without a positive instead of stopping (MS MARCO's queries.train)")
+    p.add_argument("--query-max-len", type=int, default=32, help="tokens per query (default 32)")
+    p.add_argument("--passage-max-len", type=int, default=128, help="tokens per passage (default 128)")
+    p.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default 128)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 (else fp16) on GPU, fp32 on CPU")
+    p.add_argument("--chunk-passages", type=int, default=1_000_000,
+                   help="corpus rows per encoded chunk: the unit of resume and of RAM per rank (default 1000000)")
+    p.add_argument("--gpus", default="auto", choices=GPU_MODES, help="faiss placement (default auto)")
+    p.add_argument("--block-rows", type=int, help="corpus rows per search block (default: what fits in GPU "
+                                                  "memory; on CPU one block per shard)")
+    p.add_argument("--query-batch", type=int, default=4096, help="queries per faiss search call")
+    p.add_argument("--dist-timeout-s", type=int, default=1800, help="collective timeout in seconds")
+    p.set_defaults(func=handler(".mine", "run_mine"))
+
+
+def _env_rank() -> int:
+    """The launcher's rank (torchrun, deepspeed, srun via adopt_launcher_settings): logging starts before
+    any process group exists."""
+    return int(os.environ.get("RANK", 0))
+
+
+def _leave_process_group() -> None:
+    if "torch" in sys.modules:  # a command that never imported torch never joined a group
+        from . import distributed
+
+        distributed.destroy()
 
 
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -53,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if dist.is_main() else logging.WARNING,
-                        format=f"%(asctime)s [rank {dist.rank()}] %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if _env_rank() == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {_env_rank()}] %(levelname)s %(name)s: %(message)s")
+    # faiss, imported later by a handler, says at INFO which CPU build it loaded: noise for the user.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         args.func(args)
     except (UserError, NonFiniteError, ResumeRequested) as e:
@@ -79,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return UserError.exit_code
     finally:
-        dist.destroy()
+        _leave_process_group()
     return 0
 
 

@@ -33,7 +33,7 @@ from . import distributed as dist
 from .data import read_records
 from .errors import DataError, UserError, write_failure
 from .evaluation.encode import encode_to_shards, iter_shards, load_embeddings, resolve_dtype
-from .evaluation.index import GPU_MODES, IndexSpec, search
+from .evaluation.index import IndexSpec, search
 from .evaluation.inputs import TextSet, read_qrels, read_queries
 
 log = logging.getLogger(__name__)
@@ -411,43 +411,6 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 # --- the command ---------------------------------------------------------------------------------
-
-
-def add_parsers(subparsers) -> None:
-    """Register `mine` on an argparse subparsers object (handler in `func`)."""
-    p = subparsers.add_parser("mine", help="hard negatives from a model for a training set -> Tevatron jsonl "
-                                           "(launch with torchrun to encode on every rank)")
-    p.add_argument("--model", required=True,
-                   help="exported model folder, transformers folder, or training run/checkpoint directory")
-    p.add_argument("--corpus", required=True, help="corpus jsonl: docid, title, text")
-    p.add_argument("--train-ir", help="Tevatron training jsonl: its queries and positive_passages")
-    p.add_argument("--queries", help="queries (.jsonl or .tsv), with --qrels")
-    p.add_argument("--qrels", help="TREC qrels: the positives (relevance >= --min-relevance)")
-    p.add_argument("--output", required=True, help="Tevatron jsonl to write (refused if it exists, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    p.add_argument("--work-dir", help="embeddings, kept for a rerun or resume (default <output>.work)")
-    p.add_argument("--rank-range", default="10-100",
-                   help="draw negatives from these 1-based positions of the retrieved list, positives counted "
-                        "and then removed (default 10-100)")
-    p.add_argument("--num-negatives", type=int, default=30, help="negatives per query (default 30)")
-    p.add_argument("--k", type=int, help="passages retrieved per query (default: the rank range's end)")
-    p.add_argument("--seed", type=int, default=0, help="the draw depends on (seed, query_id) only (default 0)")
-    p.add_argument("--min-relevance", type=int, default=1, help="qrels relevance that makes a positive (default 1)")
-    p.add_argument("--skip-unjudged", action="store_true",
-                   help="leave out queries without a positive instead of stopping (MS MARCO's queries.train)")
-    p.add_argument("--query-max-len", type=int, default=32, help="tokens per query (default 32)")
-    p.add_argument("--passage-max-len", type=int, default=128, help="tokens per passage (default 128)")
-    p.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default 128)")
-    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="auto: bf16 (else fp16) on GPU, fp32 on CPU")
-    p.add_argument("--chunk-passages", type=int, default=1_000_000,
-                   help="corpus rows per encoded chunk: the unit of resume and of RAM per rank (default 1000000)")
-    p.add_argument("--gpus", default="auto", choices=GPU_MODES, help="faiss placement (default auto)")
-    p.add_argument("--block-rows", type=int, help="corpus rows per search block (default: what fits in GPU "
-                                                  "memory; on CPU one block per shard)")
-    p.add_argument("--query-batch", type=int, default=4096, help="queries per faiss search call")
-    p.add_argument("--dist-timeout-s", type=int, default=1800, help="collective timeout in seconds")
-    p.set_defaults(func=run_mine)
 
 
 def run_mine(args) -> None:

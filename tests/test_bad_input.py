@@ -107,6 +107,26 @@ def test_bad_yaml_and_missing_config_file(tmp_path):
                              expect_rc=None), "no.yaml: config file not found")
 
 
+def test_help_and_refused_options_import_no_torch(tmp_path):
+    """The parser and the option/config checks come before torch, transformers and datasets: a typo is
+    answered at once, not after seconds of imports (nor a model load)."""
+    probe = ("import sys\nfrom dist_lacl.cli import main\nrc = main(sys.argv[1:])\n"
+             "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'faiss') if m in sys.modules)\n"
+             "print('imported:', heavy, 'rc:', rc)\n")
+    script = tmp_path / "probe.py"
+    script.write_text(probe)
+    missing = str(tmp_path / "missing.tsv")
+    for argv in (["train", "--config", "configs/demo.yaml", "train.lr=fast"],
+                 ["evaluate", "--run", missing, "--qrels", missing],
+                 ["search", "--query-emb", missing, "--corpus-emb", missing, "--output", missing, "--k", "0"]):
+        proc = run([sys.executable, str(script), *argv], expect_rc=None)
+        assert proc.stdout.strip().endswith("imported: [] rc: 2"), (argv, proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "error:" in proc.stderr, (argv, proc.stderr)
+    proc = run([sys.executable, "-c", "import sys\nfrom dist_lacl.cli import build_parser\nbuild_parser()\n"
+                "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'faiss') if m in sys.modules))"])
+    assert proc.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_deepspeed_config_contradicting_run_config(tmp_path, tiny_model_dir, training_data):
     ds = tmp_path / "ds.json"

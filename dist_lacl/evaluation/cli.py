@@ -1,4 +1,7 @@
-"""The `encode`, `search` and `evaluate` subcommands; `add_parsers` registers them on `dist-lacl`'s parser."""
+"""The `encode`, `search` and `evaluate` subcommands; `add_parsers` registers them on `dist-lacl`'s parser.
+
+Import-light: torch, transformers and faiss are imported by the handlers, after every option is checked.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,9 @@ import logging
 import os
 from pathlib import Path
 
-from .. import distributed as dist
 from ..errors import DataError, UserError
 from .answers import aggregate_answers, answer_metrics
-from .encode import encode_to_shards, max_supported_len, resolve_dtype
-from .evaluate import DEFAULT_METRICS, open_search_inputs, score_run, search_embeddings
-from .index import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
+from .index_spec import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
 from .inputs import (
     DEFAULT_LANG,
     query_records,
@@ -23,7 +23,7 @@ from .inputs import (
     read_queries,
     read_run,
 )
-from .metrics import max_cutoff, parse_metrics
+from .metrics import DEFAULT_METRICS, max_cutoff, parse_metrics
 from .report import format_table, write_report, write_run
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,9 @@ def _index_spec(args) -> IndexSpec:
 
 def run_encode(args) -> None:
     """*Collective* under a launcher: every rank encodes its shard of `--input`."""
+    from .. import distributed as dist
     from ..export import load_model
+    from .encode import encode_to_shards, max_supported_len, resolve_dtype
 
     check_positive("batch_size", args.batch_size)
     check_positive("part_rows", args.part_rows)
@@ -143,6 +145,8 @@ def run_search(args) -> None:
     _input_path("--query-emb", args.query_emb, directory=True)
     _input_path("--corpus-emb", args.corpus_emb, directory=True)
     _output_path("--output", args.output, [], [("--query-emb", args.query_emb), ("--corpus-emb", args.corpus_emb)])
+    from .evaluate import search_embeddings  # torch: after the checks
+
     run, _ = search_embeddings(args.query_emb, args.corpus_emb, args.k, spec, args.block_rows, args.query_batch)
     write_run(args.output, run, args.run_tag)
     log.info("wrote %s (%d queries, k=%d)", args.output, len(run), args.k)
@@ -181,6 +185,7 @@ def run_evaluate(args) -> None:
     outputs = [(opt, path) for opt, path in (("--output-run", args.output_run), ("--report", args.report)) if path]
     for i, (option, path) in enumerate(outputs):
         _output_path(option, path, inputs + outputs[:i], emb_dirs)
+    from .evaluate import open_search_inputs, score_run, search_embeddings  # torch: after the checks
 
     queries = read_queries(args.queries, args.lang) if args.queries else None
     answers = read_answers(args.answers) if args.answers else None

@@ -14,10 +14,8 @@ from ..errors import UserError
 from .encode import check_finite, encode_texts, shard_bounds
 from .index import IndexSpec, search
 from .inputs import DEFAULT_LANG, TextSet, read_corpus, read_qrels, read_queries
-from .metrics import Qrels, Run, aggregate, evaluate_run, max_cutoff, parse_metrics
+from .metrics import DEFAULT_METRICS, Qrels, Run, aggregate, evaluate_run, max_cutoff, parse_metrics
 from .shards import Shard, open_shards
-
-DEFAULT_METRICS = ("mrr@10", "recall@100", "ndcg@10")
 
 
 def results_to_run(query_ids: Sequence[str], doc_ids, scores: np.ndarray,

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from ..errors import UserError
 
 METRICS = ("mrr", "recall", "ndcg")
+DEFAULT_METRICS = ("mrr@10", "recall@100", "ndcg@10")
 
 Run = Mapping[str, Mapping[str, float]]
 """{query_id: {docid: score}}"""
