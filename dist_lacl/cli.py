@@ -14,6 +14,7 @@ import os
 import sys
 
 from .errors import NonFiniteError, ResumeRequested, UserError
+from .evaluation.index_spec import GPU_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,8 +70,6 @@ def _add_export_parser(subparsers) -> None:
 
 
 def _add_mine_parser(subparsers) -> None:
-    from .evaluation.index_spec import GPU_MODES
-
     p = subparsers.add_parser("mine", help="hard negatives from a model for a training set -> Tevatron jsonl "
                                            "(launch with torchrun to encode on every rank)")
     p.add_argument("--model", required=True,
