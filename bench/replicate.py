@@ -129,7 +129,9 @@ def summarise(untrained: dict, results: dict[str, list[dict]], langs: list[str],
             return run.get(probes[row], float("nan"))
         return group_mean(run["mrr@10"], groups[row]) if row in groups else run["mrr@10"][row]
 
-    groups = {name: members for name, members in groups.items() if members}
+    # A group of no language, or of every non-English one again (at breadth all have pairs), is no row.
+    groups = {name: members for name, members in groups.items()
+              if members and (name == "non-en avg" or members != non_en)}
     rows = langs + list(groups)[1:] + list(probes)
     summary = {row: {"untrained": values(untrained, row),
                      **{name: mean_sd([values(r, row) for r in runs]) for name, runs in results.items()}}
