@@ -18,7 +18,7 @@ from .evaluation.index_spec import GPU_MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dist-lacl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="dist-lacl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     # The `deepspeed` launcher inserts --local_rank=N; LOCAL_RANK in the environment says the same.
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
