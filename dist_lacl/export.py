@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import UserError
+from .model import TOWERS, DualEncoder, load_encoder, prefixes_of
 from .outputs import check_output_dir, discard, new_temp_dir, publish_dir
 from .tokenizer import load_tokenizer
-
-if TYPE_CHECKING:
-    from .model import DualEncoder
 
 SETTINGS = "dist_lacl.json"
 
@@ -27,8 +24,6 @@ SETTINGS = "dist_lacl.json"
 def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
     """Write `model` and `tokenizer` to the folder `path` (checked with `check_export_dir` beforehand),
     built under a temporary name and renamed into place."""
-    from .model import TOWERS
-
     path = Path(path)
     tmp = new_temp_dir(path)
     try:
@@ -72,8 +67,6 @@ def _write_sentence_transformers_config(folder: Path, model: DualEncoder) -> Non
 
 def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
     """(DualEncoder, tokenizer) from an exported folder; a plain transformers folder loads with CLS pooling."""
-    from .model import DualEncoder, load_encoder
-
     path = Path(path)
     settings_file = path / SETTINGS
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else \
@@ -110,7 +103,6 @@ def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:
 
     from .config import config_from_dict
     from .engine import consolidated_weights
-    from .model import DualEncoder, load_encoder, prefixes_of
 
     checkpoint = find_checkpoint(path)
     cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()), str(checkpoint))
