@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 
 from ..errors import UserError
-from .index_spec import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive  # noqa: F401 (re-exported)
+from .index_spec import IndexSpec, check_positive
 
 log = logging.getLogger(__name__)
 
