@@ -36,6 +36,12 @@ def normal_lang(code: str) -> str:
     return code.lower().replace("_", "-")
 
 
+def passage_text(title: str, text: str) -> str:
+    """The one string a passage is encoded as, in training, evaluation, mining and the builders: title
+    and text, each stripped, joined by one space as Tevatron and DPR do; an empty title adds nothing."""
+    return " ".join(part for part in (title.strip(), text.strip()) if part)
+
+
 def text_id(text: str) -> str:
     """A deterministic id for a text that has none (FlagEmbedding, DPR without passage_id): 't' + 16 hex."""
     return "t" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
