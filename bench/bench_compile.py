@@ -53,7 +53,7 @@ TEMPERATURE, CHUNK = 0.05, 32
 def grad_cache(model: DualEncoder) -> GradCache:
     return GradCache(encode=lambda name, inputs: model(**inputs, tower=name),
                      loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE), None),
-                     backward=lambda loss: loss.backward(), chunk_size=CHUNK)
+                     backward_fn=lambda loss: loss.backward(), chunk_size=CHUNK)
 
 
 def timed_step(model: DualEncoder, batch: dict, seed: int = 0) -> tuple[float, float]:

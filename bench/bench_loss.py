@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_loss.py [--quick] [--batches 1024,4096,16384]   # table + bench/results/loss.json
 
 The loss phase alone, as the trainer runs it between the gradient cache's no-grad forward and its
-re-forward: trainer.make_loss_fn on random unit-norm representations (no encoder) of B queries with G
+re-forward: objective.Objective on random unit-norm representations (no encoder) of B queries with G
 passages each, N = B parallel pairs and K = B monolingual sentences, D = 768, temperature 0.05, all three
 losses; forward and backward to the representations, on 4 gloo ranks (torchrun, 1 thread each). Every
 case is a fresh 4-process run (bench/workers/loss_worker.py, MALLOC_MMAP_THRESHOLD_=65536 so freed

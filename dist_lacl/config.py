@@ -122,7 +122,7 @@ class LossConfig:
     """`balanced`: -0.5 log p - 0.5 log(1-p), p = softmax over (e_i, f_i); `squared`: (sim_e - sim_f)^2."""
     language_temperature: float | None = None
     """tau of the language loss alone (a larger one keeps its gradient proportional to the gap, see
-    losses_variants); None: loss.temperature."""
+    losses.language_temperature); None: loss.temperature."""
     language_pairs: str = "all"
     """Pairs a monolingual sentence is compared with in the language loss: `all` (Eq. 3) or `own` (the
     global batch's pairs of its language; every pair where the batch has none of its language)."""

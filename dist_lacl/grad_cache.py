@@ -24,7 +24,7 @@ to the encoder's dtype happens where the uncached backward does it too. Under bf
 range) both round the same way. Parameter gradients accumulate over the chunks in the parameters' own
 dtype: fp32 under DDP's autocast; bf16 under DeepSpeed bf16, whose ZeRO-2 has no fp32 accumulation
 (tests/test_grad_cache_precision.py bounds that error at realistic settings).
-This class knows nothing of DeepSpeed or ranks: the caller passes `encode`, `loss_fn`, `backward`, a
+This class knows nothing of DeepSpeed or ranks: the caller passes `encode`, `loss_fn`, `backward_fn`, a
 `chunk_context(is_last)` in which each chunk's re-forward and backward run (where the engine is told
 which backward closes the step: ZeRO-2 otherwise keeps only the last chunk's gradient) and a
 `backward_context()` around all of them (where the engine may defer gradient reduction to the end).
@@ -150,10 +150,12 @@ class Cache:
 class GradCache:
     """Chunked contrastive training step.
 
-    encode(name, inputs) -> reps [b, D]: the representation of one chunk of input batch `name`.
-    loss_fn(reps: {name: [B, D]}) -> (loss, loss_out): scalar loss (any collective it does runs on
-        every rank in the same order) and anything to hand back to the caller.
-    backward(loss): backpropagates a scalar into the parameters (e.g. the engine's backward).
+    encode(job, inputs) -> reps [b, D]: the representation of one chunk of input batch `job` (any
+        hashable key; the batch dict's order is the order chunks are encoded in, hence draw dropout).
+    loss_fn(reps: {job: [B, D]}, **loss_args) -> (loss, loss_out): scalar loss (any collective it does
+        runs on every rank in the same order) and anything to hand back to the caller; loss_args are
+        the step's own arguments, as given to compute_loss.
+    backward_fn(loss): backpropagates a scalar into the parameters (e.g. the engine's backward).
     chunk_context(is_last) -> context manager around each re-forward+backward.
     backward_context() -> context manager around the whole backward phase of a step.
     chunk_size: rows per chunk; or chunk_tokens: token positions per chunk (rows x longest row; a row
@@ -172,7 +174,7 @@ class GradCache:
 
     def __init__(self, encode: Callable[[str, Inputs], Tensor],
                  loss_fn: Callable[[dict[str, Tensor]], tuple[Tensor, Any]],
-                 backward: Callable[[Tensor], None], chunk_size: int = 0,
+                 backward_fn: Callable[[Tensor], None], chunk_size: int = 0,
                  chunk_context: Callable[[bool], contextlib.AbstractContextManager] | None = None,
                  backward_context: Callable[[], contextlib.AbstractContextManager] | None = None,
                  sort_by_length: bool = True, chunk_tokens: int = 0,
@@ -180,7 +182,7 @@ class GradCache:
                  packed: bool = False, row_length: int = 0):
         if chunk_size and chunk_tokens:
             raise ValueError("chunk_size and chunk_tokens are alternatives: give one of them")
-        self.encode, self.loss_fn, self.backward_fn = encode, loss_fn, backward
+        self.encode, self.loss_fn, self.backward_fn = encode, loss_fn, backward_fn
         self.chunk_size, self.chunk_tokens, self.sort_by_length = chunk_size, chunk_tokens, sort_by_length
         self.cache_dtype, self.keep_last_graph, self.packed = cache_dtype, keep_last_graph, packed
         self.row_length = row_length
@@ -236,10 +238,10 @@ class GradCache:
                 reps[name] = chunked[order[name].argsort().to(chunked.device)]  # back to input order
         return reps, rng, kept
 
-    def build_cache(self, reps: dict[str, Tensor]) -> tuple[Tensor, Any, dict[str, Tensor]]:
+    def build_cache(self, reps: dict[Any, Tensor], **loss_args) -> tuple[Tensor, Any, dict[Any, Tensor]]:
         """Step 3: the loss over all representations and d(loss)/d(representations), in cache_dtype."""
         leaves = {name: r.detach().to(self._cache_dtype(r.dtype)).requires_grad_() for name, r in reps.items()}
-        loss, loss_out = self.loss_fn(leaves)
+        loss, loss_out = self.loss_fn(leaves, **loss_args)
         loss.backward()
         return loss.detach(), loss_out, {name: leaf.grad for name, leaf in leaves.items()}
 
@@ -264,17 +266,18 @@ class GradCache:
 
     # -- the two calls a training step makes -------------------------------------------------
 
-    def compute_loss(self, batch: dict[str, Inputs]) -> Cache:
-        """Forward the whole step's batch and compute the loss; nothing is backpropagated yet."""
+    def compute_loss(self, batch: dict[Any, Inputs], **loss_args) -> Cache:
+        """Forward the whole step's batch and compute the loss (loss_args go to loss_fn); nothing is
+        backpropagated yet."""
         if not self.caching:
             reps = {name: self.encode(name, _trim_padding(inputs)) for name, inputs in batch.items()}
-            loss, loss_out = self.loss_fn(reps)
+            loss, loss_out = self.loss_fn(reps, **loss_args)
             return Cache(loss=loss, loss_out=loss_out)
         split = {name: self.split(inputs) for name, inputs in batch.items()}
         chunks = {name: parts for name, (parts, _) in split.items()}
         order = {name: rows for name, (_, rows) in split.items()}
         reps, rng, kept = self.forward_no_grad(chunks, order)
-        loss, loss_out, grads = self.build_cache(reps)
+        loss, loss_out, grads = self.build_cache(reps, **loss_args)
         rep_grads = {}
         for name, parts in chunks.items():
             in_chunk_order = grads[name][order[name].to(grads[name].device)]

@@ -86,7 +86,7 @@ def language_loss(z_reps: Tensor, e_reps: Tensor, f_reps: Tensor, temperature: f
               L = -mean_ki [0.5 log p_ki + 0.5 log(1 - p_ki)], minimal (log 2) iff the two sims agree.
     squared:  L = mean_ki (sim(z_k, e_i) - sim(z_k, f_i))^2, minimal (0) at the same point.
     With a shard, that slice of the monolingual rows is scored against every pair.
-    mask [K, N] bool (the global rows, losses_variants.same_language_mask): only the (k, i) it selects
+    mask [K, N] bool (the global rows, same_language_mask): only the (k, i) it selects
     count, and the mean is over the selected entries of the whole mask (0 when none is selected), so
     the shards' shares still add up to the loss.
     """
@@ -144,41 +144,33 @@ class LossTerms:
         return {k: float(v.detach()) for k, v in out.items() if v is not None}
 
 
-def lacl_loss(reps: dict[str, Tensor], cfg, shard: Shard = WHOLE, language_mask: Tensor | None = None) -> LossTerms:
-    """L = L_IR + alpha L_sem + beta L_lang over global representations (`cfg`: config.LossConfig), or
-    with `shard`, that shard's share of every term (the shares of all shards add up to L and its terms).
+def language_temperature(cfg) -> float:
+    """The language loss's temperature (`cfg`: config.LossConfig): loss.language_temperature if set,
+    else the shared loss.temperature.
 
-    reps holds `query`, `passage` and, when their weights are > 0, `para_en`, `para_xx`, `mono`;
-    with several aux towers, the keys carry a tower suffix (`para_en@query`) and the aux terms are
-    averaged over towers. With cfg.language_pairs = "own", `language_mask` [K, N] (the global
-    monolingual rows against the global pairs, losses_variants.same_language_mask) selects the pairs
-    each monolingual sentence is compared with, the same for every tower.
+    Why a separate one: with the balanced reading, dL/d(diff) = 0.5 tanh(diff / 2) where
+    diff = (z.e - z.f) / tau; at the IR temperature (0.05) a cosine gap of 0.1 is already diff = 2, where
+    the gradient is near its cap, so the loss acts like |gap| and cannot tell a nearly balanced sentence
+    from a badly unbalanced one. A larger temperature for this term alone keeps it in the quadratic
+    region without touching the IR and semantic softmaxes.
     """
-    own_pairs = getattr(cfg, "language_pairs", "all") == "own"
-    if own_pairs and cfg.language_weight > 0 and language_mask is None:
-        raise ValueError("loss.language_pairs=own needs the step's language mask (language_mask)")
-    mask = language_mask.to(reps["query"].device) if own_pairs and language_mask is not None else None
-    blocks = cfg.block_rows
-    ir = ir_loss(reps["query"], reps["passage"], cfg.temperature, shard, blocks)
-    total, sem, lang = ir, None, None
-    towers = sorted({k.partition("@")[2] for k in reps if k.startswith("para_en")})
-    if cfg.semantic_weight > 0:
-        sem = torch.stack([semantic_loss(reps[_k("para_en", t)], reps[_k("para_xx", t)], cfg.temperature,
-                                         cfg.semantic_symmetric, shard, blocks) for t in towers]).mean()
-        total = total + cfg.semantic_weight * sem
-    if cfg.language_weight > 0:
-        lang = torch.stack([language_loss(reps[_k("mono", t)], reps[_k("para_en", t)], reps[_k("para_xx", t)],
-                                          _language_tau(cfg), cfg.language_variant, shard, blocks, mask)
-                            for t in towers]).mean()
-        total = total + cfg.language_weight * lang
-    return LossTerms(total, ir, sem, lang)
+    return cfg.temperature if cfg.language_temperature is None else cfg.language_temperature
 
 
-def _k(name: str, tower: str) -> str:
-    return f"{name}@{tower}" if tower else name
+def same_language_mask(mono_langs: Tensor, pair_langs: Tensor, fallback: bool = True) -> Tensor:
+    """mask[k, i] = mono_langs[k] == pair_langs[i]: [K] x [N] integer language ids -> [K, N] bool, for
+    loss.language_pairs=own (a monolingual sentence compared only with the pairs of its own language:
+    pairs of other languages say nothing about its language's offset). With `fallback`, a row with no
+    pair of its language is all True (compared with every pair), so the loss never goes silent on the
+    monolingual-only languages it is meant to help."""
+    mask = mono_langs[:, None] == pair_langs[None, :]
+    if fallback:
+        mask = mask | ~mask.any(dim=1, keepdim=True)
+    return mask
 
 
-def _language_tau(cfg) -> float:
-    """loss.language_temperature, else the shared loss.temperature."""
-    tau = getattr(cfg, "language_temperature", None)
-    return cfg.temperature if tau is None else tau
+def language_ids(langs: list[str], vocabulary: list[str]) -> Tensor:
+    """Language codes -> int64 ids by position in `vocabulary` (the same list on every rank, e.g.
+    the sorted union of the parallel and monolingual files' languages), for gathering across ranks."""
+    index = {lang: i for i, lang in enumerate(vocabulary)}
+    return torch.tensor([index[lang] for lang in langs], dtype=torch.long)

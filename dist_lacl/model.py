@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .packing import FLASH_IMPLEMENTATIONS, attention_kwargs, pack, pool_packed
 
 TOWERS = ("query", "passage")
@@ -196,3 +196,22 @@ def max_tokens(encoder: nn.Module) -> int | None:
 def first_position(config) -> int:
     """The position id of a sequence's first token: padding_idx + 1 for the RoBERTa family, else 0."""
     return (config.pad_token_id or 0) + 1 if config.model_type in _POSITION_OFFSET_TYPES else 0
+
+
+def check_lengths(model: DualEncoder, tokenizer, cfg) -> None:
+    """Every length configured in `cfg` (a config.RunConfig) must fit the model's position embeddings and
+    leave room for text after its prefix (the prefix counts inside max_len: truncation cuts the text)."""
+    limit = max_tokens(model.tower("query"))
+    d, m = cfg.data, cfg.model
+    for name, length, prefix, prefix_name in (
+            ("query_max_len", d.query_max_len, m.query_prefix, "query_prefix"),
+            ("passage_max_len", d.passage_max_len, m.passage_prefix, "passage_prefix"),
+            ("sentence_max_len", d.sentence_max_len, m.query_prefix, "query_prefix")):
+        if limit is not None and length > limit:
+            raise ConfigError(f"data.{name}: {length} tokens, but {m.name_or_path} numbers at most {limit} "
+                              f"positions; use at most {limit}")
+        # Special tokens plus the prefix; at least one token of text must remain.
+        needed = len(tokenizer(prefix)["input_ids"]) + 1 if prefix else 0
+        if needed and length < needed:
+            raise ConfigError(f"data.{name}: {length} tokens leave no room for text after model.{prefix_name} "
+                              f"({needed - 1} tokens with the special ones); use at least {needed}")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 # transformers 5 builds a 5-token tokenizer for a model folder without tokenizer files, mapping every
 # word to <unk>; training or encoding with it runs to the end on nothing. No real tokenizer is this small.
@@ -37,6 +38,22 @@ def check_tokenizer(tokenizer, source: str, option: str = "model.tokenizer") -> 
     ids = tokenizer(SAMPLE, add_special_tokens=False)["input_ids"]
     if tokenizer.unk_token_id is not None and ids and all(i == tokenizer.unk_token_id for i in ids):
         raise UserError(f"{option}: {source}: the tokenizer maps plain English text to unknown tokens only: {hint}")
+
+
+def check_vocabulary(model, tokenizer, cfg) -> None:
+    """A tokenizer larger than the embedding matrix of `model` (a model.DualEncoder) would index past it
+    at the first rare token; `cfg` (a config.RunConfig) names the model in the message."""
+    rows = model.tower("query").get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"model.tokenizer: {len(tokenizer)} tokens but {cfg.model.name_or_path} has "
+                          f"{rows} embedding rows; use the tokenizer the model was trained with")
+
+
+def tokenizer_files(tokenizer) -> dict[str, bytes]:
+    """The tokenizer as {"tokenizer/<file>": bytes}, to travel inside every checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {f"tokenizer/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
 def _looks_local(name: str) -> bool:

@@ -66,3 +66,24 @@ def test_language_linear_probe_accuracy_by_hand():
     assert acc == 0.5
     assert language_linear_probe_accuracy(same, langs) == acc  # deterministic
     assert torch.isnan(torch.tensor(language_linear_probe_accuracy(reps[:2], ["de", "fr"])))
+
+
+@pytest.mark.parametrize("towers", [{}, {"shared_encoder": False, "aux_towers": "query"},
+                                    {"shared_encoder": False, "aux_towers": "passage"},
+                                    {"shared_encoder": False, "aux_towers": "both"}],
+                         ids=["shared", "separate-query", "separate-passage", "separate-both"])
+def test_align_diagnostics_for_every_tower_layout(towers):
+    """Every layout logs the align/* scalars (aux sentences encoded by the passage tower alone used to
+    log none: the diagnostics looked only for the query tower's)."""
+    from dist_lacl.config import ModelConfig
+    from dist_lacl.objective import diagnostics, step_jobs
+
+    inputs = {"input_ids": torch.ones(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3, dtype=torch.long)}
+    batch = {role: inputs for role in ("query", "passage", "para_en", "para_xx", "mono")}
+    jobs = step_jobs(batch, ModelConfig(**towers))
+    torch.manual_seed(0)
+    reps = {job: torch.randn(4, 8) for job in jobs}
+    meta = {"para_lang": ["de", "fr", "de", "fr"], "mono_lang": ["de", "fr", "ja", "ja"]}
+    scalars = diagnostics(reps, meta)
+    assert set(scalars) == {"align/pair_cos", "align/nonpair_cos", "align/gap", "align/lang_id_acc"}
+    assert all(v == v for v in scalars.values())  # no NaN: every language appears twice

@@ -24,7 +24,7 @@ from dist_lacl.config import config_from_dict
 from dist_lacl.data import TrainBatches
 from dist_lacl.engine import make_scheduler
 from dist_lacl.model import build_model, parameter_groups
-from dist_lacl.trainer import RepsTap, encode_jobs, make_loss_fn, tower_of
+from dist_lacl.objective import Objective, step_jobs
 
 pytestmark = pytest.mark.slow
 # Attention key biases have an exactly-zero gradient (softmax is shift-invariant); computed, they are
@@ -58,8 +58,8 @@ def reference_step(cfg):
     model = build_model(dataclasses.replace(cfg.model, padding_free=False)).train()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
     batch, _ = TrainBatches(cfg, tokenizer, 0, 1, cfg.data.cache_dir).next()
-    reps = {job: model(**x, tower=tower_of(job)) for job, x in encode_jobs(batch, cfg).items()}
-    loss, _ = make_loss_fn(cfg, RepsTap())(reps)
+    reps = {job: model(**x, tower=job.tower) for job, x in step_jobs(batch, cfg.model).items()}
+    loss, _ = Objective(cfg.loss)(reps)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     t = cfg.train

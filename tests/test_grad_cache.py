@@ -12,7 +12,7 @@ from dist_lacl.data import TrainBatches
 from dist_lacl.errors import ConfigError
 from dist_lacl.grad_cache import GradCache, RandomState
 from dist_lacl.model import build_model
-from dist_lacl.trainer import RepsTap, encode_jobs, make_loss_fn, tower_of
+from dist_lacl.objective import PASSAGE, QUERY, Objective, step_jobs
 
 
 def make_step(model_dir, data, tmp_path, **model_overrides):
@@ -25,12 +25,12 @@ def make_step(model_dir, data, tmp_path, **model_overrides):
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
     batch, _ = TrainBatches(cfg, AutoTokenizer.from_pretrained(model_dir), 0, 1, tmp_path / "cache").next()
-    return cfg, model, encode_jobs(batch, cfg)
+    return cfg, model, step_jobs(batch, cfg.model)
 
 
 def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0, keep_last_graph=True):
-    return GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)),
-                     loss_fn=make_loss_fn(cfg, RepsTap()), backward=lambda loss: loss.backward(),
+    return GradCache(encode=lambda job, x: model(**x, tower=job.tower),
+                     loss_fn=Objective(cfg.loss), backward_fn=lambda loss: loss.backward(),
                      chunk_size=chunk_size, chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph,
                      packed=model.padding_free)
 
@@ -53,8 +53,8 @@ def uncached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0):
     reps = {}
     for job, x in jobs.items():
         parts, order = gc.split(x)
-        reps[job] = torch.cat([model(**c, tower=tower_of(job)) for c in parts])[order.argsort()]
-    loss, terms = make_loss_fn(cfg, RepsTap())(reps)
+        reps[job] = torch.cat([model(**c, tower=job.tower) for c in parts])[order.argsort()]
+    loss, terms = Objective(cfg.loss)(reps)
     loss.backward()
     return loss.item(), terms, grads(model)
 
@@ -80,11 +80,11 @@ def assert_same_grads(a, b, rtol=1e-5, floor=0.0, scale_tol=None):
                          ids=["shared", "separate-towers"])
 def test_cached_equals_uncached_with_dropout(tiny_model_dir, training_data, tmp_path, towers, keep_last_graph):
     cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path, **towers)
-    assert {"query", "passage"} < set(jobs) and any(j.startswith("mono") for j in jobs)
+    assert {QUERY, PASSAGE} < set(jobs) and any(j.role == "mono" for j in jobs)
     loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, keep_last_graph=keep_last_graph)
     loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs)
     assert loss_c == pytest.approx(loss_u, rel=1e-6)
-    assert terms_c.semantic is not None and terms_c.language is not None
+    assert terms_c.terms.semantic is not None and terms_c.terms.language is not None
     assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
     assert_same_grads(grads_c, grads_u)
     # Dropout really was on: two cached steps from different seeds differ.
@@ -104,10 +104,10 @@ def test_the_kept_last_chunk_is_not_re_forwarded_and_the_rng_stream_is_unchanged
 
         def encode(job, x, keep=keep):
             calls[keep] += 1
-            return model(**x, tower=tower_of(job))
+            return model(**x, tower=job.tower)
 
         torch.manual_seed(123)
-        gc = GradCache(encode, make_loss_fn(cfg, RepsTap()), lambda loss: loss.backward(), chunk_size=2,
+        gc = GradCache(encode, Objective(cfg.loss), lambda loss: loss.backward(), chunk_size=2,
                        keep_last_graph=keep)
         gc.backward(gc.compute_loss(jobs))
         states[keep] = torch.get_rng_state()
@@ -142,7 +142,7 @@ def test_cache_equals_one_full_batch_pass_without_dropout(tiny_model_dir, traini
 
 
 def test_split_trims_each_chunk_to_its_longest_row():
-    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_size=2, sort_by_length=False)
+    gc = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_size=2, sort_by_length=False)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
     chunks, order = gc.split({"input_ids": mask * 7, "attention_mask": mask})
     assert [c["attention_mask"].tolist() for c in chunks] == [[[1, 1, 1], [1, 0, 0]], [[1, 1]]]
@@ -150,7 +150,7 @@ def test_split_trims_each_chunk_to_its_longest_row():
 
 
 def test_split_sorts_rows_by_length_so_chunks_hold_less_padding():
-    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_size=2)
+    gc = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_size=2)
     mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0]])
     ids = torch.arange(5)[:, None] * mask  # row i holds token id i
     chunks, order = gc.split({"input_ids": ids, "attention_mask": mask})
@@ -172,7 +172,7 @@ def test_sorted_chunks_give_the_representations_and_grads_in_input_order():
 
     mask = torch.tensor([[1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
     ids = torch.tensor([[10], [20], [30], [40], [50]]) * mask
-    gc = GradCache(encode, loss_fn, backward=lambda loss: loss.backward(), chunk_size=2)
+    gc = GradCache(encode, loss_fn, backward_fn=lambda loss: loss.backward(), chunk_size=2)
     cache = gc.compute_loss({"x": {"input_ids": ids, "attention_mask": mask}})
     gc.backward(cache)
     assert seen["reps"] == [10.0, 20.0, 30.0, 40.0, 50.0]
@@ -188,7 +188,7 @@ def test_prefixes_start_every_query_passage_and_auxiliary_sentence(tiny_model_di
                                query_prefix="query: ", passage_prefix="passage: ")
     assert plain.keys() == prefixed.keys() and len(plain) >= 4
     for job in plain:
-        prefix = "passage: " if job == "passage" else "query: "
+        prefix = "passage: " if job == PASSAGE else "query: "
         prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
         for row, (ids, mask) in enumerate(zip(prefixed[job]["input_ids"], prefixed[job]["attention_mask"])):
             got = ids[mask.bool()].tolist()
@@ -218,8 +218,8 @@ def test_packed_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, 
     cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path, padding_free=True)
     assert model.padding_free and model.query_encoder.config._attn_implementation == "sdpa"
     packed = grad_cache_for(cfg, model, 0, chunk_tokens=128)
-    padded = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=128)
-    lengths = sorted(jobs["query"]["attention_mask"].sum(1).tolist(), reverse=True)
+    padded = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_tokens=128)
+    lengths = sorted(jobs[QUERY]["attention_mask"].sum(1).tolist(), reverse=True)
     assert len(packed.chunk_sizes(lengths)) < len(padded.chunk_sizes(lengths))
     loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=128)
     loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=128)
@@ -231,8 +231,8 @@ def test_packed_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, 
 def test_split_by_packed_token_budget():
     """Budget 16, packed: 8 8 | 5 3 3 2 (rows of 5: [5] [3 2] [3], 15 positions); padded: 8 8 | 5 3 3 | 2."""
     lengths = [8, 8, 5, 3, 3, 2]
-    packed = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=16, packed=True)
-    padded = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=16)
+    packed = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_tokens=16, packed=True)
+    padded = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_tokens=16)
     assert packed.chunk_sizes(lengths) == [2, 4]
     assert padded.chunk_sizes(lengths) == [2, 3, 1]
     # Unsorted (a longer row after shorter ones widens the rows): 3 3 fill one row of 3 each (6), an 8 makes
@@ -243,8 +243,8 @@ def test_split_by_packed_token_budget():
 def test_split_by_packed_token_budget_in_rows_of_a_fixed_length():
     """Budget 24, six sequences of 8: rows of 16 (model.packed_row_length) hold two each, so a chunk is one
     row (16; a second row would make 32): 2 | 2 | 2. Rows as long as the longest (8) hold one: 3 | 3."""
-    fixed = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=24, packed=True, row_length=16)
-    longest = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=24, packed=True)
+    fixed = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_tokens=24, packed=True, row_length=16)
+    longest = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_tokens=24, packed=True)
     assert fixed.chunk_sizes([8] * 6) == [2, 2, 2]
     assert longest.chunk_sizes([8] * 6) == [3, 3]
     assert fixed.chunk_sizes([16, 5, 5, 5, 1]) == [1, 4]  # [16] | [5 5 5 1] fill one row of 16
@@ -253,7 +253,7 @@ def test_split_by_packed_token_budget_in_rows_of_a_fixed_length():
 def test_split_by_token_budget():
     """Budget 8, rows sorted by length 4 4 3 2 2 1 1 1: chunks 4 4 (2 x 4) | 3 2 (a third row: 3 x 3 > 8)
     | 2 1 1 1 (4 x 2)."""
-    gc = GradCache(encode=None, loss_fn=None, backward=None, chunk_tokens=8)
+    gc = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_tokens=8)
     lengths = [2, 4, 1, 3, 4, 1, 2, 1]
     mask = (torch.arange(4)[None] < torch.tensor(lengths)[:, None]).long()
     chunks, order = gc.split({"input_ids": mask, "attention_mask": mask})

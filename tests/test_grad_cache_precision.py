@@ -48,7 +48,7 @@ def cached_grads(model, batch, dtype, loss_scale=1.0, cache_dtype=torch.float32)
     """Every parameter's gradient (fp32, unscaled) through a GradCache with the model in `dtype`."""
     model = copy.deepcopy(model).to(dtype)
     gc = GradCache(encode=lambda name, x: model(**x, tower=name), loss_fn=loss_fn,
-                   backward=lambda loss: (loss * loss_scale).backward(), chunk_size=CHUNK, cache_dtype=cache_dtype)
+                   backward_fn=lambda loss: (loss * loss_scale).backward(), chunk_size=CHUNK, cache_dtype=cache_dtype)
     gc.backward(gc.compute_loss(batch))
     return {n: p.grad.float() / loss_scale for n, p in model.named_parameters() if p.grad is not None}
 
@@ -56,7 +56,7 @@ def cached_grads(model, batch, dtype, loss_scale=1.0, cache_dtype=torch.float32)
 def uncached_grads(model, batch, dtype, loss_scale=1.0):
     """The same chunks forwarded with autograd, one loss, one (scaled) backward."""
     model = copy.deepcopy(model).to(dtype)
-    split = GradCache(encode=None, loss_fn=None, backward=None, chunk_size=CHUNK).split
+    split = GradCache(encode=None, loss_fn=None, backward_fn=None, chunk_size=CHUNK).split
     reps = {}
     for name, x in batch.items():
         parts, order = split(x)
@@ -108,7 +108,7 @@ def test_fp32_cache_keeps_gradients_that_underflow_in_fp16():
         w.grad = None
         gc = GradCache(encode=lambda name, inputs: w * x[inputs["input_ids"][:, 0]],
                        loss_fn=lambda reps: (1e-8 * reps["x"].float().sum(), None),
-                       backward=lambda loss: (loss * scale).backward(), chunk_size=3, cache_dtype=cache_dtype)
+                       backward_fn=lambda loss: (loss * scale).backward(), chunk_size=3, cache_dtype=cache_dtype)
         rows = torch.arange(8)[:, None]
         gc.backward(gc.compute_loss({"x": {"input_ids": rows, "attention_mask": torch.ones_like(rows)}}))
         return float(w.grad) / scale

@@ -108,13 +108,13 @@ def test_cached_equals_uncached_with_dropout_on_cuda(tiny_model_dir, training_da
     from test_grad_cache import assert_same_grads, grads, make_step
 
     from dist_lacl.grad_cache import GradCache
-    from dist_lacl.trainer import RepsTap, make_loss_fn, tower_of
+    from dist_lacl.objective import Objective
 
     cfg, model, jobs = make_step(tiny_model_dir, training_data, tmp_path)
     model.cuda()
     jobs = {job: {k: v.cuda() for k, v in x.items()} for job, x in jobs.items()}
-    gc = GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)), loss_fn=make_loss_fn(cfg, RepsTap()),
-                   backward=lambda loss: loss.backward(), chunk_size=2)
+    gc = GradCache(encode=lambda job, x: model(**x, tower=job.tower), loss_fn=Objective(cfg.loss),
+                   backward_fn=lambda loss: loss.backward(), chunk_size=2)
     torch.manual_seed(123)
     cache = gc.compute_loss(jobs)
     gc.backward(cache)
@@ -125,8 +125,8 @@ def test_cached_equals_uncached_with_dropout_on_cuda(tiny_model_dir, training_da
     with same_attention_kernel():
         for job, x in jobs.items():
             parts, order = gc.split(x)
-            reps[job] = torch.cat([model(**c, tower=tower_of(job)) for c in parts])[order.argsort().cuda()]
-    loss, _ = make_loss_fn(cfg, RepsTap())(reps)
+            reps[job] = torch.cat([model(**c, tower=job.tower) for c in parts])[order.argsort().cuda()]
+    loss, _ = Objective(cfg.loss)(reps)
     loss.backward()
     assert cache.loss.item() == pytest.approx(loss.item(), rel=1e-5)
     assert_same_grads(cached, grads(model), rtol=1e-4)

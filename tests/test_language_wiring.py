@@ -15,9 +15,8 @@ from transformers import AutoTokenizer
 from dist_lacl.config import LossConfig, RunConfig, config_from_dict, load_config
 from dist_lacl.data import LanguageStream, TrainBatches
 from dist_lacl.errors import ConfigError, UserError
-from dist_lacl.losses import lacl_loss
+from dist_lacl.objective import PASSAGE, QUERY, Job, Objective, lacl_loss, step_language_mask
 from dist_lacl.sampling import LanguageSampler
-from dist_lacl.trainer import RepsTap, make_loss_fn, step_language_mask
 
 # ------------------------------------------------------------------ config
 
@@ -128,10 +127,10 @@ def _h(d: float) -> float:
 
 
 # Monolingual rows de, ja; pairs de, fr, de. At tau 1, diff = sim(z, e) - sim(z, f): de [1, 0, 0], ja [0, 0, 1].
-REPS = {"query": torch.tensor([[1.0, 0.0]]), "passage": torch.tensor([[1.0, 0.0]]),
-        "mono": torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
-        "para_en": torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
-        "para_xx": torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])}
+REPS = {QUERY: torch.tensor([[1.0, 0.0]]), PASSAGE: torch.tensor([[1.0, 0.0]]),
+        Job("mono", "query"): torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        Job("para_en", "query"): torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]),
+        Job("para_xx", "query"): torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])}
 META = {"para_lang": ["de", "fr", "de"], "mono_lang": ["de", "ja"]}
 
 
@@ -140,7 +139,7 @@ def own_config(**loss):
 
 
 def test_own_pairs_by_hand():
-    mask = step_language_mask(META, own_config())
+    mask = step_language_mask(META, own_config().loss)
     # de is compared with pairs 0 and 2 (diffs 1, 0); ja has no pair in the batch: all three (0, 0, 1).
     assert mask.tolist() == [[True, False, True], [True, True, True]]
     own = lacl_loss(REPS, own_config().loss, language_mask=mask)
@@ -149,27 +148,27 @@ def test_own_pairs_by_hand():
     assert squared.language.item() == pytest.approx(2 / 5)  # (1 + 0) + (0 + 0 + 1) over 5 entries
     every = lacl_loss(REPS, own_config(language_variant="squared", language_pairs="all").loss)
     assert every.language.item() == pytest.approx(2 / 6)  # Eq. 3: all 6 entries
-    assert step_language_mask(META, own_config(language_pairs="all")) is None
-    # The trainer's loss function takes the step's mask from the tap; without one it refuses.
-    tap = RepsTap()
-    tap.language_mask = mask
-    assert make_loss_fn(own_config(), tap)(REPS)[1].language.item() == pytest.approx(own.language.item())
+    assert step_language_mask(META, own_config(language_pairs="all").loss) is None
+    # The objective takes the step's mask as a per-step argument; without one it refuses.
+    objective = Objective(own_config().loss)
+    assert objective(REPS, language_mask=mask)[1].terms.language.item() == pytest.approx(own.language.item())
     with pytest.raises(ValueError, match="language_mask"):
-        make_loss_fn(own_config(), RepsTap())(REPS)
+        objective(REPS)
 
 
 def test_own_pairs_is_eq_3_when_every_sentence_has_one_language_and_the_shards_add_up():
     torch.manual_seed(0)
-    reps = {name: torch.randn(n, 4) for name, n in
-            (("query", 4), ("passage", 8), ("para_en", 6), ("para_xx", 6), ("mono", 4))}
+    reps = {job: torch.randn(n, 4) for job, n in
+            ((QUERY, 4), (PASSAGE, 8), (Job("para_en", "query"), 6), (Job("para_xx", "query"), 6),
+             (Job("mono", "query"), 4))}
     one = {"para_lang": ["de"] * 6, "mono_lang": ["de"] * 4}
     cfg = own_config(temperature=0.1)
-    own = lacl_loss(reps, cfg.loss, language_mask=step_language_mask(one, cfg))
+    own = lacl_loss(reps, cfg.loss, language_mask=step_language_mask(one, cfg.loss))
     every = lacl_loss(reps, own_config(temperature=0.1, language_pairs="all").loss)
     assert torch.allclose(own.language, every.language) and torch.allclose(own.total, every.total)
     # Sharded: each shard scores its monolingual rows against every pair, over the whole mask's count.
     mixed = {"para_lang": ["de", "fr", "de", "ja", "fr", "de"], "mono_lang": ["fr", "ko", "de", "ja"]}
-    mask = step_language_mask(mixed, cfg)
+    mask = step_language_mask(mixed, cfg.loss)
     whole = lacl_loss(reps, cfg.loss, language_mask=mask)
     shares = [lacl_loss(reps, cfg.loss, (i, 2), mask) for i in range(2)]
     blocks = lacl_loss(reps, own_config(temperature=0.1, block_rows=1).loss, (1, 2), mask)
@@ -182,7 +181,7 @@ def test_own_pairs_is_eq_3_when_every_sentence_has_one_language_and_the_shards_a
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_own_pairs_on_cuda_with_the_mask_built_on_cpu():
     """The trainer builds the mask on the CPU; the loss moves it to the representations' device."""
-    mask = step_language_mask(META, own_config())
+    mask = step_language_mask(META, own_config().loss)
     cuda = lacl_loss({k: v.cuda() for k, v in REPS.items()}, own_config().loss, (1, 2), mask)
     cpu = lacl_loss(REPS, own_config().loss, (1, 2), mask)
     assert cuda.language.device.type == "cuda" and cuda.language.item() == pytest.approx(cpu.language.item())

@@ -16,16 +16,16 @@ from test_distributed_equivalence import CROSS_PROCESS, ZERO_GRAD_NOISE, referen
 from test_grad_cache import assert_same_grads
 
 from dist_lacl.config import LossConfig, config_from_dict
-from dist_lacl.losses import ir_loss, lacl_loss, language_loss, semantic_loss
+from dist_lacl.losses import ir_loss, language_loss, semantic_loss
+from dist_lacl.objective import PASSAGE, QUERY, Job, lacl_loss
 
 
-def random_reps(seed=0, b=8, g=3, n=8, k=4, d=16, towers=("",)):
+def random_reps(seed=0, b=8, g=3, n=8, k=4, d=16, towers=("query",)):
     gen = torch.Generator().manual_seed(seed)
-    reps = {"query": torch.randn(b, d, generator=gen), "passage": torch.randn(b * g, d, generator=gen)}
+    reps = {QUERY: torch.randn(b, d, generator=gen), PASSAGE: torch.randn(b * g, d, generator=gen)}
     for t in towers:
-        s = f"@{t}" if t else ""
-        reps.update({"para_en" + s: torch.randn(n, d, generator=gen), "para_xx" + s: torch.randn(n, d, generator=gen),
-                     "mono" + s: torch.randn(k, d, generator=gen)})
+        reps.update({Job("para_en", t): torch.randn(n, d, generator=gen), Job("para_xx", t): torch.randn(n, d, generator=gen),
+                     Job("mono", t): torch.randn(k, d, generator=gen)})
     return reps
 
 
@@ -38,7 +38,7 @@ def loss_and_grads(reps, cfg, shards=1):
     return scalars, {k: v.grad for k, v in leaves.items()}
 
 
-@pytest.mark.parametrize("towers", [("",), ("query", "passage")], ids=["shared", "separate"])
+@pytest.mark.parametrize("towers", [("query",), ("query", "passage")], ids=["shared", "separate"])
 def test_shards_add_up_to_the_whole_loss(towers):
     reps = random_reps(towers=towers)
     cfg = LossConfig(temperature=0.5, semantic_weight=0.7, language_weight=0.4)
@@ -55,7 +55,8 @@ def test_shards_add_up_to_the_whole_loss(towers):
 def test_one_shard_of_each_loss_by_hand():
     """Shard 1 of 2 scores global rows 2, 3 only: hand-written terms over the global count."""
     reps = random_reps(b=4, g=2, n=4, k=2)
-    q, p, e, f, z = (reps[k] for k in ("query", "passage", "para_en", "para_xx", "mono"))
+    q, p, e, f, z = (reps[k] for k in (QUERY, PASSAGE, Job("para_en", "query"), Job("para_xx", "query"),
+                                        Job("mono", "query")))
     ce = torch.nn.functional.cross_entropy
     ir = ce(q[2:] @ p.T, torch.tensor([4, 6]), reduction="sum") / 4
     assert ir_loss(q, p, 1.0, (1, 2)).item() == pytest.approx(ir.item(), rel=1e-6)

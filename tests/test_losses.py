@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dist_lacl.config import LossConfig
-from dist_lacl.losses import ir_loss, lacl_loss, language_loss, semantic_loss, similarity
+from dist_lacl.losses import ir_loss, language_loss, semantic_loss, similarity
+from dist_lacl.objective import PASSAGE, QUERY, Job, lacl_loss
 
 
 def test_similarity_divides_dot_product_by_temperature():
@@ -86,12 +87,12 @@ def test_weighted_total_and_zero_weights():
     reps = {"query": torch.randn(2, 4), "passage": torch.randn(4, 4), "para_en": torch.randn(3, 4),
             "para_xx": torch.randn(3, 4), "mono": torch.randn(5, 4)}
     cfg = LossConfig(temperature=0.5, semantic_weight=0.3, language_weight=2.0)
-    terms = lacl_loss(reps, cfg)
+    terms = lacl_loss({Job(role, "passage" if role == "passage" else "query"): r for role, r in reps.items()}, cfg)
     ir = ir_loss(reps["query"], reps["passage"], 0.5)
     sem = semantic_loss(reps["para_en"], reps["para_xx"], 0.5)
     lang = language_loss(reps["mono"], reps["para_en"], reps["para_xx"], 0.5)
     assert terms.total.item() == pytest.approx((ir + 0.3 * sem + 2.0 * lang).item(), rel=1e-6)
-    ir_only = lacl_loss({"query": reps["query"], "passage": reps["passage"]},
+    ir_only = lacl_loss({QUERY: reps["query"], PASSAGE: reps["passage"]},
                         LossConfig(temperature=0.5, semantic_weight=0, language_weight=0))
     assert ir_only.total.item() == pytest.approx(ir.item()) and ir_only.semantic is None
     assert set(terms.scalars()) == {"loss/total", "loss/ir", "loss/semantic", "loss/language"}
@@ -99,10 +100,10 @@ def test_weighted_total_and_zero_weights():
 
 def test_aux_losses_average_over_towers():
     torch.manual_seed(3)
-    reps = {"query": torch.randn(2, 4), "passage": torch.randn(4, 4)}
+    reps = {QUERY: torch.randn(2, 4), PASSAGE: torch.randn(4, 4)}
     for tower in ("query", "passage"):
-        reps.update({f"para_en@{tower}": torch.randn(3, 4), f"para_xx@{tower}": torch.randn(3, 4),
-                     f"mono@{tower}": torch.randn(2, 4)})
+        reps.update({Job("para_en", tower): torch.randn(3, 4), Job("para_xx", tower): torch.randn(3, 4),
+                     Job("mono", tower): torch.randn(2, 4)})
     terms = lacl_loss(reps, LossConfig(temperature=1.0))
-    expected = sum(semantic_loss(reps[f"para_en@{t}"], reps[f"para_xx@{t}"], 1.0) for t in ("query", "passage")) / 2
+    expected = sum(semantic_loss(reps[Job("para_en", t)], reps[Job("para_xx", t)], 1.0) for t in ("query", "passage")) / 2
     assert terms.semantic.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -1,4 +1,5 @@
-"""The language loss's options (dist_lacl/losses_variants.py) against values worked out by hand."""
+"""The language loss's options (its own temperature, own-language pairs: dist_lacl/losses.py) against values
+worked out by hand."""
 
 import math
 from types import SimpleNamespace
@@ -7,13 +8,7 @@ import pytest
 import torch
 
 from dist_lacl.config import LossConfig
-from dist_lacl.losses import language_loss
-from dist_lacl.losses_variants import (
-    language_ids,
-    language_temperature,
-    masked_language_loss,
-    same_language_mask,
-)
+from dist_lacl.losses import language_ids, language_loss, language_temperature, same_language_mask
 
 
 def _h(d: float) -> float:
@@ -53,10 +48,10 @@ def test_same_language_mask_by_hand():
 def test_masked_language_loss_by_hand():
     with_fallback, strict = same_language_mask(MONO, PAIRS), same_language_mask(MONO, PAIRS, fallback=False)
     # squared: selected entries de (1, 0), ja (0, 0, 1) -> 2 / 5; strict: de only -> 1 / 2.
-    assert masked_language_loss(Z, E, F_, 1.0, with_fallback, "squared").item() == pytest.approx(0.4)
-    assert masked_language_loss(Z, E, F_, 1.0, strict, "squared").item() == pytest.approx(0.5)
+    assert language_loss(Z, E, F_, 1.0, "squared", mask=with_fallback).item() == pytest.approx(0.4)
+    assert language_loss(Z, E, F_, 1.0, "squared", mask=strict).item() == pytest.approx(0.5)
     expected = (2 * _h(1.0) + 3 * math.log(2)) / 5
-    assert masked_language_loss(Z, E, F_, 1.0, with_fallback).item() == pytest.approx(expected, rel=1e-6)
+    assert language_loss(Z, E, F_, 1.0, mask=with_fallback).item() == pytest.approx(expected, rel=1e-6)
     # The unmasked loss: every entry, (1 + 1) / 6.
     assert language_loss(Z, E, F_, 1.0, "squared").item() == pytest.approx(1 / 3)
 
@@ -66,13 +61,13 @@ def test_all_true_mask_is_the_default_loss_and_an_empty_one_is_zero_with_a_graph
     z, e, f = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3), torch.randn(5, 3)
     full = torch.ones(4, 5, dtype=torch.bool)
     for variant in ("balanced", "squared"):
-        assert masked_language_loss(z, e, f, 0.1, full, variant).item() == pytest.approx(
+        assert language_loss(z, e, f, 0.1, variant, mask=full).item() == pytest.approx(
             language_loss(z, e, f, 0.1, variant).item(), rel=1e-6)
-    empty = masked_language_loss(z, e, f, 0.1, torch.zeros(4, 5, dtype=torch.bool))
+    empty = language_loss(z, e, f, 0.1, mask=torch.zeros(4, 5, dtype=torch.bool))
     empty.backward()
     assert empty.item() == 0.0 and z.grad.abs().max().item() == 0.0
     with pytest.raises(ValueError, match="variant"):
-        masked_language_loss(z, e, f, 0.1, full, "cubic")
+        language_loss(z, e, f, 0.1, "cubic", mask=full)
 
 
 def test_language_ids_follow_the_vocabulary():
@@ -80,13 +75,13 @@ def test_language_ids_follow_the_vocabulary():
 
 
 def test_lacl_loss_uses_the_language_temperature():
-    from dist_lacl.losses import lacl_loss, language_loss
+    from dist_lacl.objective import PASSAGE, QUERY, Job, lacl_loss
 
     torch.manual_seed(0)
-    reps = {name: torch.randn(n, 4) for name, n in
-            (("query", 2), ("passage", 4), ("para_en", 3), ("para_xx", 3), ("mono", 5))}
+    z, e, f = Job("mono", "query"), Job("para_en", "query"), Job("para_xx", "query")
+    reps = {job: torch.randn(n, 4) for job, n in ((QUERY, 2), (PASSAGE, 4), (e, 3), (f, 3), (z, 5))}
     own = lacl_loss(reps, LossConfig(temperature=0.05, language_temperature=0.5))
     shared = lacl_loss(reps, LossConfig(temperature=0.05))
-    assert torch.allclose(own.language, language_loss(reps["mono"], reps["para_en"], reps["para_xx"], 0.5))
-    assert torch.allclose(shared.language, language_loss(reps["mono"], reps["para_en"], reps["para_xx"], 0.05))
+    assert torch.allclose(own.language, language_loss(reps[z], reps[e], reps[f], 0.5))
+    assert torch.allclose(shared.language, language_loss(reps[z], reps[e], reps[f], 0.05))
     assert torch.allclose(own.ir, shared.ir) and torch.allclose(own.semantic, shared.semantic)

@@ -213,7 +213,7 @@ def test_ctrl_c_checkpoints_once_and_the_run_resumes(tmp_path, tiny_model_dir, t
 
 def test_stop_signal_first_ctrl_c_asks_second_interrupts():
     """In-process: the handler as Python runs it (between bytecodes, right after os.kill)."""
-    from dist_lacl.trainer import StopSignal
+    from dist_lacl.signals import StopSignal
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:

@@ -82,7 +82,7 @@ def build_grad_cache(model: DualEncoder, chunk_size: int, sort_by_length: bool =
     return GradCache(encode=lambda name, inputs: model(**inputs, tower=name),
                      loss_fn=lambda reps: (ir_loss(reps["query"], reps["passage"], TEMPERATURE,
                                                    block_rows=block_rows), None),
-                     backward=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length,
+                     backward_fn=lambda loss: loss.backward(), chunk_size=chunk_size, sort_by_length=sort_by_length,
                      chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph, packed=model.padding_free,
                      row_length=model.packed_row_length)
 

@@ -1,4 +1,4 @@
-"""One rank of bench/bench_loss.py: the loss phase alone (trainer.make_loss_fn on random representations:
+"""One rank of bench/bench_loss.py: the loss phase alone (objective.Objective on random representations:
 gather, IR + semantic + language loss, backward to the representations), its peak memory and time.
 
 usage (under torchrun): loss_worker.py B G N K D SHARDING BLOCK_ROWS REPEATS
@@ -20,8 +20,8 @@ import psutil
 import torch
 
 from dist_lacl import distributed as dist
-from dist_lacl.config import LossConfig, RunConfig
-from dist_lacl.trainer import RepsTap, make_loss_fn
+from dist_lacl.config import LossConfig
+from dist_lacl.objective import PASSAGE, QUERY, Job, Objective
 
 
 def rss_mib() -> float:
@@ -36,15 +36,14 @@ def peak_mib() -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
-def local_reps(b: int, g: int, n: int, k: int, d: int) -> dict[str, torch.Tensor]:
+def local_reps(b: int, g: int, n: int, k: int, d: int) -> dict[Job, torch.Tensor]:
     """This rank's rows: b queries, b*g passages, n parallel pairs, k monolingual sentences (unit norm)."""
     gen = torch.Generator().manual_seed(dist.rank())
-    rows = {"query": b, "passage": b * g, "para_en": n, "para_xx": n, "mono": k}
-    return {name: torch.nn.functional.normalize(torch.randn(m, d, generator=gen), dim=1)
-            for name, m in rows.items()}
+    rows = {QUERY: b, PASSAGE: b * g, Job("para_en", "query"): n, Job("para_xx", "query"): n, Job("mono", "query"): k}
+    return {job: torch.nn.functional.normalize(torch.randn(m, d, generator=gen), dim=1) for job, m in rows.items()}
 
 
-def run_once(loss_fn, reps: dict[str, torch.Tensor]) -> tuple[float, float]:
+def run_once(loss_fn, reps: dict[Job, torch.Tensor]) -> tuple[float, float]:
     """Forward + backward of the loss; (loss, seconds)."""
     leaves = {k: v.clone().requires_grad_() for k, v in reps.items()}
     dist.barrier()
@@ -61,9 +60,9 @@ def main():
     torch.set_num_threads(1)
     dist.init_process_group(3600, backend="gloo")
     w = dist.world_size()
-    loss_fn, warm_up = (make_loss_fn(RunConfig(loss=LossConfig(
-        temperature=0.05, semantic_weight=1.0, language_weight=1.0, sharding=sharding, block_rows=blocks)),
-        RepsTap()) for blocks in (block_rows, min(block_rows, 2)))
+    loss_fn, warm_up = (Objective(LossConfig(temperature=0.05, semantic_weight=1.0, language_weight=1.0,
+                                             sharding=sharding, block_rows=blocks))
+                        for blocks in (block_rows, min(block_rows, 2)))
     # Every code path once at a tiny size (with several blocks where blocked: checkpointing's first call
     # loads code and buffers worth ~70 MiB of resident memory, which is not the loss's).
     run_once(warm_up, local_reps(4, g, 4, 4, d))

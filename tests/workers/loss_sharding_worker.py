@@ -3,7 +3,7 @@
 usage: loss_sharding_worker.py OUT.pt [TRAINER_CONFIG.yaml ...]
 Part 1, always: for each case of CASES, random global representations (the same on every rank, from
 the case's seed), each rank's slice of them as leaves, and for each mode of MODES the loss and the
-leaves' gradients through trainer.make_loss_fn; rank 0 saves the global representations, every rank's
+leaves' gradients through objective.Objective; rank 0 saves the global representations, every rank's
 loss values and the gradients concatenated in rank order.
 Part 2, with trainer configs: one real Trainer step per config (the configured engine with the gradient
 cache), the loss and the full parameter gradients after backward.
@@ -14,15 +14,16 @@ import sys
 import torch
 
 from dist_lacl import distributed as dist
-from dist_lacl.config import LossConfig, RunConfig
-from dist_lacl.trainer import RepsTap, Trainer, encode_jobs, make_loss_fn
+from dist_lacl.config import LossConfig
+from dist_lacl.objective import PASSAGE, QUERY, Job, Objective, step_jobs
+from dist_lacl.trainer import Trainer
 
 # Global sizes, divisible by 4 ranks: queries, passages per query, parallel pairs, monolingual, dim.
 B, G, N, K, D = 8, 3, 8, 4, 16
 CASES = {
-    "ir": dict(weights=(0.0, 0.0), towers=[""]),
-    "all-shared": dict(weights=(0.7, 0.4), towers=[""]),
-    "all-shared-asym-squared": dict(weights=(0.7, 0.4), towers=[""], semantic_symmetric=False,
+    "ir": dict(weights=(0.0, 0.0), towers=["query"]),
+    "all-shared": dict(weights=(0.7, 0.4), towers=["query"]),
+    "all-shared-asym-squared": dict(weights=(0.7, 0.4), towers=["query"], semantic_symmetric=False,
                                     language_variant="squared"),
     "all-separate": dict(weights=(0.7, 0.4), towers=["query", "passage"]),
     "semantic-separate": dict(weights=(1.3, 0.0), towers=["query", "passage"]),
@@ -31,17 +32,16 @@ CASES = {
 MODES = [("replicated", 0), ("replicated", 1), ("sharded", 0), ("sharded", 1)]
 
 
-def global_reps(seed: int, case: dict) -> dict[str, torch.Tensor]:
+def global_reps(seed: int, case: dict) -> dict[Job, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    reps = {"query": torch.randn(B, D, generator=gen), "passage": torch.randn(B * G, D, generator=gen)}
+    reps = {QUERY: torch.randn(B, D, generator=gen), PASSAGE: torch.randn(B * G, D, generator=gen)}
     sem, lang = case["weights"]
     for tower in case["towers"]:
-        suffix = f"@{tower}" if tower else ""
         if sem > 0 or lang > 0:
-            reps["para_en" + suffix] = torch.randn(N, D, generator=gen)
-            reps["para_xx" + suffix] = torch.randn(N, D, generator=gen)
+            reps[Job("para_en", tower)] = torch.randn(N, D, generator=gen)
+            reps[Job("para_xx", tower)] = torch.randn(N, D, generator=gen)
         if lang > 0:
-            reps["mono" + suffix] = torch.randn(K, D, generator=gen)
+            reps[Job("mono", tower)] = torch.randn(K, D, generator=gen)
     return reps
 
 
@@ -64,7 +64,7 @@ def loss_cases() -> dict:
         out[name] = {"reps": reps, "case": case}
         for sharding, block_rows in MODES:
             leaves = {k: local_slice(v) for k, v in reps.items()}
-            loss_fn = make_loss_fn(RunConfig(loss=loss_config(case, sharding, block_rows)), RepsTap())
+            loss_fn = Objective(loss_config(case, sharding, block_rows))
             loss, terms = loss_fn(leaves)
             loss.backward()
             grads = {k: torch.cat(dist.all_gather_objects(v.grad)) for k, v in leaves.items()}
@@ -80,7 +80,7 @@ def trainer_step(config: str) -> dict:
     trainer = Trainer(cfg)
     trainer.engine.train()
     batch, _ = trainer.data.next()
-    cache = trainer.grad_cache.compute_loss(encode_jobs(batch, cfg))
+    cache = trainer.grad_cache.compute_loss(step_jobs(batch, cfg.model))
     trainer.grad_cache.backward(cache)
     return {"loss": cache.loss.item(), "scalars": cache.loss_out.scalars(), "grads": trainer.engine.full_grads()}
 

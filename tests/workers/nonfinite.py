@@ -21,8 +21,8 @@ def main():
     trainer = Trainer(cfg)
     loss_fn = trainer.grad_cache.loss_fn
 
-    def poisoned(reps):
-        loss, terms = loss_fn(reps)
+    def poisoned(reps, **loss_args):
+        loss, terms = loss_fn(reps, **loss_args)
         if trainer.state.step + 1 in nan_steps and dist.rank() == 1:  # one rank only: all must agree
             loss = loss * float("nan")
         return loss, terms

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dist_lacl import distributed as dist
 from dist_lacl.errors import UserError
-from dist_lacl.trainer import RunLock, check_shared_run_dir
+from dist_lacl.run_dir import RunLock, check_shared_run_dir
 
 
 def main():

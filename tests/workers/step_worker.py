@@ -18,7 +18,8 @@ from dist_lacl.config import load_config
 from dist_lacl.data import TrainBatches
 from dist_lacl.grad_cache import GradCache
 from dist_lacl.model import build_model
-from dist_lacl.trainer import RepsTap, Trainer, encode_jobs, make_loss_fn, tower_of
+from dist_lacl.objective import Objective, step_jobs
+from dist_lacl.trainer import Trainer
 
 
 def engine_step(cfg, mode):
@@ -28,7 +29,7 @@ def engine_step(cfg, mode):
         trainer.grad_cache.chunk_context = lambda is_last: contextlib.nullcontext()
         trainer.grad_cache.backward_context = contextlib.nullcontext
     batch, _ = trainer.data.next()
-    cache = trainer.grad_cache.compute_loss(encode_jobs(batch, cfg))
+    cache = trainer.grad_cache.compute_loss(step_jobs(batch, cfg.model))
     trainer.grad_cache.backward(cache)
     # DeepSpeed cannot read full gradients back under round_robin_gradients (its fragment map assumes
     # the plain partition order): there the pre-clipping gradient norm stands in for them.
@@ -45,9 +46,9 @@ def plain_step(cfg):
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
     data = TrainBatches(cfg, tokenizer, dist.rank(), dist.world_size(), cfg.data.cache_dir)
     batch, _ = data.next()
-    gc = GradCache(encode=lambda job, x: model(**x, tower=tower_of(job)), loss_fn=make_loss_fn(cfg, RepsTap()),
-                   backward=lambda loss: loss.backward(), chunk_size=cfg.train.chunk_size)
-    cache = gc.compute_loss(encode_jobs(batch, cfg))
+    gc = GradCache(encode=lambda job, x: model(**x, tower=job.tower), loss_fn=Objective(cfg.loss),
+                   backward_fn=lambda loss: loss.backward(), chunk_size=cfg.train.chunk_size)
+    cache = gc.compute_loss(step_jobs(batch, cfg.model))
     gc.backward(cache)
     grads = {}
     for name, p in model.named_parameters():
