@@ -9,7 +9,7 @@ losses; forward and backward to the representations, on 4 gloo ranks (torchrun, 
 case is a fresh 4-process run (bench/workers/loss_worker.py, MALLOC_MMAP_THRESHOLD_=65536 so freed
 tensors leave the resident set); its memory is the kernel's resident high-water mark during the phase
 minus the resident set before it, per rank (max over ranks), min over repeats; time is the slowest rank's
-forward+backward, median over repeats. A case whose predicted memory (formula below, docs/loss_sharding.md)
+forward+backward, median over repeats. A case whose predicted memory (formula below, docs/distributed.md)
 does not fit in this machine's available memory is not run and says so.
 
 --grad-cache: table 1 of bench/bench_grad_cache.py for the tiny encoder only (its memory target: the
@@ -43,7 +43,7 @@ SCORE_COPIES = 3  # a score matrix's copies alive at the backward's peak: log-so
 
 
 def predicted_mib(b: int, sharding: str, block_rows: int, world: int = WORLD) -> float:
-    """Loss-phase memory per rank (fp32), the formula of docs/loss_sharding.md with N = K = B."""
+    """Loss-phase memory per rank (fp32), the formula of docs/distributed.md with N = K = B."""
     n = k = b
     anchors = b // world if sharding == "sharded" else b  # rows this rank scores, per loss
     if block_rows:

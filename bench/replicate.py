@@ -2,7 +2,7 @@
 and the low-resource setting (parallel data for at most 3 languages, monolingual text for all).
 
     .venv/bin/python bench/replicate.py [--steps 40] [--seeds 0 1 2]   # prints the table, writes bench/results/replicate.json
-    .venv/bin/python bench/replicate.py --breadth --domains faq reference   # the issue-15 data (docs/breadth.md)
+    .venv/bin/python bench/replicate.py --breadth --domains faq reference   # the breadth data (docs/reproduction.md)
 
 Every run trains all-MiniLM-L6-v2 (or `--model`) from the same start on the same budget
 (configs/demo.yaml with `--steps` steps; 2 CPU ranks, DeepSpeed ZeRO-2, gradient cache) and differs
@@ -171,7 +171,7 @@ def verdict(summary: dict, num_seeds: int) -> list[str]:
 
 
 def build_data(out: Path, breadth: bool) -> None:
-    """The demo's data (`data all`), or with `breadth` the issue-15 data (`data all --breadth`)."""
+    """The demo's data (`data all`), or with `breadth` the breadth data (`data all --breadth`)."""
     if not breadth:
         demo.build_data(out)
     elif not (out / "manifest.json").is_file():
@@ -191,7 +191,7 @@ def main() -> int:
     parser.add_argument("--domains", nargs="+", default=["faq"], choices=list(DOMAINS),
                         help="evaluation sets (reference: needs data built with --debian-reference or --breadth)")
     parser.add_argument("--breadth", action="store_true",
-                        help="the issue-15 data: `data all --breadth` into --data (default runs/breadth/data)")
+                        help="the breadth data (70 languages of pairs): `data all --breadth` into --data (default runs/breadth/data)")
     parser.add_argument("--low-resource-langs", nargs="+", default=list(LOW_RESOURCE_PARALLEL),
                         help="the languages that keep parallel pairs in the low-resource settings (at most 3)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -40,7 +40,7 @@ class ModelConfig:
     training, or memory planning for a model whose weights are not at hand)."""
     compile: bool = False
     """Run each encoder through torch.compile(dynamic=True): chunks of every length share one graph
-    (off by default: not faster on CPU, minutes of compiling; docs/speed.md)."""
+    (off by default: not faster on CPU, minutes of compiling; docs/performance.md)."""
     compile_backend: str = "inductor"
     """torch.compile backend with model.compile: inductor (generated kernels; on CPU it needs a C++
     compiler) or aot_eager (the same graphs run by eager kernels: a check, not a speed-up)."""

@@ -59,7 +59,7 @@ def device() -> torch.device:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
     raise UserError(f"LOCAL_RANK={index} but this process sees {count} GPUs (CUDA_VISIBLE_DEVICES={visible}): "
                     "give every task all of its node's GPUs (LOCAL_RANK picks one) or exactly one "
-                    "(see slurm/README.md, GPU binding)")
+                    "(see docs/slurm.md, GPU binding)")
 
 
 def bind_device() -> torch.device:

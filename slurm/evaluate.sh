@@ -1,20 +1,14 @@
 #!/bin/bash
 # Evaluate an exported dist-lacl model under SLURM: encode the corpus and the queries with one task per
 # GPU (each rank writes its shard), then search and score in one process on the first node, which sees
-# all of that node's GPUs (faiss shards the index across them). See slurm/README.md.
+# all of that node's GPUs (faiss shards the index across them). See docs/slurm.md.
 #
 #   MODEL=runs/xlmr_large/model CORPUS=... QUERIES=... QRELS=... sbatch slurm/evaluate.sh
 #
 # #SBATCH lines are GPU-cluster defaults; override them on the sbatch command line (or with SBATCH_*
 # variables), e.g. `sbatch --nodes=1 --ntasks-per-node=4 --gpus-per-node=4 slurm/evaluate.sh`.
-# Environment:
-#   MODEL                exported model folder (`dist-lacl export`)                                [required]
-#   CORPUS, QUERIES      corpus and queries (.jsonl; queries may be .tsv)                          [required]
-#   QRELS                TREC qrels                                                                [required]
-#   EVAL_DIR             where embeddings, the TREC run and report.json go (default <MODEL>/eval)
-#   ENCODE_ARGS          extra `dist-lacl encode` arguments, e.g. "--batch-size 512 --max-len 64"
-#   EVAL_ARGS            extra `dist-lacl evaluate` arguments, e.g. "--metrics mrr@10,recall@100 --index ivf"
-#   DIST_LACL_SETUP, DIST_LACL_CMD, DIST_LACL_WORKDIR, MASTER_ADDR, MASTER_PORT   as in train_large.sh
+# Environment: MODEL, CORPUS, QUERIES, QRELS (required), EVAL_DIR, ENCODE_ARGS, EVAL_ARGS, and the
+# variables of train_large.sh; what each means and its default: docs/slurm.md.
 # Shards already complete (same model, input and settings) are kept, so resubmitting a job that was
 # cancelled part-way only encodes what is missing.
 #
@@ -47,7 +41,7 @@ for word in ${cmd[@]+"${cmd[@]}"}; do
     case ${word##*/} in
         torchrun | torch.distributed.run | deepspeed | accelerate)
             echo "evaluate.sh: DIST_LACL_CMD must run dist-lacl itself, not through ${word##*/}:" \
-                 "srun starts one rank per task (see slurm/README.md)" >&2
+                 "srun starts one rank per task (see docs/slurm.md)" >&2
             exit 2 ;;
     esac
 done

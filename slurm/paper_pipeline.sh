@@ -1,7 +1,7 @@
 #!/bin/bash
 # The paper's whole recipe under SLURM, one stage after another in one allocation: mine hard negatives ->
 # train -> export -> encode -> search -> evaluate on Mr.TyDi (11 languages, MRR@100 and Recall@100 on
-# test) and XOR-TyDi XOR-Retrieve (7 languages, R@2kt and R@5kt on dev). See docs/reproduce.md.
+# test) and XOR-TyDi XOR-Retrieve (7 languages, R@2kt and R@5kt on dev). See docs/reproduction.md.
 #
 #   CONFIG=configs/paper_mbert_nq.yaml MINE_MODEL=runs/round1/model CORPUS=data/nq/corpus.jsonl \
 #   TRAIN_IR=data/nq/nq-train.jsonl MRTYDI_DIR=data/mrtydi XOR_DIR=data/xor sbatch slurm/paper_pipeline.sh
@@ -30,7 +30,7 @@
 #   XOR_DIR              folder with psgs_w100.tsv and xor_dev_retrieve_eng_span.jsonl       [for xor]
 #   ENCODE_ARGS          extra `dist-lacl encode` arguments (default "--batch-size 512")
 #   DIST_LACL_SETUP, DIST_LACL_CMD, DIST_LACL_WORKDIR, MASTER_ADDR, MASTER_PORT, MAX_RESTARTS
-#                        as in slurm/train_large.sh
+#                        as for slurm/train_large.sh (docs/slurm.md)
 # Works with bash 4.2 under `set -euo pipefail` (optional arguments are plain strings, split once).
 #
 #SBATCH --job-name=dist-lacl-paper
@@ -59,7 +59,7 @@ for word in $DIST_LACL_CMD; do
     case ${word##*/} in
         torchrun | torch.distributed.run | deepspeed | accelerate)
             echo "paper_pipeline.sh: DIST_LACL_CMD must run dist-lacl itself, not through ${word##*/}" \
-                 "(see slurm/README.md)" >&2
+                 "(see docs/slurm.md)" >&2
             exit 2 ;;
     esac
 done
@@ -97,7 +97,7 @@ step=0
 on_all_gpus() {
     step=$((step + 1))
     # shellcheck disable=SC2016  # expanded by each task's own bash, not here
-    # --gpu-bind=none: each task sees its node's GPUs and LOCAL_RANK picks one (slurm/README.md).
+    # --gpu-bind=none: each task sees its node's GPUs and LOCAL_RANK picks one (docs/slurm.md).
     MASTER_PORT=$((port + step)) srun --kill-on-bad-exit=0 --wait=120 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" \
         --gpu-bind=none \
         bash -c 'export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID; exec "$@"' \

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Train XLM-R-large (ZeRO-2, bf16) with dist-lacl on several GPU nodes: one task per GPU, and a job that
-# checkpoints and requeues itself before its time limit. See slurm/README.md.
+# checkpoints and requeues itself before its time limit. See docs/slurm.md.
 #
 #   sbatch slurm/train_large.sh [section.key=value ...]
 #
@@ -8,16 +8,8 @@
 #   sbatch --nodes=2 --ntasks-per-node=4 --gpus-per-node=4 --partition=gpu slurm/train_large.sh
 # (partition, time limit, GPUs per node, account, ... can also come from SBATCH_PARTITION,
 # SBATCH_TIMELIMIT, SBATCH_GPUS_PER_NODE, SBATCH_ACCOUNT; keep --ntasks-per-node equal to the GPUs per node).
-# Everything else comes from the environment (sbatch exports it to the job, and a requeued job gets the
-# same environment and arguments again):
-#   CONFIG               run config (default configs/xlmr_large.yaml, relative to the submit directory)
-#   OUTPUT_DIR           train.output_dir (default: the config's); a restart resumes from its checkpoints
-#   TRAIN_OVERRIDES      extra section.key=value overrides, space-separated (script arguments also work)
-#   DIST_LACL_SETUP      shell code run first, e.g. "module load cuda/12.4; source ~/venvs/lacl/bin/activate"
-#   DIST_LACL_CMD        the command that trains (default dist-lacl; e.g. "/path/venv/bin/python -m dist_lacl.cli")
-#   DIST_LACL_WORKDIR    directory to run in (default the submit directory)
-#   MASTER_ADDR, MASTER_PORT   rendezvous (default the first node, and a port derived from the job id)
-#   MAX_RESTARTS         requeue at most this many times (default 100)
+# Everything else comes from the environment (CONFIG, OUTPUT_DIR, TRAIN_OVERRIDES, DIST_LACL_SETUP,
+# DIST_LACL_CMD, ...): the variables, their defaults and the job shape are in docs/slurm.md.
 #
 # Signals and requeue: --signal=USR1@300 makes slurmstepd send SIGUSR1 to every process of the running
 # srun step (not to this batch shell) about 300 s before the time limit. Each rank's handler finishes its
@@ -52,7 +44,7 @@ for word in ${cmd[@]+"${cmd[@]}"}; do
     case ${word##*/} in
         torchrun | torch.distributed.run | deepspeed | accelerate)
             echo "train_large.sh: DIST_LACL_CMD must run dist-lacl itself, not through ${word##*/}:" \
-                 "srun starts one rank per task (see slurm/README.md)" >&2
+                 "srun starts one rank per task (see docs/slurm.md)" >&2
             exit 2 ;;
     esac
 done
@@ -83,7 +75,7 @@ echo "[$(date '+%F %T')] ${cmd[*]} train --config $CONFIG ${overrides[*]:-}"
 # GPU binding: --gpu-bind=none shows every task all of its node's GPUs, and LOCAL_RANK=SLURM_LOCALID picks
 # one (cuda:LOCAL_RANK, the rule DeepSpeed and accelerate follow; NCCL's fast paths between the GPUs of a
 # node need them visible). A site that forces one GPU per task still works: the trainer then takes the
-# one it sees. See slurm/README.md, GPU binding.
+# one it sees. See docs/slurm.md, GPU binding.
 # Ending the step: ranks leave a few seconds apart (interpreter teardown), and the first to exit with 3
 # must not get the others killed before they exit 3 as well, so --kill-on-bad-exit is off (whatever
 # the site's KillOnBadExit). Instead --wait bounds the wait after the first exit: a rank that crashed
