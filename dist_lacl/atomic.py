@@ -50,7 +50,9 @@ def new_temp_dir(path: str | Path) -> Path:
     reused), its parents created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp's 0700 would differ from a plain mkdir()'s (shared caches)
+    return tmp
 
 
 def publish_dir(tmp: str | Path, path: str | Path) -> Path:
