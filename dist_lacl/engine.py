@@ -39,6 +39,20 @@ def make_scheduler(optimizer, cfg: RunConfig):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, cfg.train.max_steps))
 
 
+def follow_current_schedule(scheduler) -> None:
+    """After a resume, the rate of the restored step under the *current* schedule.
+
+    A checkpoint restores the rate its own run had reached; with train.max_steps (or warmup_steps)
+    changed on resume, that is the old horizon's rate (0 after its last step), and the first resumed
+    step would train at it. Recomputed here from the restored step and this run's schedule: with the
+    schedule unchanged it is the same float (LambdaLR computes it the same way), so resuming stays exact.
+    """
+    lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
 # ---------------------------------------------------------------- DeepSpeed config from the run config
 
 def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
@@ -199,6 +213,7 @@ class DeepSpeedEngine:
             self.ds._config.load_universal_checkpoint = False
         if path is None:
             raise FileNotFoundError(f"{directory}: DeepSpeed found no checkpoint to load")
+        follow_current_schedule(self.scheduler)
         return client_state
 
 
@@ -309,6 +324,7 @@ class DDPEngine:
         if load_optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        follow_current_schedule(self.scheduler)
         return state["client_state"]
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers_launch import REPO, launch_env, torchrun
+from helpers_launch import REPO, launch_env, run, torchrun
 from test_train_run import scalars, train_args
 
 from dist_lacl.checkpoint import Checkpointer
 from dist_lacl.distributed import free_port
+from dist_lacl.engine import lr_lambda
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -124,3 +125,18 @@ def test_resume_on_one_rank_continues_a_two_rank_run(tmp_path, tiny_model_no_dro
     a, b = final_weights(straight), final_weights(resumed)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["deepspeed", "ddp"])
+def test_raising_max_steps_on_resume_follows_the_new_schedule(tmp_path, tiny_model_dir, training_data, backend):
+    """A finished 2-step run resumed with train.max_steps=4: steps 3 and 4 train at the 4-step schedule's
+    rates (the restored rate was the 2-step schedule's 0, and step 3 used to train at it)."""
+    out = tmp_path / "run"
+    base = [sys.executable, *train_args(tiny_model_dir, training_data, out, "train.log_every=1",
+                                        f"train.backend={backend}")]
+    run([*base, "train.max_steps=2"], timeout=300)
+    run([*base, "train.max_steps=4"], timeout=300)
+    lr = scalars(out)["train/lr"]
+    # warm-up 2: 1/3 and 2/3 of 3e-3 on the 2-step schedule, then steps 3 and 4 of the 4-step one.
+    assert lr == pytest.approx([1e-3, 2e-3] + [3e-3 * lr_lambda(2, 4)(s) for s in (2, 3)], rel=1e-6)
+    assert lr[2:] == pytest.approx([3e-3, 1.5e-3], rel=1e-6)
