@@ -57,7 +57,7 @@ import yaml  # noqa: E402
 from helpers_launch import rank_results, torchrun  # noqa: E402
 from helpers_tiny import TEXTS, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
-from dist_lacl.data import passage_text  # noqa: E402
+from dist_lacl.data.batches import passage_text  # noqa: E402
 
 WORKER = REPO / "bench" / "workers" / "grad_cache_worker.py"
 TRAIN_STEPS = REPO / "tests" / "workers" / "train_steps.py"
@@ -531,7 +531,7 @@ def global_tokens_per_step(config: Path, num_steps: int) -> list[int]:
     from transformers import AutoTokenizer
 
     from dist_lacl.config import load_config
-    from dist_lacl.data import TrainBatches
+    from dist_lacl.data.batches import TrainBatches
 
     cfg = load_config(config)
     batches = TrainBatches(cfg, AutoTokenizer.from_pretrained(cfg.model.name_or_path), 0, 1, cfg.data.cache_dir)

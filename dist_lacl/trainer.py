@@ -17,7 +17,7 @@ from torch import Tensor
 from . import distributed as dist
 from .checkpoint import Checkpointer, checkpoint_name, has_complete_checkpoint, write_atomic
 from .config import RunConfig, check_resume_compatible, check_world_size, config_from_dict
-from .data import TrainBatches
+from .data.batches import TrainBatches
 from .diagnostics import language_centroid_accuracy, parallel_similarity
 from .engine import build_engine
 from .errors import ConfigError, NonFiniteError, ResumeRequested, UserError
