@@ -23,6 +23,7 @@ import torch
 
 from .. import formats
 from ..errors import UserError
+from ..formats.records import passage_text
 from .order import KeyedPermutation, LanguageSampler
 from .prefetch import Prefetcher
 from .read import load_dataset
@@ -155,11 +156,6 @@ def language_sampler(dataset: datasets.Dataset, seed: int, alpha: float) -> Lang
 
 
 # ---------------------------------------------------------------- tokenised batches
-
-def passage_text(p: dict) -> str:
-    """Title and text joined as Tevatron and DPR do; an empty title adds nothing."""
-    return f"{p['title']} {p['text']}".strip() if p["title"] else p["text"]
-
 
 def sample_group(rec: dict, group_size: int, seed: int, epoch: int, index: int) -> list[dict]:
     """One positive and group_size-1 hard negatives, drawn from (seed, epoch, index) so a resumed run
@@ -307,7 +303,8 @@ class TrainBatches:
         rows = [dict(zip(recs, vals)) for vals in zip(*recs.values())]
         groups = [sample_group(r, d.train_group_size, seed, epoch, i) for r, i in zip(rows, idx)]
         batch = {"query": tokenize([r["query"] for r in rows], d.query_max_len, query),
-                 "passage": tokenize([passage_text(p) for g in groups for p in g], d.passage_max_len, passage)}
+                 "passage": tokenize([passage_text(p["title"], p["text"]) for g in groups for p in g],
+                                     d.passage_max_len, passage)}
         meta = {"epoch": epoch, "draw_step": plan.draw_steps}
         if self.parallel is not None:
             para = self.parallel[plan.indices["parallel"][0]]
