@@ -1,7 +1,9 @@
-"""The lock of a cache build: a folder made by mkdir, its owner, a heartbeat, progress, and stale takeover.
+"""The lock of a cache build: a folder made by mkdir, its owner, a heartbeat, progress, and takeover.
 
-  .<name>.lock/  owner.json (host, pid, run nonce), heartbeat (touched every HEARTBEAT_S seconds),
-                 progress.json (parts done)
+  .<name>.lock/  owner.json (host, boot id, pid namespace, pid and its start time, run nonce),
+                 heartbeat (touched every HEARTBEAT_S seconds), progress.json (parts done)
+A lock is taken over at once when its owner certainly died (same host and pid namespace, the pid gone
+or reused, or the host rebooted), else when its heartbeat stopped for stale_s.
 """
 
 from __future__ import annotations
@@ -24,20 +26,83 @@ HEARTBEAT_S = 2.0
 
 
 def take(lock: Path, nonce: str, stale_s: float, source: Path) -> bool:
-    """Whether this process now holds `lock`. A lock whose heartbeat stopped stale_s ago is cleared
-    (this call still returns False: the caller retries, competing fairly with any other taker)."""
-    try:
-        lock.mkdir()
-    except FileExistsError:
-        age = heartbeat_age(lock)
-        if age is not None and age > stale_s:
-            log.warning("%s: the build holding %s stopped %.0f s ago; taking it over", source, lock, age)
+    """Whether this process now holds `lock`. An abandoned lock (`abandoned`) is cleared and taken at
+    once, unless another taker clears or takes it first."""
+    for _ in range(2):
+        try:
+            lock.mkdir()
+            break
+        except FileExistsError:
+            if (why := abandoned(lock, stale_s)) is None:
+                return False
+            log.warning("%s: the build holding %s %s; taking it over", source, lock, why)
             clear(lock)
+    else:
         return False
-    atomic.write_text(lock / "owner.json", json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                       "nonce": nonce}))
+    owner = {**_identity(), "pid": os.getpid(), "start": (_proc(os.getpid()) or ("", None))[1], "nonce": nonce}
+    atomic.write_text(lock / "owner.json", json.dumps(owner))
     (lock / "heartbeat").touch()
     return True
+
+
+def abandoned(lock: Path, stale_s: float) -> str | None:
+    """Why no process is building under `lock` any more, or None: its owner is gone (`owner_gone`),
+    or its heartbeat stopped stale_s ago."""
+    if (gone := owner_gone(lock)) is not None:
+        return f"is gone ({gone})"
+    age = heartbeat_age(lock)
+    return f"stopped {age:.0f} s ago" if age is not None and age > stale_s else None
+
+
+def _identity() -> dict:
+    """Where this process runs: host, boot (a reboot ends every build) and pid namespace (a pid means
+    something only inside its namespace: containers may share a host name)."""
+    def read(path: str) -> str | None:
+        try:
+            return os.readlink(path) if path.startswith("/proc/self/ns") else Path(path).read_text().strip()
+        except OSError:
+            return None
+    return {"host": socket.gethostname(), "boot": read("/proc/sys/kernel/random/boot_id"),
+            "pid_ns": read("/proc/self/ns/pid")}
+
+
+def _proc(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, or None where /proc does not show it.
+    The start time tells a reused pid apart; state Z is a dead process its parent has not reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_gone(lock: Path) -> str | None:
+    """Why the process that holds `lock` certainly no longer runs, or None when that cannot be told
+    here (another host or pid namespace, no owner written yet: the heartbeat decides then)."""
+    try:
+        owner = json.loads((lock / "owner.json").read_text())
+    except (OSError, ValueError):
+        return None
+    me = _identity()
+    if owner.get("host") != me["host"] or owner.get("pid_ns") != me["pid_ns"] or me["pid_ns"] is None:
+        return None
+    if owner.get("boot") != me["boot"]:
+        return "this host restarted since"
+    pid = owner.get("pid")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"pid {pid} on this host is not running"
+    except PermissionError:
+        pass  # a process of another user: perhaps the pid reused
+    except (OSError, TypeError):
+        return None
+    proc = _proc(pid)
+    if proc is not None and proc[0] == "Z":
+        return f"pid {pid} on this host has exited"
+    if proc is not None and owner.get("start") not in (None, proc[1]):
+        return f"pid {pid} on this host is another process now"
+    return None
 
 
 def clear(lock: Path) -> None:
