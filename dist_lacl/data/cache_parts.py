@@ -69,6 +69,8 @@ def build_part(job) -> dict:
         _build_slow(source, part, kind, bad_records, tmp, name, features, read, result)
     if not result["num_rows"]:
         (tmp / name).unlink(missing_ok=True)
+    else:
+        result["bytes"] = (tmp / name).stat().st_size  # checked whenever the cache is opened
     return result
 
 

@@ -16,7 +16,7 @@ from .. import formats
 from ..errors import DataError
 from ..formats import ReadOptions, arrow_json
 from ..formats.records import Suspicious
-from .cache import CacheEntry, default_cache_root
+from .cache import CacheEntry, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,10 @@ def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None
     sources = formats.files(path, kind, fmt, options)
     options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
     log.info("%s: %s data in the %s format", path, kind, fmt)
-    entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records, sources=sources,
-                       options=dataclasses.asdict(options), splittable=(kind, fmt) in LINE_SPLITTABLE,
-                       flat_jsonl=arrow_json.applies(path, kind, fmt))
+    root, setting = cache_root(cache_dir)
+    entry = CacheEntry(root, path, kind, bad_records, sources=sources, options=dataclasses.asdict(options),
+                       splittable=(kind, fmt) in LINE_SPLITTABLE, flat_jsonl=arrow_json.applies(path, kind, fmt),
+                       root_setting=setting)
     return entry, options
 
 
@@ -84,14 +85,16 @@ def load_dataset(path: str | Path, kind: str, cache_dir: str | Path | None = Non
     """*Collective.* The validated, memory-mapped Arrow dataset of training data in any format
     (`read_records`, `formats`).
 
-    Rank 0 builds the cache once per input (see data.cache: keyed by every file the format reads - path,
-    size, mtime - and the reading options, shared by runs, built by num_proc processes for line formats;
-    0 = one per CPU, at most 16) while the other ranks poll the file system for it, which no collective
-    timeout limits; all meet in a barrier once it is complete. If rank 0's build fails, every rank
-    raises its message; if rank 0 stops beating for stale_s, the others raise too.
+    Rank 0 builds the cache once per input (see data.cache: keyed by a fingerprint of every file the
+    format reads and the reading options, checked part by part when opened, shared by runs, built by
+    num_proc processes for line formats; 0 = one per CPU, at most 16) while the other ranks poll the
+    file system for it, which no collective timeout limits; all meet in a barrier once it is complete.
+    If rank 0's build fails, every rank raises its message; if rank 0 stops beating for stale_s, the
+    others raise too.
     """
     entry, options = cache_entry(path, kind, cache_dir, bad_records, options)
-    nonce = dist.broadcast_object(uuid.uuid4().hex if dist.is_main() else None)
+    # Rank 0's key for all: another node may see another inode change time of the same file for a moment.
+    nonce, entry.name = dist.broadcast_object((uuid.uuid4().hex, entry.name) if dist.is_main() else None)
     if dist.is_main():
         # Auto: one process per CPU, at most 16 (each imports torch and datasets: ~0.3 GB apiece).
         read = functools.partial(read_records, options=options)
