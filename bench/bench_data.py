@@ -33,7 +33,7 @@ from helpers_data import ir_records, monolingual_records, write_jsonl  # noqa: E
 from helpers_launch import rank_results, torchrun  # noqa: E402
 from helpers_tiny import TEXTS, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
-from dist_lacl.data import _features, cache_entry, read_records  # noqa: E402
+from dist_lacl.data.read import cache_entry, features, read_records  # noqa: E402
 
 WORDS = " ".join(TEXTS).split()
 LANGS = ["de", "fr", "ru", "ja", "zh", "sw"]
@@ -55,7 +55,7 @@ def build_rate(path: Path, root: Path, num_proc: int, arrow_json: bool = True) -
     entry = cache_entry(path, "parallel", root, "error")[0]
     entry.flat_jsonl = arrow_json
     start = time.perf_counter()
-    entry.build(_features("parallel"), read_records, num_proc, uuid.uuid4().hex, stale_s=120)
+    entry.build(features("parallel"), read_records, num_proc, uuid.uuid4().hex, stale_s=120)
     rate = entry.manifest()["num_rows"] / (time.perf_counter() - start)
     shutil.rmtree(root)  # 10^8 pairs: about 10 GB a cache
     return rate

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dist_lacl.data import read_records  # noqa: E402
+from dist_lacl.data.read import read_records  # noqa: E402
 from dist_lacl.formats import ReadOptions  # noqa: E402
 
 WORDS = ("the of and to in is was for on that by with as at from his her an which or are were be this "

@@ -57,7 +57,7 @@ import yaml  # noqa: E402
 from helpers_launch import rank_results, torchrun  # noqa: E402
 from helpers_tiny import TEXTS, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
-from dist_lacl.data import passage_text  # noqa: E402
+from dist_lacl.formats.records import passage_text  # noqa: E402
 
 WORKER = REPO / "bench" / "workers" / "grad_cache_worker.py"
 TRAIN_STEPS = REPO / "tests" / "workers" / "train_steps.py"
@@ -157,8 +157,8 @@ def write_data(work: Path, records: list[dict]) -> tuple[Path, Path]:
     with open(triples, "w", encoding="utf-8") as f:
         for i in order:
             r = records[i]
-            f.write(json.dumps({"query": r["query"], "positive": passage_text(with_title(r["positive_passages"][0])),
-                                "negative": passage_text(with_title(r["negative_passages"][0]))}) + "\n")
+            f.write(json.dumps({"query": r["query"], "positive": text_of(r["positive_passages"][0]),
+                                "negative": text_of(r["negative_passages"][0])}) + "\n")
     tevatron = work / "train_ir.jsonl"
     with open(tevatron, "w", encoding="utf-8") as f:
         for i, r in enumerate(records):
@@ -167,8 +167,9 @@ def write_data(work: Path, records: list[dict]) -> tuple[Path, Path]:
     return triples, tevatron
 
 
-def with_title(passage: dict) -> dict:
-    return {"title": "", **passage}
+def text_of(passage: dict) -> str:
+    """The passage as the trainer encodes it (a Tevatron passage's title is optional)."""
+    return passage_text(passage.get("title") or "", passage["text"])
 
 
 def model_paths(work: Path, plan: dict) -> dict[str, str]:
@@ -531,7 +532,7 @@ def global_tokens_per_step(config: Path, num_steps: int) -> list[int]:
     from transformers import AutoTokenizer
 
     from dist_lacl.config import load_config
-    from dist_lacl.data import TrainBatches
+    from dist_lacl.data.batches import TrainBatches
 
     cfg = load_config(config)
     batches = TrainBatches(cfg, AutoTokenizer.from_pretrained(cfg.model.name_or_path), 0, 1, cfg.data.cache_dir)

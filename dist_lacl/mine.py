@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from .data import read_records
+from .data.read import read_records
 from .errors import DataError, UserError, write_failure
 from .evaluation.encode import encode_to_shards, iter_shards, load_embeddings, resolve_dtype
 from .evaluation.index import IndexSpec, search

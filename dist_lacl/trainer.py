@@ -16,7 +16,7 @@ from . import distributed as dist
 from . import run_dir
 from .checkpoint import Checkpointer, checkpoint_name
 from .config import RunConfig, check_world_size
-from .data import TrainBatches
+from .data.batches import TrainBatches
 from .engine import build_engine
 from .errors import NonFiniteError, ResumeRequested
 from .grad_cache import GradCache

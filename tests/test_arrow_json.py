@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import pytest
 
-from dist_lacl import data_cache
-from dist_lacl.data import _features, cache_entry, read_records
+from dist_lacl.data import cache_parts
+from dist_lacl.data.read import cache_entry, features, read_records
 from dist_lacl.errors import DataError
 from dist_lacl.formats import arrow_json
 
@@ -23,7 +23,7 @@ def build(path, kind, tmp_path, fast, bad_records="error", num_proc=1):
     assert entry.flat_jsonl  # a plain .jsonl of a flat kind: the fast path applies
     entry.flat_jsonl = fast
     try:
-        entry.build(_features(kind), read_records, num_proc, uuid.uuid4().hex, stale_s=60)
+        entry.build(features(kind), read_records, num_proc, uuid.uuid4().hex, stale_s=60)
     except DataError as e:
         return str(e), None
     return entry.load().data.table, entry.manifest()
@@ -33,8 +33,8 @@ def build(path, kind, tmp_path, fast, bad_records="error", num_proc=1):
 def slow_parts(monkeypatch):
     """The number of parts the Python reader built."""
     calls = []
-    real = data_cache._build_slow
-    monkeypatch.setattr(data_cache, "_build_slow", lambda *a: (calls.append(1), real(*a))[1])
+    real = cache_parts._build_slow
+    monkeypatch.setattr(cache_parts, "_build_slow", lambda *a: (calls.append(1), real(*a))[1])
     return calls
 
 
@@ -111,13 +111,13 @@ def test_invalid_utf8_and_a_bom_fall_back(tmp_path, slow_parts):
 def test_parts_built_in_parallel_give_file_lines_in_warnings_and_errors(tmp_path, monkeypatch, caplog):
     """Several parts in two processes: the fast parts and a fallen-back part make one table in file
     order; a warning and an error name lines of the whole file."""
-    monkeypatch.setattr(data_cache, "MIN_PART_BYTES", 4096)
-    monkeypatch.setattr(data_cache, "MAX_PART_BYTES", 8192)  # several parts even in one process
+    monkeypatch.setattr(cache_parts, "MIN_PART_BYTES", 4096)
+    monkeypatch.setattr(cache_parts, "MAX_PART_BYTES", 8192)  # several parts even in one process
     lines = [pair(en=f"sentence {i}", text=f"Satz {i}", lang=("de", "fr", "sw")[i % 3]) for i in range(3000)]
     lines[2500] = pair(en="same", text="same", lang="de")
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert len(data_cache.plan_parts(path, path.stat().st_size, 1)) > 2
+    assert len(cache_parts.plan_parts(path, path.stat().st_size, 1)) > 2
     with caplog.at_level(logging.WARNING):
         fast, _ = build(path, "parallel", tmp_path, fast=True, num_proc=1)
     assert fast.equals(build(path, "parallel", tmp_path, fast=False)[0])

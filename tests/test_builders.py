@@ -13,7 +13,7 @@ import pytest
 
 from dist_lacl.builders import cli, debian_faq, debian_reference, gettext_pairs, manpages, python_docs
 from dist_lacl.builders.common import lang_code, seeded_sample
-from dist_lacl.data import read_records
+from dist_lacl.data.read import read_records
 from dist_lacl.errors import UserError
 
 

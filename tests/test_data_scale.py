@@ -12,10 +12,11 @@ from helpers_data import ir_records, write_jsonl
 from test_distributed_equivalence import write_config
 from transformers import AutoTokenizer
 
-from dist_lacl import data_cache
-from dist_lacl.data import BatchStream, TrainBatches, _features, cache_entry, load_dataset, read_records
+from dist_lacl.data import cache_parts
+from dist_lacl.data.batches import BatchStream, TrainBatches
+from dist_lacl.data.order import KeyedPermutation
+from dist_lacl.data.read import cache_entry, features, load_dataset, read_records
 from dist_lacl.errors import DataError, UserError
-from dist_lacl.shuffle import KeyedPermutation
 
 # ------------------------------------------------------------------ the permutation
 
@@ -93,8 +94,8 @@ def test_stream_resumes_exactly_across_world_sizes_1_2_4():
 
 def small_parts(monkeypatch, part_bytes=2000):
     """Parts of ~2 kB instead of 32-256 MB, so a small file is built in several parts."""
-    monkeypatch.setattr(data_cache, "MIN_PART_BYTES", part_bytes)
-    monkeypatch.setattr(data_cache, "MAX_PART_BYTES", part_bytes)
+    monkeypatch.setattr(cache_parts, "MIN_PART_BYTES", part_bytes)
+    monkeypatch.setattr(cache_parts, "MAX_PART_BYTES", part_bytes)
 
 
 @pytest.mark.parametrize("num_proc", [1, 2])
@@ -113,7 +114,7 @@ def test_cache_parts_hold_few_large_record_batches(tmp_path, monkeypatch):
     the batches are RECORD_BATCH_ROWS rows, not datasets' default 1,000."""
     import pyarrow as pa
 
-    monkeypatch.setattr(data_cache, "RECORD_BATCH_ROWS", 1000)
+    monkeypatch.setattr(cache_parts, "RECORD_BATCH_ROWS", 1000)
     path = write_jsonl(tmp_path / "ir.jsonl", ir_records(2500))
     ds = load_dataset(path, "ir", tmp_path / "cache")
     entry = cache_entry(path, "ir", tmp_path / "cache", "error")[0]
@@ -149,7 +150,7 @@ def test_bad_record_is_reported_with_its_line_in_the_whole_file(tmp_path, monkey
         load_dataset(path, "ir", tmp_path / "cache", num_proc=1)  # one process, still several parts
     entry = cache_entry(path, "ir", tmp_path / "cache", "error")[0]
     assert not entry.dir.exists() and not entry.lock.exists()
-    assert not list((tmp_path / "cache").glob(".tmp-*"))
+    assert not list((tmp_path / "cache").glob(".*.tmp-*"))
 
 
 def test_skipped_records_are_counted_over_all_parts(tmp_path, monkeypatch, caplog):
@@ -169,23 +170,23 @@ def test_a_crashed_build_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     small_parts(monkeypatch)
     path = write_jsonl(tmp_path / "ir.jsonl", ir_records(60))
     root = tmp_path / "cache"
-    real = data_cache.build_part
+    real = cache_parts.build_part
 
     def crash_on_part_3(job):
         if job[1].index == 3:
             raise OSError(28, "No space left on device")
         return real(job)
 
-    monkeypatch.setattr(data_cache, "build_part", crash_on_part_3)
+    monkeypatch.setattr(cache_parts, "build_part", crash_on_part_3)
     with pytest.raises(OSError):
         load_dataset(path, "ir", root, num_proc=1)
     entry = cache_entry(path, "ir", root, "error")[0]
-    assert not entry.ready() and not list(root.glob(".tmp-*")) and not entry.lock.exists()
+    assert not entry.ready() and not list(root.glob(".*.tmp-*")) and not entry.lock.exists()
     # A waiting rank of that run is told what failed.
     (marker,) = root.glob(f".{entry.name}.failed-*")
     with pytest.raises(UserError, match="rank 0 failed to build the data cache: OSError"):
         entry.wait(marker.name.rsplit("-", 1)[1], stale_s=5)
-    monkeypatch.setattr(data_cache, "build_part", real)
+    monkeypatch.setattr(cache_parts, "build_part", real)
     assert len(load_dataset(path, "ir", root)) == 60
 
 
@@ -199,7 +200,7 @@ def test_waiting_rank_gives_up_when_the_builder_stops_beating(tmp_path):
         entry.wait("nonce", stale_s=1.0)
     assert time.time() - start < 5
     # ... and a new build takes the stale lock over.
-    entry.build(_features("ir"), read_records, 1, "n2", stale_s=0.5)
+    entry.build(features("ir"), read_records, 1, "n2", stale_s=0.5)
     assert entry.ready() and not entry.lock.exists()
 
 
@@ -257,7 +258,7 @@ def test_prefetcher_close_cancels_the_waiting_steps_and_joins_the_thread():
     interpreter finalises."""
     import threading
 
-    from dist_lacl.data import Prefetcher
+    from dist_lacl.data.prefetch import Prefetcher
 
     started, release = threading.Event(), threading.Event()
 

@@ -21,7 +21,7 @@ from test_grad_cache import assert_same_grads
 from transformers import AutoTokenizer
 
 from dist_lacl.config import config_from_dict
-from dist_lacl.data import TrainBatches
+from dist_lacl.data.batches import TrainBatches
 from dist_lacl.engine import make_scheduler
 from dist_lacl.model import build_model, parameter_groups
 from dist_lacl.objective import Objective, step_jobs

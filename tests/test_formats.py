@@ -10,7 +10,7 @@ import lzma
 
 import pytest
 
-from dist_lacl.data import read_records
+from dist_lacl.data.read import read_records
 from dist_lacl.errors import DataError
 from dist_lacl.formats import ReadOptions, resolve
 from dist_lacl.formats.records import text_id

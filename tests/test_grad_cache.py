@@ -8,7 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from dist_lacl.config import config_from_dict
-from dist_lacl.data import TrainBatches
+from dist_lacl.data.batches import TrainBatches
 from dist_lacl.errors import ConfigError
 from dist_lacl.grad_cache import GradCache, RandomState
 from dist_lacl.model import build_model

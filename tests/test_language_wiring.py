@@ -13,10 +13,10 @@ from test_train_run import scalars, train_args
 from transformers import AutoTokenizer
 
 from dist_lacl.config import LossConfig, RunConfig, config_from_dict, load_config
-from dist_lacl.data import LanguageStream, TrainBatches
+from dist_lacl.data.batches import LanguageStream, TrainBatches
+from dist_lacl.data.order import LanguageSampler
 from dist_lacl.errors import ConfigError, UserError
 from dist_lacl.objective import PASSAGE, QUERY, Job, Objective, lacl_loss, step_language_mask
-from dist_lacl.sampling import LanguageSampler
 
 # ------------------------------------------------------------------ config
 

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from dist_lacl.sampling import LanguageSampler, language_probabilities
+from dist_lacl.data.order import LanguageSampler, language_probabilities
 
 # 810 de, 90 fr, 10 ja: interleaved on purpose (not the builders' contiguous layout).
 LANGS = (["de"] * 9 + ["fr"]) * 90 + ["ja"] * 10

@@ -31,7 +31,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from dist_lacl.data import Tokenize  # noqa: E402
+from dist_lacl.data.batches import Tokenize  # noqa: E402
 from dist_lacl.grad_cache import GradCache  # noqa: E402
 from dist_lacl.losses import ir_loss  # noqa: E402
 from dist_lacl.model import DualEncoder, load_encoder, parameter_groups  # noqa: E402
@@ -59,7 +59,7 @@ def load_triples(path: str, num: int) -> list[dict]:
 
 def tokenize_batch(tokenizer, triples: list[dict], query_max_len: int = QUERY_MAX_LEN,
                    passage_max_len: int = PASSAGE_MAX_LEN) -> dict:
-    """{query: [B, Lq], passage: [2B, Lp]} as dist_lacl.data.TrainBatches builds them (group size 2)."""
+    """{query: [B, Lq], passage: [2B, Lp]} as dist_lacl.data.batches.TrainBatches builds them (group size 2)."""
     tokenize = Tokenize(tokenizer)
     passages = [text for t in triples for text in (t["positive"], t["negative"])]
     return {"query": tokenize([t["query"] for t in triples], query_max_len),
@@ -236,7 +236,7 @@ def measure_memory(args) -> dict:
     reset_peak_rss()
     lengths = [min(n, tokenizer.model_max_length) for n in LENGTHS[args.lengths]]
     if args.tokenize_in == "thread":
-        # As the trainer does by default (data.prefetch >= 1: dist_lacl.data.Prefetcher's thread). glibc gives
+        # As the trainer does by default (data.prefetch >= 1: dist_lacl.data.prefetch.Prefetcher's thread). glibc gives
         # that thread its own arena, so the tokenizer's many small freed buffers do not stay scattered through
         # the heap the step allocates from (on the main thread, at 2,048 queries, the step's small allocations
         # fault ~110 MiB of them back in: memory glibc holds, not live tensors).

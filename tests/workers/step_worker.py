@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from dist_lacl import distributed as dist
 from dist_lacl.config import load_config
-from dist_lacl.data import TrainBatches
+from dist_lacl.data.batches import TrainBatches
 from dist_lacl.grad_cache import GradCache
 from dist_lacl.model import build_model
 from dist_lacl.objective import Objective, step_jobs

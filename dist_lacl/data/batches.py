@@ -1,29 +1,19 @@
-"""Training data: reading and validation, deterministic per-rank batches with a resumable position.
+"""Per-rank training batches: the resumable streams of example indices, hard-negative groups, tokenisation.
 
-Formats: the documented jsonl of each kind and the field's distributed ones (`formats`, docs/formats.md):
-  IR (Tevatron): {"query_id": str, "query": str, "positive_passages": [{"docid", "title", "text"}],
-                  "negative_passages": [...]}
-  parallel:      {"en": str, "text": str, "lang": str}   (text = the translation of en into lang)
-  monolingual:   {"text": str, "lang": str}
-Records are validated once while the Arrow cache is built (data_cache: once per file, in parallel,
-memory-mapped, so corpora larger than RAM are fine); a bad record stops with file, line and field, or
-is skipped and counted. The epoch order is a keyed permutation computed per index (shuffle), and the
-next steps' batches are tokenised by a background thread (Prefetcher).
+Each stream yields this rank's slice of consecutive global batches with a resumable position: in
+epochs of a keyed permutation (BatchStream) or drawn by language (LanguageStream; `order`).
+TrainBatches reads and tokenises every enabled stream's step, the next ones by a background thread
+(`prefetch.Prefetcher`).
 """
 
 from __future__ import annotations
 
-import atexit
 import collections
 import copy
 import dataclasses
 import functools
 import logging
-import os
-import queue
-import threading
 import time
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,98 +21,14 @@ from pathlib import Path
 import datasets
 import torch
 
-from . import distributed as dist
-from . import formats
-from .data_cache import CacheEntry, default_cache_root
-from .errors import DataError, UserError
-from .formats import ReadOptions, arrow_json
-from .formats.records import Suspicious
-from .sampling import LanguageSampler
-from .shuffle import KeyedPermutation
+from .. import formats
+from ..errors import UserError
+from ..formats.records import passage_text
+from .order import KeyedPermutation, LanguageSampler
+from .prefetch import Prefetcher
+from .read import load_dataset
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------- reading, any format
-
-def read_records(path: str | Path, kind: str, bad_records: str = "error", skipped: list | None = None,
-                 options: ReadOptions | None = None):
-    """Yield validated internal records of `kind` (ir, parallel, monolingual) from `path` in any format
-    of `formats.READERS` (named in `options.format`, or detected); DataError names file, line and field.
-
-    With bad_records="skip", malformed records are dropped and (line, reason) appended to `skipped`.
-    Suspicious records (a hard negative that is its query's positive: dropped; a parallel pair in
-    English, or whose text equals the English) are counted and warned about once per file.
-    """
-    options = options or ReadOptions()
-    on_error = None
-    if bad_records == "skip":
-        def on_error(e: DataError) -> None:
-            if skipped is not None:
-                skipped.append((e.line, str(e)))
-    fmt, rows = formats.read(path, kind, options, on_error)
-    log.info("%s: reading %s data as %s", path, kind, fmt)
-    suspicious, n = Suspicious(path), 0
-    for line_no, rec in rows:
-        n += 1
-        yield suspicious.check(kind, rec, line_no)
-    suspicious.report()
-    if n == 0:
-        raise DataError(path, None, None, f"no valid {kind} records (empty file?)")
-
-
-def _features(kind: str) -> datasets.Features:
-    passage = [{"docid": datasets.Value("string"), "title": datasets.Value("string"),
-                "text": datasets.Value("string")}]
-    return datasets.Features({
-        "ir": {"query_id": datasets.Value("string"), "query": datasets.Value("string"),
-               "positives": passage, "negatives": passage},
-        "parallel": {"en": datasets.Value("string"), "text": datasets.Value("string"),
-                     "lang": datasets.Value("string")},
-        "monolingual": {"text": datasets.Value("string"), "lang": datasets.Value("string")},
-    }[kind])
-
-
-def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None, bad_records: str = "error",
-                options: ReadOptions | None = None) -> tuple[CacheEntry, ReadOptions]:
-    """The cache entry of training data `path` (format resolved and logged) and the options to read it with."""
-    path, options = Path(path), options or ReadOptions()
-    fmt = formats.resolve(path, kind, options)
-    sources = formats.files(path, kind, fmt, options)
-    options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
-    log.info("%s: %s data in the %s format", path, kind, fmt)
-    entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records, sources=sources,
-                       options=dataclasses.asdict(options), splittable=(kind, fmt) in LINE_SPLITTABLE,
-                       flat_jsonl=arrow_json.applies(path, kind, fmt))
-    return entry, options
-
-
-# Formats whose files hold one record per line on their own, so the cache can build byte ranges of
-# them in parallel (a reader that needs the file's name or a companion file reads the whole file).
-LINE_SPLITTABLE = {("ir", "tevatron"), ("ir", "flagembedding"), ("parallel", "jsonl"), ("monolingual", "jsonl")}
-
-
-def load_dataset(path: str | Path, kind: str, cache_dir: str | Path | None = None, bad_records: str = "error",
-                 options: ReadOptions | None = None, num_proc: int = 0, stale_s: float = 120.0) -> datasets.Dataset:
-    """*Collective.* The validated, memory-mapped Arrow dataset of training data in any format
-    (`read_records`, `formats`).
-
-    Rank 0 builds the cache once per input (see data_cache: keyed by every file the format reads - path,
-    size, mtime - and the reading options, shared by runs, built by num_proc processes for line formats;
-    0 = one per CPU, at most 16) while the other ranks poll the file system for it, which no collective
-    timeout limits; all meet in a barrier once it is complete. If rank 0's build fails, every rank
-    raises its message; if rank 0 stops beating for stale_s, the others raise too.
-    """
-    entry, options = cache_entry(path, kind, cache_dir, bad_records, options)
-    nonce = dist.broadcast_object(uuid.uuid4().hex if dist.is_main() else None)
-    if dist.is_main():
-        # Auto: one process per CPU, at most 16 (each imports torch and datasets: ~0.3 GB apiece).
-        read = functools.partial(read_records, options=options)
-        entry.build(_features(kind), read, num_proc or min(os.cpu_count() or 1, 16), nonce, stale_s)
-    else:
-        entry.wait(nonce, stale_s)
-    dist.barrier()
-    return entry.load()
 
 
 # ---------------------------------------------------------------- deterministic, resumable order
@@ -142,7 +48,7 @@ class BatchStream:
     resumed on another world size (with the same global batch size) continues at the same example:
     none is repeated or skipped within the epoch. An incomplete last global batch is dropped; the
     stream then moves to the next epoch's permutation. The permutation is computed per index
-    (shuffle.KeyedPermutation), so its memory does not grow with the number of examples.
+    (order.KeyedPermutation), so its memory does not grow with the number of examples.
     """
 
     ORDER = "keyed-feistel-1"  # the permutation's name, kept in checkpoints
@@ -192,7 +98,7 @@ class BatchStream:
 
 
 class LanguageStream:
-    """Yields this rank's slice of global batches drawn by language (sampling.LanguageSampler), with the
+    """Yields this rank's slice of global batches drawn by language (order.LanguageSampler), with the
     same interface as BatchStream.
 
     Step s draws the global positions s * B .. s * B + B - 1; rank r takes its rows rank by rank, as
@@ -251,11 +157,6 @@ def language_sampler(dataset: datasets.Dataset, seed: int, alpha: float) -> Lang
 
 # ---------------------------------------------------------------- tokenised batches
 
-def passage_text(p: dict) -> str:
-    """Title and text joined as Tevatron and DPR do; an empty title adds nothing."""
-    return f"{p['title']} {p['text']}".strip() if p["title"] else p["text"]
-
-
 def sample_group(rec: dict, group_size: int, seed: int, epoch: int, index: int) -> list[dict]:
     """One positive and group_size-1 hard negatives, drawn from (seed, epoch, index) so a resumed run
     draws the same. Negatives repeat when there are too few; with none, other queries' passages in the
@@ -307,48 +208,6 @@ class StepPlan:
     state_after: dict
     draw_steps: dict[str, int] = dataclasses.field(default_factory=dict)
     """The step each stream drawn by language drew at (its global draws are a function of it)."""
-
-
-class Prefetcher:
-    """Runs make(plan) for planned steps in one daemon thread, in order, so the next step's records are
-    read and tokenised while the current step trains (tokenizers and torch release the GIL)."""
-
-    JOIN_S = 60.0
-
-    def __init__(self, make):
-        self.make, self.todo = make, queue.Queue()
-        self.thread = threading.Thread(target=self._work, daemon=True, name="dist-lacl-prefetch")
-        self.thread.start()
-        atexit.register(self.close)
-
-    def submit(self, plan: StepPlan) -> Future:
-        future = Future()
-        self.todo.put((plan, future))
-        return future
-
-    def close(self) -> None:
-        """Cancel the steps not started and wait for the one in hand. At exit too: a daemon thread still
-        inside tokenizer or torch code when the interpreter finalises can abort the process with
-        "terminate called without an active exception", a non-zero exit after a finished run."""
-        atexit.unregister(self.close)
-        while True:
-            try:
-                _, future = self.todo.get_nowait()
-            except queue.Empty:
-                break
-            future.cancel()
-        self.todo.put(None)
-        self.thread.join(self.JOIN_S)
-
-    def _work(self):
-        while (item := self.todo.get()) is not None:
-            plan, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(self.make(plan))
-            except BaseException as e:  # re-raised in the training loop by future.result()
-                future.set_exception(e)
 
 
 class TrainBatches:
@@ -444,7 +303,8 @@ class TrainBatches:
         rows = [dict(zip(recs, vals)) for vals in zip(*recs.values())]
         groups = [sample_group(r, d.train_group_size, seed, epoch, i) for r, i in zip(rows, idx)]
         batch = {"query": tokenize([r["query"] for r in rows], d.query_max_len, query),
-                 "passage": tokenize([passage_text(p) for g in groups for p in g], d.passage_max_len, passage)}
+                 "passage": tokenize([passage_text(p["title"], p["text"]) for g in groups for p in g],
+                                     d.passage_max_len, passage)}
         meta = {"epoch": epoch, "draw_step": plan.draw_steps}
         if self.parallel is not None:
             para = self.parallel[plan.indices["parallel"][0]]
