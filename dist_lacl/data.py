@@ -34,7 +34,7 @@ import torch
 from . import distributed as dist
 from . import formats
 from .data_cache import CacheEntry, default_cache_root
-from .errors import DataError, UserError
+from .errors import DataError, NoRecords, UserError
 from .formats import ReadOptions, arrow_json
 from .formats.records import Suspicious
 from .sampling import LanguageSampler
@@ -68,7 +68,7 @@ def read_records(path: str | Path, kind: str, bad_records: str = "error", skippe
         yield suspicious.check(kind, rec, line_no)
     suspicious.report()
     if n == 0:
-        raise DataError(path, None, None, f"no valid {kind} records (empty file?)")
+        raise NoRecords(path, None, None, f"no valid {kind} records (empty file?)")
 
 
 def _features(kind: str) -> datasets.Features:
@@ -89,6 +89,7 @@ def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None
     path, options = Path(path), options or ReadOptions()
     fmt = formats.resolve(path, kind, options)
     sources = formats.files(path, kind, fmt, options)
+    path = formats.data_file(path, fmt, options)  # a Moses prefix is no file to stat
     options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
     log.info("%s: %s data in the %s format", path, kind, fmt)
     entry = CacheEntry(cache_dir or default_cache_root(), path, kind, bad_records, sources=sources,
