@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError, UserError
+from .errors import DataError, NoRecords, UserError
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def _build_slow(source: Path, part: Part, kind: str, bad_records: str, tmp: Path
             writer.write(record)
             result["num_rows"] += 1
     except DataError as e:
-        if e.line is not None or result["num_rows"]:
+        if not isinstance(e, NoRecords):
             result["error"] = _located(e, piece)
         # else: no valid record in this part (all blank or skipped); counted over the whole file later
     finally:
