@@ -120,6 +120,22 @@ def existing_provenance(out_dir: Path) -> list[tuple[str, int, dict]]:
     return found
 
 
+def lock_shard(out_dir: Path, rank: int):
+    """An exclusive lock on rank `rank`'s `.lock-<rank>` in `out_dir` (created), or None if another live
+    process holds it (another `encode` into the same directory). The open file is the lock: the kernel
+    releases it when the process ends, however it ends, so a killed job never leaves it held."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(out_dir / f".lock-{rank}", "a")  # noqa: SIM115 (held open for the process's life)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
 def check_directory_fits(out_dir: Path, provenance: dict) -> None:
     """Raise UserError unless every shard already in `out_dir` was made by this very run's settings.
 
