@@ -187,6 +187,17 @@ def encode_to_shards(model, tokenizer, records: TextSet, out_dir: str | Path, to
     provenance = shard_provenance(model, tokenizer, records, tower, max_len, dtype, storage, world_size)
     created_dir = not out_dir.exists()
     lock = shards.lock_shard(out_dir, rank)
+    try:
+        return _encode_locked(model, tokenizer, records, out_dir, tower, max_len, batch_size, dtype, device,
+                              sort_by_length, storage, part_rows, about, provenance, lock, created_dir)
+    finally:
+        shards.unlock_shard(lock)
+
+
+def _encode_locked(model, tokenizer, records, out_dir, tower, max_len, batch_size, dtype, device, sort_by_length,
+                   storage, part_rows, about, provenance, lock, created_dir) -> bool:
+    """`encode_to_shards` once this rank tried its lock (`lock`: None if another encode holds it)."""
+    rank, world_size = dist.rank(), dist.world_size()
     if not all(dist.all_gather_objects(lock is not None)):  # every rank refuses together: none waits
         raise UserError(f"--output {out_dir}: another encode is writing into it; wait for it to finish (a rerun "
                         "then finds its shards complete) or choose another --output (nothing was changed)")
@@ -204,13 +215,13 @@ def encode_to_shards(model, tokenizer, records: TextSet, out_dir: str | Path, to
                           sort_by_length, storage, part_rows, provenance)
         except NonFiniteEmbeddings:
             shutil.rmtree(parts_dir, ignore_errors=True)  # ours; a rerun with another dtype starts clean
-            if created_dir and {p.name for p in out_dir.iterdir()} <= {f".lock-{r}" for r in range(world_size)}:
-                shutil.rmtree(out_dir, ignore_errors=True)  # only our locks in it: as if never created
+            shards.unlock_shard(lock)
+            if created_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
             raise
         _assemble(out_dir, parts_dir, rank, world_size, records, tower, storage, provenance, about,
                   model.tower(tower).config.hidden_size)
     dist.barrier()
-    lock.close()
     return not done
 
 
