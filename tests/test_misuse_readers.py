@@ -226,3 +226,23 @@ def test_damaged_latest_pointer_falls_back_to_scanning(separate_towers_run, tiny
         assert (pointer / "notes.txt").read_text() == "mine"  # the user's folder is left alone
     else:
         assert pointer.read_text() == f"step-{steps:07d}"
+
+
+# ------------------------------------------------------------------ found by the hand hunt
+
+def test_moses_names_in_upper_case_and_a_contradicting_parallel_lang(tmp_path):
+    write(tmp_path / "X.DEU-ENG.ENG", "Hello\n")
+    fmt, rows = read(write(tmp_path / "X.DEU-ENG.DEU", "Hallo\n"), "parallel", ReadOptions())
+    assert list(rows) == [(1, {"en": "Hello", "text": "Hallo", "lang": "de"})]
+    with pytest.raises(Exception, match="the file name says de, this says fr"):
+        read(tmp_path / "X.DEU-ENG.ENG", "parallel", ReadOptions(lang="fr"))
+    _, rows = read(tmp_path / "X.DEU-ENG", "parallel", ReadOptions(lang="de-ch"))  # a region refines the name
+    assert [r["lang"] for _, r in rows] == ["de-ch"]
+
+
+def test_evaluate_lang_option_is_stored_like_file_codes(tmp_path):
+    qrels = write(tmp_path / "qrels.txt", "1 0 d1 1\n")
+    report = tmp_path / "report.json"
+    cli("evaluate", "--run", write(tmp_path / "run.trec", "1 Q0 d1 1 1.0 t\n"), "--qrels", qrels, "--lang", "ger",
+        "--report", report, expect_rc=0)
+    assert list(json.loads(report.read_text())["metrics"]) == ["de", "macro", "all"]

@@ -116,6 +116,8 @@ def aggregate_answers(per_question: Mapping[str, Mapping[str, float]], langs: Ma
     for qid, scores in per_question.items():
         groups.setdefault(langs.get(qid, default_lang), []).append(scores)
     names = sorted({m for s in per_question.values() for m in s}, key=_metric_order)
+    if not any(name.startswith("r@") for name in names):
+        log.warning("R@kt not reported: every question has only yes/no answers, which R@kt does not count")
 
     def mean(values):
         values = [v for v in values if v is not None]

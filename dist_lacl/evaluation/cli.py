@@ -15,6 +15,7 @@ from .answers import aggregate_answers, answer_metrics
 from .index_spec import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
 from .inputs import (
     DEFAULT_LANG,
+    language_label,
     query_records,
     read_answers,
     read_corpus,
@@ -161,6 +162,7 @@ def run_evaluate(args) -> None:
         raise UserError("--answers, --passages: give both (the questions' answers and the corpus to look them up in)")
     if not args.lang or any(c.isspace() for c in args.lang):
         raise UserError(f"--lang: expected a language code such as 'en', got {args.lang!r}")
+    args.lang = language_label(args.lang)  # `deu` reports as `de`, as the files' codes do
     searching = bool(args.query_emb or args.corpus_emb)
     if args.run and searching:
         raise UserError("--run: give either a run file or --query-emb and --corpus-emb, not both")

@@ -78,7 +78,7 @@ def corpus_records(path: str | Path, format: str = "auto", default_lang: str = D
         if fmt not in CORPUS_FORMATS:
             raise DataError(file, None, "format", f"expected one of {', '.join(CORPUS_FORMATS)}, got {fmt!r}")
         log.info("%s: reading the corpus as %s", file, fmt)
-        lang_default = name_lang(file) if default_lang == DEFAULT_LANG else _code(default_lang)
+        lang_default = name_lang(file) if default_lang == DEFAULT_LANG else language_label(default_lang)
         rows = _tsv_passages(file) if fmt == "tsv" else _json_records(file)
         id_key, text_key = {"jsonl": ("docid", "text"), "beir": ("_id", "text"), "pyserini": ("id", "contents"),
                             "tsv": ("docid", "text")}[fmt]
@@ -148,7 +148,7 @@ def query_records(path: str | Path, format: str = "auto", default_lang: str = DE
     if fmt not in QUERY_FORMATS:
         raise DataError(path, None, "format", f"expected one of {', '.join(QUERY_FORMATS)}, got {fmt!r}")
     log.info("%s: reading the queries as %s", path, fmt)
-    lang_default = name_lang(path) if default_lang == DEFAULT_LANG else _code(default_lang)
+    lang_default = name_lang(path) if default_lang == DEFAULT_LANG else language_label(default_lang)
     id_key, text_key = {"jsonl": ("query_id", "query"), "tsv": ("query_id", "query"), "beir": ("_id", "text"),
                         "xor": ("id", "question")}[fmt]
     for line_no, record in _tsv_queries(path) if fmt == "tsv" else _json_records(path):
@@ -369,10 +369,10 @@ def _lang_field(record: dict, path, line_no: int) -> str | None:
     lang = _optional_str(record, "lang", path, line_no)
     if lang is not None and (not lang or any(c.isspace() for c in lang)):
         raise DataError(path, line_no, "lang", f"expected a language code such as 'de', got {lang!r}")
-    return None if lang is None else _code(lang)
+    return None if lang is None else language_label(lang)
 
 
-def _code(lang: str) -> str:
+def language_label(lang: str) -> str:
     """A language code in the training readers' stored form (`deu` -> 'de'); other labels as given."""
     return normal_lang(lang) if is_language_code(lang) else lang
 

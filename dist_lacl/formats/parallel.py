@@ -43,7 +43,11 @@ def _other_lang(path: Path, opts, pair: tuple[str, str] | None) -> tuple[str, bo
     """(the non-English language, whether English is the first of the name's pair)."""
     if pair is not None and "en" in pair and pair != ("en", "en"):
         xx = pair[1] if pair[0] == "en" else pair[0]
-        return lang(opts.lang or xx, (path, None), "data.parallel_lang"), pair[0] == "en"
+        given = lang(opts.lang, (path, None), "data.parallel_lang") if opts.lang else xx
+        if given != xx and given.split("-")[0] != xx:  # `pt-br` refines a name's `pt`; `fr` contradicts `de`
+            raise DataError(path, None, "data.parallel_lang", f"the file name says {xx}, this says {given}; "
+                            "expected the same language, or no data.parallel_lang")
+        return given, pair[0] == "en"
     if pair is not None and set(pair) <= ISO639_1:  # two languages named, not English + another
         raise DataError(path, None, None, "expected English and another language in the name's pair "
                         f"(X.de-en.tsv), got {'-'.join(name_codes(path))}")
@@ -107,9 +111,9 @@ def moses_files(path: Path, opts) -> tuple[Path, Path, str]:
         files = {code: path.with_name(name[:cut] + "." + code + name[cut + 1 + len(own):]) for code in codes}
     else:  # the prefix X.de-en
         files = {code: path.with_name(path.name + "." + code) for code in codes}
-        for code in codes:
-            if not files[code].is_file():
-                files[code] = io.find(path.parent, files[code].name) or files[code]
+    for code in codes:  # the partner in any case (X.DEU-ENG.DEU + X.DEU-ENG.ENG), or compressed
+        if not files[code].is_file():
+            files[code] = io.find(path.parent, files[code].name) or files[code]
     for f in (files[en_code], files[other_code]):
         if not f.is_file():
             raise DataError(f, None, None, f"file not found: the Moses pair of {path.name} needs it")
