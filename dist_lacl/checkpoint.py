@@ -161,7 +161,11 @@ class Checkpointer:
             listed = merge_views([*views, _manifest(tmp)])
             write_atomic(tmp / MANIFEST, json.dumps({"step": step, "files": listed}, indent=1).encode())
             replace_dir(tmp, final)
-            write_atomic(self.root / "latest", final.name.encode())
+            if (self.root / "latest").is_dir():  # not ours to replace; loading never needs the pointer
+                log.warning("%s is a directory, so it does not name the newest checkpoint (%s); loading "
+                            "scans for complete checkpoints and is unaffected", self.root / "latest", final.name)
+            else:
+                write_atomic(self.root / "latest", final.name.encode())
             self._prune()
 
     def _prune(self) -> None:
@@ -189,7 +193,7 @@ class Checkpointer:
                     break
                 log.warning("not loading checkpoint %s: %s", candidate, problem)
             pointer = self.root / "latest"
-            named = pointer.read_text().strip() if pointer.is_file() else None
+            named = _pointer_name(pointer)
             if choice and named and named != Path(choice).name:
                 # The pointer moves after the rename: a crash in between leaves it one checkpoint behind.
                 log.warning("%s names %s, but the newest complete checkpoint is %s: loading that one",
@@ -209,3 +213,20 @@ class Checkpointer:
         if state.get("world_size") == dist.world_size() and rng_file.is_file():
             set_rng_state(torch.load(rng_file, weights_only=False))
         return state
+
+
+def _pointer_name(pointer: Path) -> str | None:
+    """The checkpoint name `latest` holds, "" when it holds none (unreadable, binary, or a directory:
+    warned; loading scans for complete checkpoints without it), None when there is no pointer."""
+    if not pointer.exists() and not pointer.is_symlink():
+        return None
+    try:
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    if not name.startswith(PREFIX) or "/" in name or len(name) > 64:
+        log.warning("%s does not hold a checkpoint name (%s); scanning for the newest complete checkpoint "
+                    "instead", pointer, "a directory" if pointer.is_dir() else "unreadable or not a name")
+        return ""
+    return name
+

@@ -246,8 +246,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"override '{item}': '{section}' is not a section")
-        raw[section][name] = yaml.safe_load(value) if value != "" else None
+        raw[section][name] = _override_value(item, key, value)
     return config_from_dict(raw, source=str(path) if path else "overrides")
+
+
+def _override_value(item: str, key: str, value: str):
+    """The YAML value of a command-line override; ConfigError with the quoting to use where YAML would not
+    keep the text a user typed (`query: ` is a mapping, ` #` starts a comment)."""
+    if value == "":
+        return None
+    hint = f"; to pass the text as it is, quote it inside the argument: '{key}=\"{value}\"'"
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{item}': not valid YAML ({getattr(e, 'problem', None) or e}){hint}") from None
+    quoted = value.strip()[:1] in ("'", '"')
+    if isinstance(parsed, dict) and not value.lstrip().startswith("{") or \
+            isinstance(parsed, str) and not quoted and parsed != value.strip():
+        raise ConfigError(f"override '{item}': YAML reads {value!r} as {parsed!r}{hint}")
+    return parsed
 
 
 def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
@@ -271,7 +288,7 @@ def _build_section(cls, section: str, values: dict, source: str):
     out = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"{source}: unknown key '{section}.{key}'{_suggest(key, fields, section)}")
+            raise ConfigError(f"{source}: unknown key '{section}.{key}'{_suggest_key(key, fields, section)}")
         out[key] = _coerce(value, hints[key], f"{section}.{key}")
     return cls(**out)
 
@@ -323,6 +340,15 @@ def _suggest(key: str, valid, section: str | None = None) -> str:
     if not match:
         return f" (valid: {', '.join(valid)})"
     return f"; did you mean '{section + '.' if section else ''}{match[0]}'?"
+
+
+def _suggest_key(key: str, fields, section: str) -> str:
+    """`_suggest` within the section, unless another section has this very key (`train.compile` is
+    `model.compile`)."""
+    for other, cls in typing.get_type_hints(RunConfig).items():
+        if other != section and key in {f.name for f in dataclasses.fields(cls)}:
+            return f"; did you mean '{other}.{key}'?"
+    return _suggest(key, fields, section)
 
 
 def validate(cfg: RunConfig) -> None:

@@ -263,8 +263,16 @@ class DDPEngine:
         # DDP must never reduce on its own (backward_context averages once per step), and a forward with
         # autograd outside no_sync would arm its reducer: the grad cache's kept last chunk runs before
         # backward_context.
-        with self.accelerator.no_sync(self.model):
+        with self._no_sync():
             return self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], tower=tower)
+
+    def _no_sync(self):
+        """DDP's own no_sync whenever the model is wrapped in DDP. Not `accelerator.no_sync`: with one
+        process (`dist-lacl train` unlaunched, a one-GPU `accelerate launch`) accelerate may still wrap the
+        model (MULTI_CPU does) but makes its no_sync a no-op, so DDP reduced in the first backward and,
+        with separate towers, stopped at the next step on the tower that backward did not reach."""
+        ddp = torch.nn.parallel.DistributedDataParallel
+        return self.model.no_sync() if isinstance(self.model, ddp) else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def backward_context(self):
@@ -273,7 +281,7 @@ class DDPEngine:
         # separate towers the last chunk runs through one tower only, and the other tower's gradients
         # would stay unreduced (replicas diverging) until DDP stops with "Expected to have finished
         # reduction in the prior iteration".
-        with self.accelerator.no_sync(self.model):
+        with self._no_sync():
             yield
         dist.average_gradients_([p for p in self.module.parameters() if p.requires_grad])
 

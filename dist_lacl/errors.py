@@ -25,6 +25,11 @@ class DataError(UserError):
         self.path, self.line, self.field = path, line, field
 
 
+class NoRecords(DataError):
+    """A file, or a part of one, without a valid record: the cache decides over the whole file, so it
+    tells this apart from the file-level errors (no language in the name, not decompressible)."""
+
+
 class ResumeRequested(Exception):
     """Training stopped on a signal after checkpointing; the launcher should run the job again."""
 

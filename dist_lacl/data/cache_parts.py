@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, NoRecords
 
 # Suffixes whose records are one per line, so the file can be cut at newlines for parallel building.
 LINE_FORMATS = (".jsonl", ".json", ".ndjson")
@@ -117,7 +117,7 @@ def _build_slow(source: Path, part: Part, kind: str, bad_records: str, tmp: Path
             writer.write(record)
             result["num_rows"] += 1
     except DataError as e:
-        if e.line is not None or result["num_rows"]:
+        if not isinstance(e, NoRecords):
             result["error"] = _located(e, piece)
         # else: no valid record in this part (all blank or skipped); counted over the whole file later
     finally:

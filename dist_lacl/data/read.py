@@ -13,7 +13,7 @@ import datasets
 
 from .. import distributed as dist
 from .. import formats
-from ..errors import DataError
+from ..errors import DataError, NoRecords
 from ..formats import ReadOptions, arrow_json
 from ..formats.records import Suspicious
 from .cache import CacheEntry, cache_root
@@ -44,7 +44,7 @@ def read_records(path: str | Path, kind: str, bad_records: str = "error", skippe
         yield suspicious.check(kind, rec, line_no)
     suspicious.report()
     if n == 0:
-        raise DataError(path, None, None, f"no valid {kind} records (empty file?)")
+        raise NoRecords(path, None, None, f"no valid {kind} records (empty file?)")
 
 
 def features(kind: str) -> datasets.Features:
@@ -71,6 +71,7 @@ def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None
     path, options = Path(path), options or ReadOptions()
     fmt = formats.resolve(path, kind, options)
     sources = formats.files(path, kind, fmt, options)
+    path = formats.data_file(path, fmt, options)  # a Moses prefix is no file to stat
     options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
     log.info("%s: %s data in the %s format", path, kind, fmt)
     root, setting = cache_root(cache_dir)

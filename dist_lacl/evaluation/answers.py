@@ -24,11 +24,14 @@ Passages are matched on their text without the title, as both official scripts d
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections.abc import Mapping, Sequence
 
 from .metrics import rank_docs
+
+log = logging.getLogger(__name__)
 
 SKIPPED_ANSWERS = ("yes", "no")
 
@@ -102,26 +105,36 @@ def answer_metrics(run: Mapping[str, Mapping[str, float]], answers: Mapping[str,
 
 
 def aggregate_answers(per_question: Mapping[str, Mapping[str, float]], langs: Mapping[str, str],
-                      default_lang: str) -> dict[str, dict[str, float]]:
+                      default_lang: str) -> dict[str, dict[str, float | None]]:
     """Mean of each metric per language (over the questions that have it), then `macro` (mean of the
-    languages) and `all`; `num_queries` counts the questions with an R@kt (else any) entry."""
+    languages that have it) and `all`; `num_queries` counts a group's questions.
+
+    A language whose questions all have yes/no answers has no R@kt: its value is None (null in the
+    JSON report, n/a in the table), said in one warning, and `macro` averages the other languages.
+    """
     groups: dict[str, list[Mapping[str, float]]] = {}
     for qid, scores in per_question.items():
         groups.setdefault(langs.get(qid, default_lang), []).append(scores)
     names = sorted({m for s in per_question.values() for m in s}, key=_metric_order)
+    if not any(name.startswith("r@") for name in names):
+        log.warning("R@kt not reported: every question has only yes/no answers, which R@kt does not count")
 
-    def mean(rows, name):
-        values = [r[name] for r in rows if name in r]
-        return sum(values) / len(values) if values else float("nan")
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
 
     summary = {}
     for lang in sorted(groups):
         rows = groups[lang]
-        summary[lang] = {"num_queries": float(len(rows)), **{m: mean(rows, m) for m in names}}
+        summary[lang] = {"num_queries": float(len(rows)), **{m: mean(r.get(m) for r in rows) for m in names}}
+        if undefined := [m for m in names if summary[lang][m] is None]:
+            log.warning("%s: %s undefined (null): its %d questions all have yes/no answers, which R@kt does not "
+                        "count (as XOR-TyDi's script); macro averages the other languages", lang,
+                        ", ".join(undefined), len(rows))
     summary["macro"] = {"num_queries": float(len(groups)),
-                        **{m: sum(summary[g][m] for g in groups) / len(groups) for m in names}}
+                        **{m: mean(summary[g][m] for g in groups) for m in names}}
     summary["all"] = {"num_queries": float(len(per_question)),
-                      **{m: mean(list(per_question.values()), m) for m in names}}
+                      **{m: mean(s.get(m) for s in per_question.values()) for m in names}}
     return summary
 
 

@@ -15,6 +15,7 @@ from .answers import aggregate_answers, answer_metrics
 from .index_spec import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
 from .inputs import (
     DEFAULT_LANG,
+    language_label,
     query_records,
     read_answers,
     read_corpus,
@@ -161,6 +162,7 @@ def run_evaluate(args) -> None:
         raise UserError("--answers, --passages: give both (the questions' answers and the corpus to look them up in)")
     if not args.lang or any(c.isspace() for c in args.lang):
         raise UserError(f"--lang: expected a language code such as 'en', got {args.lang!r}")
+    args.lang = language_label(args.lang)  # `deu` reports as `de`, as the files' codes do
     searching = bool(args.query_emb or args.corpus_emb)
     if args.run and searching:
         raise UserError("--run: give either a run file or --query-emb and --corpus-emb, not both")
@@ -207,6 +209,8 @@ def run_evaluate(args) -> None:
         report = score_run(run, qrels, metrics, langs, args.lang)
         if not report["metrics"]:
             raise UserError(f"{args.qrels}: no query of the run has judgements, so there is nothing to score")
+        counts = report["num_queries"]
+        _warn_coverage(args.qrels, "judged", counts["judged"], counts["judged"] - counts["judged_not_in_run"])
     if answers is not None:
         report["answer_metrics"] = _score_answers(args, run, answers, langs)
     if args.output_run:
@@ -281,7 +285,17 @@ def _score_answers(args, run, answers, langs) -> dict:
     per_question = answer_metrics(run, answers, passages)
     if not per_question:
         raise UserError(f"{args.answers}: no question of the run has answers, so there is nothing to score")
+    _warn_coverage(args.answers, "answered", len(answers), len(per_question))
     return aggregate_answers(per_question, langs, args.lang)
+
+
+def _warn_coverage(path, what: str, total: int, covered: int) -> None:
+    """One warning when the run leaves out some of the scored file's queries: they are left out of every
+    average (trec_eval's default), so a run of 1 query in 8 can score 1.0."""
+    if covered < total:
+        log.warning("%s: the run covers %d of the %d %s queries (%.0f%%); the %d others are left out of every "
+                    "average, not scored 0 (trec_eval's default; its -c would count them)", path, covered, total,
+                    what, 100 * covered / total, total - covered)
 
 
 def _is_xor(path) -> bool:

@@ -185,6 +185,22 @@ def encode_to_shards(model, tokenizer, records: TextSet, out_dir: str | Path, to
     rank, world_size = dist.rank(), dist.world_size()
     out_dir = Path(out_dir)
     provenance = shard_provenance(model, tokenizer, records, tower, max_len, dtype, storage, world_size)
+    created_dir = not out_dir.exists()
+    lock = shards.lock_shard(out_dir, rank)
+    try:
+        return _encode_locked(model, tokenizer, records, out_dir, tower, max_len, batch_size, dtype, device,
+                              sort_by_length, storage, part_rows, about, provenance, lock, created_dir)
+    finally:
+        shards.unlock_shard(lock)
+
+
+def _encode_locked(model, tokenizer, records, out_dir, tower, max_len, batch_size, dtype, device, sort_by_length,
+                   storage, part_rows, about, provenance, lock, created_dir) -> bool:
+    """`encode_to_shards` once this rank tried its lock (`lock`: None if another encode holds it)."""
+    rank, world_size = dist.rank(), dist.world_size()
+    if not all(dist.all_gather_objects(lock is not None)):  # every rank refuses together: none waits
+        raise UserError(f"--output {out_dir}: another encode is writing into it; wait for it to finish (a rerun "
+                        "then finds its shards complete) or choose another --output (nothing was changed)")
     shards.check_directory_fits(out_dir, provenance)
     dist.barrier()  # every rank has looked before any rank writes
     meta_path = out_dir / shards.shard_name("meta", rank, world_size)
@@ -194,12 +210,12 @@ def encode_to_shards(model, tokenizer, records: TextSet, out_dir: str | Path, to
         log.info("rank %d: %s is complete (same model and settings), skipping", rank, meta_path)
         shutil.rmtree(parts_dir, ignore_errors=True)  # ours: left by a job killed after its last step
     else:
-        created_dir = not out_dir.exists()
         try:
             _encode_parts(model, tokenizer, records, parts_dir, tower, max_len, batch_size, dtype, device,
                           sort_by_length, storage, part_rows, provenance)
         except NonFiniteEmbeddings:
             shutil.rmtree(parts_dir, ignore_errors=True)  # ours; a rerun with another dtype starts clean
+            shards.unlock_shard(lock)
             if created_dir and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()
             raise

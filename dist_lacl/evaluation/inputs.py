@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..formats import io
+from ..formats.languages import is_language_code, normal_lang
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def corpus_records(path: str | Path, format: str = "auto", default_lang: str = D
         if fmt not in CORPUS_FORMATS:
             raise DataError(file, None, "format", f"expected one of {', '.join(CORPUS_FORMATS)}, got {fmt!r}")
         log.info("%s: reading the corpus as %s", file, fmt)
-        lang_default = name_lang(file) if default_lang == DEFAULT_LANG else default_lang
+        lang_default = name_lang(file) if default_lang == DEFAULT_LANG else language_label(default_lang)
         rows = _tsv_passages(file) if fmt == "tsv" else _json_records(file)
         id_key, text_key = {"jsonl": ("docid", "text"), "beir": ("_id", "text"), "pyserini": ("id", "contents"),
                             "tsv": ("docid", "text")}[fmt]
@@ -102,18 +103,33 @@ def _corpus_files(path: Path) -> list[Path]:
         digits = re.findall(r"\d+", p.name)
         return (int(digits[-1]) if digits else -1, p.name)
 
-    files = sorted((p for p in path.iterdir() if p.is_file() and io.is_ext(p, ".jsonl")), key=number)
+    jsonl = [p for p in path.iterdir() if p.is_file() and io.is_ext(p, ".jsonl")]
+    files = sorted((p for p in jsonl if not io.stem(p).startswith(NOT_CORPUS)), key=number)
     if not files:
+        others = f" (got only {', '.join(sorted(p.name for p in jsonl))}, not a corpus)" if jsonl else ""
         raise DataError(path, None, None, "expected a corpus file, or a directory holding corpus.jsonl, "
-                        "collection/docs.jsonl or docs-*.jsonl.gz")
+                        f"collection/docs.jsonl or docs-*.jsonl.gz{others}")
     return files
 
 
+NOT_CORPUS = ("queries", "topics", "topic.", "qrels", "questions")
+"""Names of a dataset folder's other jsonl files (BEIR's queries.jsonl): never read as its corpus."""
+
+
 def _corpus_format(path: Path) -> str:
-    if io.is_ext(path, ".tsv"):
+    if io.is_ext(path, ".tsv") or _tab_separated(path):
         return "tsv"
     keys = set(io.first_record(path) or ()) if path.is_file() else set()
     return "beir" if "_id" in keys else "pyserini" if "contents" in keys else "jsonl"
+
+
+def _tab_separated(path: Path) -> bool:
+    """A first line that is no JSON object but holds a tab: TSV under another suffix (anserini's
+    `topics.*.txt`, MS MARCO's and Mr.TyDi's topic files)."""
+    if not path.is_file() or io.is_ext(path, ".jsonl", ".json"):
+        return False
+    first = next(io.lines(path), None)
+    return first is not None and "\t" in first[1] and io.first_record(path) is None
 
 
 def read_queries(path: str | Path, default_lang: str = DEFAULT_LANG, format: str = "auto") -> TextSet:
@@ -132,7 +148,7 @@ def query_records(path: str | Path, format: str = "auto", default_lang: str = DE
     if fmt not in QUERY_FORMATS:
         raise DataError(path, None, "format", f"expected one of {', '.join(QUERY_FORMATS)}, got {fmt!r}")
     log.info("%s: reading the queries as %s", path, fmt)
-    lang_default = name_lang(path) if default_lang == DEFAULT_LANG else default_lang
+    lang_default = name_lang(path) if default_lang == DEFAULT_LANG else language_label(default_lang)
     id_key, text_key = {"jsonl": ("query_id", "query"), "tsv": ("query_id", "query"), "beir": ("_id", "text"),
                         "xor": ("id", "question")}[fmt]
     for line_no, record in _tsv_queries(path) if fmt == "tsv" else _json_records(path):
@@ -144,7 +160,7 @@ def query_records(path: str | Path, format: str = "auto", default_lang: str = DE
 
 
 def _query_format(path: Path) -> str:
-    if io.is_ext(path, ".tsv"):
+    if io.is_ext(path, ".tsv") or _tab_separated(path):
         return "tsv"
     keys = set(io.first_record(path) or ()) if path.is_file() else set()
     return "beir" if "_id" in keys else "xor" if "question" in keys else "jsonl"
@@ -353,7 +369,12 @@ def _lang_field(record: dict, path, line_no: int) -> str | None:
     lang = _optional_str(record, "lang", path, line_no)
     if lang is not None and (not lang or any(c.isspace() for c in lang)):
         raise DataError(path, line_no, "lang", f"expected a language code such as 'de', got {lang!r}")
-    return lang
+    return None if lang is None else language_label(lang)
+
+
+def language_label(lang: str) -> str:
+    """A language code in the training readers' stored form (`deu` -> 'de'); other labels as given."""
+    return normal_lang(lang) if is_language_code(lang) else lang
 
 
 def _parse_number(text: str, kind: type, path, line_no: int, name: str):

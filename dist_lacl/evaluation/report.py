@@ -45,9 +45,11 @@ def format_table(summary: Mapping[str, Mapping[str, float]], metrics: Sequence[s
     """One row per language, then `macro` and `all`; columns: number of queries, then each metric.
 
     `summary` is `metrics.aggregate`'s output. For `macro` the count column is the number of languages.
+    A metric a group does not define (None: `answers.aggregate_answers`) shows as n/a.
     """
     header = ["lang", "queries", *metrics]
-    rows = [[group, str(int(values["num_queries"])), *(f"{values[m]:.4f}" for m in metrics)]
+    rows = [[group, str(int(values["num_queries"])),
+             *(f"{values[m]:.4f}" if values[m] is not None else "n/a" for m in metrics)]
             for group, values in summary.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 

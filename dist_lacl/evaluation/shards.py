@@ -120,6 +120,33 @@ def existing_provenance(out_dir: Path) -> list[tuple[str, int, dict]]:
     return found
 
 
+def lock_shard(out_dir: Path, rank: int):
+    """An exclusive lock on rank `rank`'s `.lock-<rank>` in `out_dir` (created), or None if another live
+    process holds it (another `encode` into the same directory). The kernel releases it when the process
+    ends, however it ends, so a killed job never leaves it held; `unlock_shard` removes the file."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f".lock-{rank}"
+    lock = open(path, "a")  # noqa: SIM115 (held open until unlock_shard)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # A holder that finished removed the file after we opened it: our lock is on a file nobody sees.
+        if os.stat(path).st_ino != os.fstat(lock.fileno()).st_ino:
+            raise OSError("lock file replaced")
+    except OSError:
+        lock.close()
+        return None
+    return lock
+
+
+def unlock_shard(lock) -> None:
+    """Remove the lock file, then release it (in that order, see `lock_shard`); again: nothing."""
+    if lock is not None and not lock.closed:
+        Path(lock.name).unlink(missing_ok=True)
+        lock.close()
+
+
 def check_directory_fits(out_dir: Path, provenance: dict) -> None:
     """Raise UserError unless every shard already in `out_dir` was made by this very run's settings.
 

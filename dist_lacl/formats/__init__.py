@@ -84,8 +84,8 @@ def _detect(path: Path, kind: str) -> str | None:
     if kind == "parallel":
         if name.endswith(".tsv"):
             return "tsv"
-        if not name.endswith(".jsonl") and (pair := parallel.name_pair(path)) and (
-                name.rsplit(".", 1)[-1] in pair or not path.exists()):
+        if not name.endswith(".jsonl") and (codes := parallel.name_codes(path)) and (
+                name.rsplit(".", 1)[-1] in codes or not path.exists()):
             return "moses"
         # A .jsonl name is this kind's jsonl: its reader then names the line and field of any fault.
         return "jsonl" if name.endswith(".jsonl") or {"en", "text"} <= _first_keys(path) else None
@@ -123,6 +123,13 @@ def files(path: str | Path, kind: str, fmt: str, opts: ReadOptions) -> list[Path
         if not f.is_file():
             raise DataError(f, None, None, "file not found" if not f.is_dir() else "expected a file, got a directory")
     return found
+
+
+def data_file(path: str | Path, fmt: str, opts: ReadOptions) -> Path:
+    """The file that stands for `path` where a file is needed (a cache key stats it): `path` itself, or the
+    non-English file of a Moses prefix (`X.de-en`, which is no file)."""
+    path = Path(path)
+    return parallel.moses_files(path, opts)[1] if fmt == "moses" and not path.is_file() else path
 
 
 def read(path: str | Path, kind: str, opts: ReadOptions = ReadOptions(), on_error=None):

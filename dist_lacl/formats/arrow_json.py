@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from .io import COMPRESSIONS
-from .records import Suspicious, is_language_code, normal_lang
+from .languages import is_language_code, normal_lang
+from .records import Suspicious
 
 FIELDS = {"parallel": ("en", "text", "lang"), "monolingual": ("text", "lang")}
 BLOCK_BYTES = 32 * 2**20

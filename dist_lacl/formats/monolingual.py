@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ..errors import DataError
 from . import io
-from .records import is_language_code, lang, normal_lang, parse_monolingual
+from .languages import is_language_code, normal_lang
+from .records import lang, parse_monolingual
 
 
 def jsonl(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:

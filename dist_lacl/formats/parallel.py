@@ -17,15 +17,22 @@ from pathlib import Path
 
 from ..errors import DataError
 from . import io
+from .languages import ISO639_1, normal_lang
 from .records import lang, parse_parallel, text
 
 _PAIR = re.compile(r"\.([a-z]{2,3}(?:_[a-z0-9]+)?)-([a-z]{2,3}(?:_[a-z0-9]+)?)(?:\.|$)", re.IGNORECASE)
 
 
-def name_pair(path: Path) -> tuple[str, str] | None:
-    """The language pair a file name states (`WikiMatrix.de-en.de.gz` -> ('de', 'en')), or None."""
+def name_codes(path: Path) -> tuple[str, str] | None:
+    """The language pair a file name states, as spelled (`tatoeba.deu-eng.deu` -> ('deu', 'eng')), or None."""
     m = _PAIR.search(io.stem(path))
     return (m.group(1).lower(), m.group(2).lower()) if m else None
+
+
+def name_pair(path: Path) -> tuple[str, str] | None:
+    """The pair in its stored form, name order kept (`WikiMatrix.deu-eng.tsv` -> ('de', 'en')), or None."""
+    codes = name_codes(path)
+    return None if codes is None else (normal_lang(codes[0]), normal_lang(codes[1]))
 
 
 def jsonl(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
@@ -36,11 +43,18 @@ def _other_lang(path: Path, opts, pair: tuple[str, str] | None) -> tuple[str, bo
     """(the non-English language, whether English is the first of the name's pair)."""
     if pair is not None and "en" in pair and pair != ("en", "en"):
         xx = pair[1] if pair[0] == "en" else pair[0]
-        return lang(opts.lang or xx, (path, None), "data.parallel_lang"), pair[0] == "en"
+        given = lang(opts.lang, (path, None), "data.parallel_lang") if opts.lang else xx
+        if given != xx and given.split("-")[0] != xx:  # `pt-br` refines a name's `pt`; `fr` contradicts `de`
+            raise DataError(path, None, "data.parallel_lang", f"the file name says {xx}, this says {given}; "
+                            "expected the same language, or no data.parallel_lang")
+        return given, pair[0] == "en"
+    if pair is not None and set(pair) <= ISO639_1:  # two languages named, not English + another
+        raise DataError(path, None, None, "expected English and another language in the name's pair "
+                        f"(X.de-en.tsv), got {'-'.join(name_codes(path))}")
     if opts.lang:
         return lang(opts.lang, (path, None), "data.parallel_lang"), True
-    raise DataError(path, None, None, "expected the language in the file name (X.de-en.tsv, X.de-en.de) "
-                    "or data.parallel_lang, with English on one side")
+    raise DataError(path, None, None, "expected the language in the file name (X.de-en.tsv, X.de-en.de, "
+                    "X.deu-eng.deu) or data.parallel_lang, with English on one side")
 
 
 def tsv(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
@@ -80,29 +94,30 @@ def _score(value: str, path, line_no: int) -> float:
 
 
 def moses_files(path: Path, opts) -> tuple[Path, Path, str]:
-    """(English file, other file, its language) of a Moses pair named by either file or their prefix."""
-    pair = name_pair(path)
-    if pair is None:
+    """(English file, other file, its language) of a Moses pair named by either file or their prefix;
+    the files' suffixes are the codes as the name spells them (`X.deu-eng.deu` + `X.deu-eng.eng`)."""
+    codes, pair = name_codes(path), name_pair(path)
+    if codes is None:
         raise DataError(path, None, None, "expected OPUS Moses file names such as X.de-en.de + X.de-en.en")
+    xx, _ = _other_lang(path, opts, pair)
+    if "en" not in pair:  # which file is the English one only the name can say
+        raise DataError(path, None, None, "expected English (en or eng) as one language of the name's pair "
+                        f"(X.de-en.de + X.de-en.en), got {'-'.join(codes)}")
+    en_code, other_code = codes if pair[0] == "en" else codes[::-1]
     own = io.suffixes(path)[-1].lstrip(".") if io.suffixes(path) else ""
-    if own in pair and path.is_file():
-        partner_lang = pair[1] if own == pair[0] else pair[0]
+    if own in codes and path.is_file():
         name = path.name
         cut = name.lower().rfind("." + own)
-        files = {own: path, partner_lang: path.with_name(name[:cut] + "." + partner_lang + name[cut + 1 + len(own):])}
+        files = {code: path.with_name(name[:cut] + "." + code + name[cut + 1 + len(own):]) for code in codes}
     else:  # the prefix X.de-en
-        files = {code: path.with_name(path.name + "." + code) for code in pair}
-        for code in pair:
-            if not files[code].is_file():
-                found = io.find(path.parent, files[code].name)
-                files[code] = found or files[code]
-    xx, _ = _other_lang(path, opts, pair)
-    en_file = files.get("en")
-    other = files[pair[1] if pair[0] == "en" else pair[0]]
-    for f in (en_file, other):
+        files = {code: path.with_name(path.name + "." + code) for code in codes}
+    for code in codes:  # the partner in any case (X.DEU-ENG.DEU + X.DEU-ENG.ENG), or compressed
+        if not files[code].is_file():
+            files[code] = io.find(path.parent, files[code].name) or files[code]
+    for f in (files[en_code], files[other_code]):
         if not f.is_file():
             raise DataError(f, None, None, f"file not found: the Moses pair of {path.name} needs it")
-    return en_file, other, xx
+    return files[en_code], files[other_code], xx
 
 
 def moses(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:

@@ -9,31 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections import Counter
 
 from ..errors import DataError
+from .languages import is_language_code, normal_lang
 
 log = logging.getLogger(__name__)
-
-# ISO 639-1 codes; a 3-letter ISO 639-2/3 code or a region/script suffix (pt-br, zh_CN, sr@latin) is also accepted.
-_ISO639_1 = set(
-    "aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz "
-    "ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik "
-    "io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml "
-    "mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd "
-    "se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi "
-    "vo wa wo xh yi yo za zh zu".split())
-_LANG = re.compile(r"^([a-z]{2,3})([-_][a-z0-9]{2,8})*(@[a-z]+)?$", re.IGNORECASE)
-
-
-def is_language_code(code: str) -> bool:
-    m = _LANG.match(code)
-    return bool(m) and (len(m.group(1)) == 3 or m.group(1).lower() in _ISO639_1)
-
-
-def normal_lang(code: str) -> str:
-    return code.lower().replace("_", "-")
 
 
 def passage_text(title: str, text: str) -> str:
