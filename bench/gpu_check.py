@@ -44,7 +44,7 @@ class Part:
 
 PARTS = (Part("smoke", 55, TRAINING), Part("train", 80, TRAINING), Part("uncached", 35, TRAINING),
          Part("zero2", 40, (*TRAINING, "pytest")), Part("gpu_tests", 50, ("torch", "pytest", "faiss")),
-         Part("search", 40, ("torch", "transformers", "faiss", "numpy")))
+         Part("search", 50, ("torch", "transformers", "faiss", "numpy")))
 TINY_LIMIT_S = 120
 TRAIN_SETTINGS = ["chunk32", "chunk64", "chunk128", "tokens16384", "chunk32-padding-free"]
 
