@@ -16,7 +16,7 @@ DEMO_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-e5 test bench replicate venv debian lint clean gpu-check
+.PHONY: demo demo-e5 test bench replicate venv debian lint clean gpu-check gpu-bundle
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -53,15 +53,17 @@ bench: venv debian
 replicate: venv debian
 	$(PY) bench/replicate.py
 
-# On a CUDA machine: a virtualenv of its own with PyPI's CUDA torch and faiss-gpu, then every GPU test and
-# the GPU benchmarks in at most 8 minutes (bench/results/gpu.json). Without an NVIDIA GPU it stops at once.
-GPU_VENV ?= .venv-gpu
-GPU_TORCH_SPEC ?= torch==2.13.0
-GPU_EXTRAS ?= gpu,demo,test,e5
+# The GPU machine we can borrow has no package registry (docs/gpu.md). `make gpu-bundle` (here) builds what its
+# call carries into bench/gpu-bundle/ (ignored): the wheels of bench/gpu_requirements.txt, the text, the XLM-R
+# tokenizer; then checks the set against the image (bench/gpu_deps.py) and prints its size.
+# `make gpu-check` (there) installs the wheels into a folder of its own and runs bench/gpu_check.py.
+GPU_BUNDLE ?= bench/gpu-bundle
+GPU_OUT ?= bench/results/gpu
+gpu-bundle: venv debian
+	$(PY) bench/gpu_bundle.py --out $(GPU_BUNDLE)
+
 gpu-check:
-	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU on this machine (nvidia-smi finds none); nothing was run" >&2; exit 2; }
-	$(MAKE) venv VENV=$(GPU_VENV) TORCH_SPEC="$(GPU_TORCH_SPEC)" EXTRAS=$(GPU_EXTRAS)
-	$(GPU_VENV)/bin/python bench/gpu_check.py
+	sh bench/gpu_run.sh $(GPU_BUNDLE) $(GPU_OUT)
 
 lint: venv
 	$(VENV)/bin/ruff check dist_lacl tests bench

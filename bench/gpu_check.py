@@ -1,243 +1,202 @@
-"""`make gpu-check`: every GPU-marked test and the GPU benchmarks, bounded to 8 minutes on one GPU.
+"""The GPU check for the borrowed machine (docs/gpu.md): parts in priority order, each in a process group
+of its own with its own time limit; JSON and a markdown table written after EVERY part.
 
-    python bench/gpu_check.py [--budget-s 480]       # prints a table, writes bench/results/gpu.json
+    python3 bench/gpu_check.py --out DIR [--device cuda|cpu] [--tiny] [--parts NAME ...] [--fail-part NAME]
 
-Parts, each a subprocess with its own timeout (a part that runs out is recorded as timed out and the
-next one starts; the sum of the timeouts is the budget):
-  1. tests:  `pytest -m gpu` (faiss-gpu single / sharded / fp16, dropout replay through SDPA on CUDA, ...);
-  2. train:  the real trainer (DeepSpeed ZeRO-2, bf16, NCCL, one GPU) on XLM-R-large's shape (random
-             weights, the real XLM-R tokenizer), one process that re-chunks between measurements: no
-             cache, then chunks of 32 / 64 / 128 rows and a token budget, then chunks of 32 padding-free
-             (flash-attention varlen, where flash-attn is installed); median step time, tokens/s per
-             GPU, MFU over non-embedding parameters, peak allocated memory of each;
-  3. eval:   bench/bench_eval.py: encoding throughput (fp32 and bf16) and faiss-gpu search against CPU.
-Without a CUDA GPU it says so and exits 2 before anything slow is imported or run.
+Parts (a missing package skips a part, with the reason; a failing or timed-out part leaves the others):
+  smoke        one cached ZeRO-2 step of XLM-R-large's shape (bf16, random weights, real XLM-R tokenizer)
+  train        its step time, tokens/s per GPU, MFU per GPU and peak memory: chunks of 32/64/128 rows,
+               a 16384-token budget, chunks of 32 padding-free (model.padding_free)
+  uncached     the same step without the cache
+  zero2        the ZeRO-2 equivalence tests (tests/test_distributed_equivalence.py)
+  gpu_tests    every GPU-marked test (pytest -m gpu)
+  search       encoding throughput, exact search (faiss-gpu or torch) against faiss-cpu flat
+`--device cpu --tiny` is the dry run (the tests' tiny encoder, every part in seconds; tests/test_gpu_check.py).
+Writes DIR/gpu.json and DIR/gpu.md; exit 0 when every part ran (or was skipped with a reason), else 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
-import statistics
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "results" / "gpu.json"
-H100_H200_BF16_TFLOPS = 989.0  # dense bf16 peak of an H100 / H200 SXM
-# Fractions of the budget per part (tests, train, eval).
-SHARES = {"tests": 0.3, "train": 0.5, "eval": 0.2}
-# (label, chunk_size, chunk_tokens, padding_free): chunk 0 and budget 0 is the step without a cache; the
-# padding-free row comes last (it switches the encoder to packed rows, flash-attention where it can, for good).
-CHUNKINGS = [("no cache", 0, 0, False), ("chunk 32", 32, 0, False), ("chunk 64", 64, 0, False),
-             ("chunk 128", 128, 0, False), ("16384 tokens", 0, 16384, False), ("chunk 32 packed", 32, 0, True)]
-TRAIN_BATCH, TRAIN_STEPS = 128, 4  # queries per step (+2 passages each), steps per chunking (1st dropped)
+WORKER = REPO / "bench" / "workers" / "gpu_check_worker.py"
+H100_BF16_TFLOPS = 989.0  # dense bf16 peak of one H100 / H200 SXM
+TRAINING = ("torch", "transformers", "deepspeed", "datasets", "yaml")
 
 
-def no_gpu_message() -> str | None:
-    """Why this machine cannot run the check, or None. Imports torch only (seconds)."""
+@dataclass(frozen=True)
+class Part:
+    name: str
+    limit_s: float  # on the GPU; the dry run gives each part TINY_LIMIT_S
+    needs: tuple[str, ...]
+
+
+PARTS = (Part("smoke", 55, TRAINING), Part("train", 80, TRAINING), Part("uncached", 35, TRAINING),
+         Part("zero2", 40, (*TRAINING, "pytest")), Part("gpu_tests", 50, ("torch", "pytest", "faiss")),
+         Part("search", 50, ("torch", "transformers", "faiss", "numpy")))
+TINY_LIMIT_S = 120
+TRAIN_SETTINGS = ["chunk32", "chunk64", "chunk128", "tokens16384", "chunk32-padding-free"]
+
+
+def command(part: str, args, work: Path) -> list[str]:
+    """The part's command line (run from the repository root)."""
+    device = ["--device", args.device] + (["--tiny"] if args.tiny else [])
+    worker = [sys.executable, str(WORKER)]
+    batch = ["--batch", "8"] if args.tiny else []
+    pytest = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--continue-on-collection-errors"]
+    if part == "smoke":
+        return [*worker, "train", "--work", str(work / "train"), *device, *batch, "--settings", "chunk32", "--steps", "1"]
+    if part == "train":
+        return [*worker, "train", "--work", str(work / "train"), *device, *batch, "--settings", *TRAIN_SETTINGS]
+    if part == "uncached":
+        return [*worker, "train", "--work", str(work / "train"), *device, *batch, "--settings", "uncached"]
+    if part == "zero2":  # the dry run only collects them: each is a 2-process DeepSpeed run of a minute
+        return [*pytest, *(["--collect-only"] if args.tiny else []), "tests/test_distributed_equivalence.py", "-k", "zero2"]
+    if part == "gpu_tests":
+        return [*pytest, "-m", "gpu", *(["tests/test_torch_search.py"] if args.tiny else ["tests"])]
+    return [*worker, "search", "--work", str(work / "train"), *device]
+
+
+def missing(needs: tuple[str, ...]) -> list[str]:
+    return [name for name in needs if importlib.util.find_spec(name) is None]
+
+
+def missing_files(part: str, tiny: bool) -> list[str]:
+    """The carried files a full-size part reads (the dry run builds its own)."""
+    bundle = Path(os.environ.get("GPU_BUNDLE", REPO / "bench" / "gpu-bundle"))
+    needed = [bundle / "xlmr-tokenizer" / "tokenizer.json.gz", bundle / "data" / "train_ir.jsonl.gz"]
+    if tiny or part not in ("smoke", "train", "uncached", "search"):
+        return []
+    return [str(p) for p in needed if not p.is_file()]
+
+
+def run(cmd: list[str], limit_s: float, log: Path) -> dict:
+    """`cmd` in a new session; at its limit its whole process group is killed (workers and all)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    # The repository first, then whatever PYTHONPATH holds (the carried wheels' folder): added to, never replaced.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    start = time.monotonic()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=limit_s)
+        except subprocess.TimeoutExpired:
+            rc = None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # also what a finished part left behind
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    text = log.read_text(errors="replace")
+    rows = [json.loads(line[4:]) for line in text.splitlines() if line.startswith("ROW ")]
+    state = "timed out" if rc is None else ("ok" if rc == 0 else f"failed (rc {rc})")
+    return {"state": state, "rc": rc, "wall_s": round(time.monotonic() - start, 1), "limit_s": limit_s,
+            "rows": rows, "output_tail": text[-6000:]}
+
+
+def mfu(matmul_params: int, tokens_per_gpu: float, step_s: float, peak_tflops: float) -> float:
+    """6 x non-embedding parameters x this GPU's tokens / step time / one GPU's peak (the cache's extra
+    forward is hardware work, not model work: MFU counts the model's)."""
+    return 6 * matmul_params * tokens_per_gpu / step_s / (peak_tflops * 1e12)
+
+
+def markdown(result: dict) -> str:
+    """The README's table: one line per part, then the training settings and the search."""
+    lines = [f"gpu-check on {result['device_name']}, {result['date']}, torch {result['torch']}",
+             "", "| part | state | s | note |", "|---|---|---|---|"]
+    for name, part in result["parts"].items():
+        note = part.get("reason", "") or next((line for line in reversed(part.get("output_tail", "").splitlines())
+                                               if line.strip()), "")[:100]
+        lines.append(f"| {name} | {part['state']} | {part.get('wall_s', 0):.0f} of {part.get('limit_s', 0):.0f} | "
+                     f"{note.replace('|', '/')} |")
+    model = next((r for p in result["parts"].values() for r in p.get("rows", []) if r.get("kind") == "model"), None)
+    settings = [{"part": name, **r} for name, p in result["parts"].items() for r in p.get("rows", [])
+                if r.get("kind") == "setting"]
+    if model and settings:
+        lines += ["", f"Training step, {model['params'] / 1e6:.0f}M parameters ({model['matmul_params'] / 1e6:.0f}M "
+                  f"non-embedding), {model['world_size']} GPU(s); MFU per GPU against {result['peak_tflops']} TFLOP/s",
+                  "", "| setting | step s | tokens/s per GPU | MFU | peak GiB |", "|---|---|---|---|---|"]
+        for r in settings:
+            if "error" in r:
+                lines.append(f"| {r['part']}: {r['setting']} | {r['error']} | | | |")
+                continue
+            peak = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") is not None else "-"
+            lines.append(f"| {r['part']}: {r['setting']} | {r['median_step_s']:.3f} | {r['tokens_per_s_per_gpu']:.0f} | "
+                         f"{mfu(model['matmul_params'], r['tokens_per_step_per_gpu'], r['median_step_s'], result['peak_tflops']):.1%}"
+                         f" | {peak} |")
+    for r in (r for p in result["parts"].values() for r in p.get("rows", []) if r.get("kind") in ("encode", "search")):
+        if r["kind"] == "encode":
+            lines.append(f"\nEncoding ({r['dtype']}): {r['tokens_per_s']:.0f} tokens/s, {r['passages_per_s']:.0f} passages/s")
+        else:
+            lines.append(f"Search ({r['backend']}): {r['corpus_rows']} x {r['dim']}, k {r['k']}: {r['queries_per_s']:.0f} "
+                         f"queries/s; rows equal to faiss-cpu flat: {r['torch_rows_equal_faiss_cpu']:.2%}")
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: Path) -> None:
+    """gpu.json and gpu.md, each replaced whole (a reader never sees half of one)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("gpu.json", json.dumps(result, indent=1)), ("gpu.md", markdown(result))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+
+
+def device_facts(device: str) -> dict:
     try:
         import torch
     except ImportError:
-        return "torch is not installed in this environment"
-    if not torch.cuda.is_available():
-        return (f"no CUDA GPU visible to torch {torch.__version__} (CUDA build: {torch.version.cuda or 'none'}); "
-                "nothing was run. On a GPU machine `make gpu-check` builds a CUDA virtualenv (.venv-gpu) and runs this")
-    return None
-
-
-def run_part(name: str, cmd: list[str], timeout: float, env: dict | None = None) -> dict:
-    start = time.time()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", **(env or {})})
-        out = {"rc": proc.returncode, "stdout": proc.stdout[-20000:], "stderr": proc.stderr[-8000:]}
-    except subprocess.TimeoutExpired as e:
-        out = {"rc": None, "timed_out": True, "stdout": (e.stdout or b"")[-20000:].decode(errors="replace")
-               if isinstance(e.stdout, bytes) else (e.stdout or "")[-20000:], "stderr": ""}
-    out.update(name=name, wall_s=time.time() - start, timeout_s=timeout)
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: " + ("TIMED OUT" if out.get("timed_out") else f"rc {out['rc']}")
-          + f" in {out['wall_s']:.0f} s", file=sys.stderr, flush=True)
-    return out
-
-
-# ---------------------------------------------------------------- 2. the training step (worker side)
-
-def train_worker(config: str) -> None:
-    """Under torchrun: one Trainer, each chunking in turn on the same stream of batches."""
-    import torch
-
-    from dist_lacl import distributed as dist
-    from dist_lacl.config import load_config
-    from dist_lacl.trainer import Trainer
-
-    cfg = load_config(config)
-    trainer = Trainer(cfg)
-    trainer.engine.train()
-    rows = []
-    for label, chunk_size, chunk_tokens, padding_free in CHUNKINGS:
-        trainer.grad_cache.chunk_size, trainer.grad_cache.chunk_tokens = chunk_size, chunk_tokens
-        if padding_free:
-            label = f"{label} ({use_padding_free(trainer.engine.module, cfg.train.precision)})"
-            trainer.grad_cache.packed = True
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        steps = []
-        try:
-            for _ in range(TRAIN_STEPS):
-                steps.append(trainer.train_step())
-        except torch.OutOfMemoryError as e:
-            rows.append({"chunking": label, "error": f"out of memory: {str(e).splitlines()[0]}"})
-            trainer.engine.skip_step()
-            continue
-        timed = steps[1:]
-        rows.append({"chunking": label, "chunk_size": chunk_size, "chunk_tokens": chunk_tokens,
-                     "step_s": [s["perf/step_s"] for s in timed],
-                     "median_step_s": statistics.median(s["perf/step_s"] for s in timed),
-                     "tokens_per_s": statistics.median(s["perf/tokens_per_s"] for s in timed) / dist.world_size(),
-                     "tokens_per_step": statistics.median(s["perf/tokens_per_s"] * s["perf/step_s"] for s in timed),
-                     "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30})
-    params = sum(p.numel() for p in trainer.engine.module.parameters())
-    shape = trainer.engine.module.query_encoder.config
-    embedding = (shape.vocab_size + shape.max_position_embeddings + shape.type_vocab_size) * shape.hidden_size
-    print("RESULT " + json.dumps({"rank": dist.rank(), "rows": rows, "params": params, "embedding_params": embedding,
-                                  "gpu": torch.cuda.get_device_name()}), flush=True)
-    dist.destroy()
-
-
-def use_padding_free(module, precision: str) -> str:
-    """Switch the dual encoder to packed chunks (model.padding_free): flash-attention's varlen kernel where
-    it can run, else rows under SDPA's block-diagonal mask. Returns which."""
-    from dist_lacl.model import flash_attention_implementation
-
-    implementation = flash_attention_implementation(precision)
-    if implementation:
-        for encoder in {id(module.tower(t)): module.tower(t) for t in ("query", "passage")}.values():
-            encoder.set_attn_implementation(implementation)
-    module.padding_free = True
-    return implementation or "sdpa rows"
-
-
-def train_config(work: Path) -> Path:
-    import yaml
-
-    sys.path.insert(0, str(REPO / "bench"))
-    sys.path.insert(0, str(REPO / "tests"))
-    from bench_grad_cache import load_ir_records, write_data, xlmr_large_shape
-
-    _, records = load_ir_records(TRAIN_BATCH * (TRAIN_STEPS * len(CHUNKINGS) + 1))
-    _, train_ir = write_data(work, records)
-    model = xlmr_large_shape(work / "xlmr-large-shape")
-    raw = {"model": {"name_or_path": str(model), "pooling": "cls", "random_init": True},
-           "data": {"train_ir": str(train_ir), "train_group_size": 2, "query_max_len": 32, "passage_max_len": 192,
-                    "cache_dir": str(work / "datasets-cache")},
-           "loss": {"temperature": 0.05, "semantic_weight": 0.0, "language_weight": 0.0},
-           "train": {"backend": "deepspeed", "deepspeed_config": str(REPO / "ds_configs" / "zero2_bf16.json"),
-                     "precision": "bf16", "ir_batch_size": TRAIN_BATCH, "chunk_size": 32, "warmup_steps": 0,
-                     "max_steps": 1000, "output_dir": str(work / "run")}}
-    path = work / "gpu-train.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def mfu(matmul_params: int, tokens_per_step: float, step_s: float, peak_tflops: float) -> float:
-    """6 x non-embedding parameters x tokens / step time / one GPU's peak (the cache's extra forward is
-    hardware work, not model work: MFU counts the model's)."""
-    return 6 * matmul_params * tokens_per_step / step_s / (peak_tflops * 1e12)
-
-
-# ---------------------------------------------------------------- the check
-
-def summarize_tests(part: dict) -> dict:
-    lines = [line for line in part["stdout"].splitlines() if " passed" in line or " failed" in line
-             or " skipped" in line or "no tests ran" in line]
-    return {"summary": lines[-1].strip("= ") if lines else "no summary (see stdout)",
-            "skips": [line for line in part["stdout"].splitlines() if line.startswith("SKIPPED")]}
-
-
-def table(result: dict, peak_tflops: float) -> str:
-    lines = [f"gpu-check on {result.get('gpu', '?')}, budget {result['budget_s']:.0f} s, took {result['wall_s']:.0f} s"]
-    for name, part in result["parts"].items():
-        state = "TIMED OUT" if part.get("timed_out") else ("ok" if part["rc"] == 0 else f"FAILED (rc {part['rc']})")
-        lines.append(f"  {name:6} {state:18} {part['wall_s']:>5.0f} s of {part['timeout_s']:.0f}")
-    tests = result.get("tests")
-    if tests:
-        lines.append(f"tests (pytest -m gpu): {tests['summary']}")
-        lines += [f"  {s}" for s in tests["skips"]]
-    train = result.get("train")
-    if train:
-        matmul = train["params"] - train["embedding_params"]
-        lines += [f"train: XLM-R-large shape ({train['params'] / 1e6:.0f}M params, {matmul / 1e6:.0f}M non-embedding), "
-                  f"DeepSpeed ZeRO-2 bf16, 1 GPU, {TRAIN_BATCH} queries + {2 * TRAIN_BATCH} passages per step, "
-                  f"median of {TRAIN_STEPS - 1} steps",
-                  f"  {'chunking':14} {'step s':>7} {'tokens/s/GPU':>13} {'MFU':>6} {'peak GiB':>9}"]
-        for r in train["rows"]:
-            if "error" in r:
-                lines.append(f"  {r['chunking']:14} {r['error']}")
-                continue
-            lines.append(f"  {r['chunking']:14} {r['median_step_s']:>7.3f} {r['tokens_per_s']:>13.0f} "
-                         f"{mfu(matmul, r['tokens_per_step'], r['median_step_s'], peak_tflops):>6.1%} "
-                         f"{r['peak_mem_gib']:>9.1f}")
-        lines.append(f"  MFU = 6 x non-embedding params x tokens / step s / {peak_tflops} TFLOP/s (target >= 45% "
-                     "with the cache on)")
-    if result.get("eval_table"):
-        lines += ["eval (bench/bench_eval.py):", result["eval_table"]]
-    return "\n".join(lines)
+        return {"torch": None, "device_name": "no torch"}
+    cuda = torch.cuda.is_available()
+    return {"torch": torch.__version__, "cuda": torch.version.cuda, "gpus": torch.cuda.device_count() if cuda else 0,
+            "device_name": torch.cuda.get_device_name() if device == "cuda" and cuda else "cpu"}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget-s", type=float, default=480.0, help="all parts together (default 8 minutes)")
-    parser.add_argument("--gpu-peak-tflops", type=float, default=H100_H200_BF16_TFLOPS)
-    parser.add_argument("--out", type=Path, default=OUT)
-    parser.add_argument("--worker", nargs=2, metavar=("PART", "CONFIG"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, required=True, help="folder for gpu.json and gpu.md ($OUT on the device)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="the tests' tiny encoder and small sizes (the dry run)")
+    parser.add_argument("--parts", nargs="+", choices=[p.name for p in PARTS], help="only these (default: all)")
+    parser.add_argument("--fail-part", choices=[p.name for p in PARTS], help="run this part as a failing command")
+    parser.add_argument("--peak-tflops", type=float, default=H100_BF16_TFLOPS, help="one GPU's peak, for MFU")
     args = parser.parse_args()
-    if args.worker:
-        train_worker(args.worker[1])
-        return 0
-    why = no_gpu_message()
-    if why:
-        print(f"gpu-check: {why}", file=sys.stderr)
+    facts = device_facts(args.device)
+    if args.device == "cuda" and not facts.get("gpus"):
+        print(f"gpu-check: no CUDA GPU visible to torch {facts['torch']}; use --device cpu --tiny for the dry run",
+              file=sys.stderr)
         return 2
-    import torch
-
-    started = time.time()
-    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "gpu": torch.cuda.get_device_name(),
-              "num_gpus": torch.cuda.device_count(), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "budget_s": args.budget_s, "parts": {}}
-    budget = {name: share * args.budget_s for name, share in SHARES.items()}
-    parts = result["parts"]
-    parts["tests"] = run_part("tests", [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
-                                        f"--timeout={int(budget['tests'])}", "tests"], budget["tests"])
-    result["tests"] = summarize_tests(parts["tests"])
-    with tempfile.TemporaryDirectory() as tmp:
-        config = train_config(Path(tmp))
-        parts["train"] = run_part("train", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
-                                            "--master_port=29517", __file__, "--worker", "train", str(config)],
-                                  budget["train"], env={"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")})
-    found = [line for line in parts["train"]["stdout"].split("RESULT ")[1:]]
-    if found:
-        result["train"] = json.JSONDecoder().raw_decode(found[0])[0]
-    eval_out = Path(tempfile.gettempdir()) / "gpu-check-eval.json"
-    parts["eval"] = run_part("eval", [sys.executable, str(REPO / "bench" / "bench_eval.py"), "--repeats", "2",
-                                      "--search-repeats", "3", "--out", str(eval_out)], budget["eval"])
-    result["eval_table"] = parts["eval"]["stdout"].strip()[-6000:]
-    if eval_out.is_file():
-        result["eval"] = json.loads(eval_out.read_text())
-    result["wall_s"] = time.time() - started
-    text = table(result, args.gpu_peak_tflops)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_name(f".{args.out.name}.tmp")
-    tmp_out.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp_out, args.out)
-    print(f"written {args.out}")
-    ok = all(p.get("rc") == 0 for p in parts.values())
-    return 0 if ok else 1
+    result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": args.device, "tiny": args.tiny,
+              "peak_tflops": args.peak_tflops, **facts, "parts": {}}
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        work = Path(tmp)
+        for part in PARTS:
+            if args.parts and part.name not in args.parts:
+                continue
+            lacking = missing(part.needs) + missing_files(part.name, args.tiny)
+            if lacking:
+                result["parts"][part.name] = {"state": "skipped", "reason": f"not installed: {', '.join(lacking)}"}
+            else:
+                cmd = command(part.name, args, work)
+                if part.name == args.fail_part:
+                    cmd = [sys.executable, "-c", "raise SystemExit('failing on purpose (--fail-part)')"]
+                limit = TINY_LIMIT_S if args.tiny else part.limit_s
+                result["parts"][part.name] = {"command": cmd[1:], **run(cmd, limit, work / f"{part.name}.log")}
+            write(result, args.out)  # before the line that says the part is done
+            print(f"[{time.strftime('%H:%M:%S')}] {part.name}: {result['parts'][part.name]['state']}", flush=True)
+    print(markdown(result))
+    return 0 if all(p["state"] in ("ok", "skipped") for p in result["parts"].values()) else 1
 
 
 if __name__ == "__main__":

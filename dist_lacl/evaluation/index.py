@@ -1,4 +1,5 @@
 """FAISS inner-product search on CPU, one GPU or all GPUs (index sharded), exact over corpora of any size.
+Without faiss-gpu, exact (flat) search on the GPUs runs in plain torch (`torch_search`), the same results.
 
 The corpus is searched block by block, each block read into one reused float32 buffer: exact search on
 CPU runs on the buffer in place (`faiss.knn`); otherwise each block gets its own index (on the GPUs when
@@ -20,6 +21,7 @@ import faiss
 import numpy as np
 
 from ..errors import UserError
+from . import torch_search
 from .index_spec import IndexSpec, check_positive
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,21 @@ def num_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
+def gpu_backend() -> str | None:
+    """Who searches on the GPUs: `faiss` (faiss-gpu sees a GPU), `torch` (no faiss-gpu installed, torch
+    sees a CUDA GPU: exact flat search only), or None (no GPU search here)."""
+    if num_gpus():
+        return "faiss"
+    if not hasattr(faiss, "StandardGpuResources") and torch_search.num_cuda_devices():
+        return "torch"
+    return None
+
+
+def gpu_count() -> int:
+    """GPUs the GPU backend uses (0 without one)."""
+    return {"faiss": num_gpus, "torch": torch_search.num_cuda_devices}.get(gpu_backend(), lambda: 0)()
+
+
 def resolve_gpus(spec: IndexSpec, k: int) -> str:
     """The placement to use, `none`, `one` or `all`; `auto` falls back to CPU where a GPU cannot serve."""
     cpu_only = _cpu_only_reason(spec, k)
@@ -48,17 +65,21 @@ def resolve_gpus(spec: IndexSpec, k: int) -> str:
             if num_gpus():
                 log.info("searching on CPU: %s", cpu_only)
             return "none"
-        return "all" if num_gpus() > 1 else "one"
+        return "all" if gpu_count() > 1 else "one"
     if cpu_only:
         raise UserError(f"gpus={spec.gpus}: {cpu_only}; use --gpus none (CPU) or auto")
     return spec.gpus
 
 
 def _cpu_only_reason(spec: IndexSpec, k: int) -> str | None:
-    if num_gpus() == 0:
+    backend = gpu_backend()
+    if backend is None:
         has_gpu_faiss = hasattr(faiss, "StandardGpuResources")
         return ("faiss-gpu is installed but sees no GPU" if has_gpu_faiss
-                else "the installed faiss is faiss-cpu (install faiss-gpu for GPU search)")
+                else "the installed faiss is faiss-cpu and torch sees no CUDA GPU (GPU search needs either)")
+    if backend == "torch":
+        return None if spec.kind == "flat" else (
+            f"index {spec.kind} on GPU needs faiss-gpu (without it GPU search is exact flat search in torch)")
     if k > GPU_MAX_K:
         return f"k={k} exceeds GPU faiss's limit of {GPU_MAX_K}"
     if spec.kind in ("ivf", "ivfpq") and spec.nprobe > GPU_MAX_K:
@@ -107,7 +128,7 @@ def gpu_block_rows(dim: int, fp16: bool, placement: str) -> int | None:
     if placement == "none" or not torch.cuda.is_available():
         return None
 
-    devices = [0] if placement == "one" else range(num_gpus())
+    devices = [0] if placement == "one" else range(gpu_count())
     free = min(torch.cuda.mem_get_info(d)[0] for d in devices) * len(devices)
     return max(1, free // 2 // (dim * (2 if fp16 else 4)))
 
@@ -256,6 +277,9 @@ def search(queries: np.ndarray, corpus_parts: Iterable[np.ndarray], k: int, spec
         block_k = min(k, len(block))
         if spec.kind == "flat" and placement == "none":
             scores, rows = search_flat_cpu(queries, block, block_k, query_batch)
+        elif gpu_backend() == "torch":
+            devices = [f"cuda:{d}" for d in range(1 if placement == "one" else gpu_count())]
+            scores, rows = torch_search.search_flat(queries, block, block_k, devices, spec.fp16, query_batch)
         else:
             index = to_gpus(build_index(block, spec), placement, spec.fp16)
             scores, rows = search_index(index, queries, block_k, query_batch)
