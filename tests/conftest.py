@@ -10,6 +10,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # the helpers_* modules
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The shared checks report a failing assert in detail, as they did inside the test modules they came from.
+pytest.register_assert_rewrite("equivalence", "helpers_cli", "helpers_reference_step", "helpers_resume")
 
 from helpers_data import write_training_data  # noqa: E402
 from helpers_tiny import copy_without_dropout, make_tiny_model, make_tiny_tokenizer  # noqa: E402

@@ -43,6 +43,13 @@ def monolingual_records(n: int) -> list[dict]:
     return [{"text": BY_LANG[LANGS[i % 4]][(i // 4) % 5] + f" {i}", "lang": LANGS[i % 4]} for i in range(n)]
 
 
+def good_files(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"train_ir": write_jsonl(folder / "ir.jsonl", ir_records(16)),
+            "parallel": write_jsonl(folder / "parallel.jsonl", parallel_records(16)),
+            "monolingual": write_jsonl(folder / "mono.jsonl", monolingual_records(16))}
+
+
 def write_training_data(folder: Path, n_ir: int = 32, n_para: int = 32, n_mono: int = 32) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     return {"train_ir": str(write_jsonl(folder / "ir.jsonl", ir_records(n_ir))),

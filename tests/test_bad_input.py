@@ -6,16 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers_data import ir_records, monolingual_records, parallel_records, write_jsonl
+from helpers_cli import assert_clean_failure
+from helpers_data import good_files, ir_records, write_jsonl
 from helpers_launch import run
-from test_train_run import train_args
-
-
-def good_files(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    return {"train_ir": write_jsonl(folder / "ir.jsonl", ir_records(16)),
-            "parallel": write_jsonl(folder / "parallel.jsonl", parallel_records(16)),
-            "monolingual": write_jsonl(folder / "mono.jsonl", monolingual_records(16))}
+from helpers_train import train_args
 
 
 def replace_line(path: Path, line_no: int, text: str | bytes) -> None:
@@ -69,13 +63,6 @@ CONFIG_CASES = [
     ("unknown-section", ["optim.lr=1"], "unknown section 'optim'"),
     ("missing-parallel-data", ["data.parallel=null"], "data.parallel: expected a parallel-sentences jsonl"),
 ]
-
-
-def assert_clean_failure(proc, message):
-    assert proc.returncode == 2
-    assert message in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    assert len([line for line in proc.stderr.splitlines() if line.startswith("dist-lacl")]) == 1
 
 
 @pytest.mark.slow

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from helpers_data import ir_records, write_jsonl
+from helpers_cli import assert_clean_failure
+from helpers_data import good_files, ir_records, write_jsonl
 from helpers_launch import REPO, launch_env, run
-from test_bad_input import assert_clean_failure, good_files
-from test_train_run import train_args
+from helpers_train import train_args
 
 from dist_lacl.data import cache_parts
 from dist_lacl.data.read import cache_entry, features, load_dataset, read_records

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_data import ir_records, write_jsonl
-from test_distributed_equivalence import write_config
+from helpers_reference_step import write_config
 from transformers import AutoTokenizer
 
 from dist_lacl.data import cache_parts

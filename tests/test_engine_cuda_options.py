@@ -3,6 +3,7 @@ real fused path in a GPU-marked test."""
 
 import pytest
 import torch
+from equivalence import FUSED_ADAMW
 
 from dist_lacl.config import config_from_dict
 from dist_lacl.engine import deepspeed_config
@@ -37,4 +38,4 @@ def test_fused_adamw_steps_like_the_foreach_one_on_cuda():
         torch.optim.AdamW(params, lr=1e-3, fused=fused, foreach=None if fused else True).step()
         results.append(params)
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(a, b, **FUSED_ADAMW)

@@ -3,6 +3,7 @@ the GPU paths (single, sharded, fp16) on a machine that has GPUs."""
 
 import numpy as np
 import pytest
+from equivalence import EXACT_SCORES, FP16_SEARCH_SCORES, GPU_SEARCH_SCORES, MERGED_SCORES, SEARCH_SCORES
 
 from dist_lacl.errors import UserError
 from dist_lacl.evaluation import index as index_mod
@@ -26,7 +27,7 @@ def numpy_topk(queries, corpus, k):
     return np.take_along_axis(scores, rows, 1), rows
 
 
-def assert_equal_to_numpy(result, queries, corpus, k, rtol=1e-5):
+def assert_equal_to_numpy(result, queries, corpus, k, rtol=SEARCH_SCORES):
     scores, rows = result
     expected_scores, expected_rows = numpy_topk(queries, corpus, k)
     np.testing.assert_array_equal(rows, expected_rows)
@@ -45,7 +46,7 @@ def test_blockwise_merged_search_equals_one_index():
     # uneven shards, then blocks of 64 rows inside each shard: 11 indexes, merged
     blocks = search(queries, [corpus[:123], corpus[123:400], corpus[400:]], 25, spec, block_rows=64)
     np.testing.assert_array_equal(blocks[1], whole[1])
-    np.testing.assert_allclose(blocks[0], whole[0], rtol=1e-6)
+    np.testing.assert_allclose(blocks[0], whole[0], rtol=MERGED_SCORES)
     assert_equal_to_numpy(blocks, queries, corpus, 25)
 
 
@@ -80,7 +81,7 @@ def test_blocks_read_from_float16_shards_keep_ties_in_row_order(tmp_path):
         np.save(paths[-1], part.astype(np.float16))
     for block_rows in (7, 64, None):
         result = search(queries, [NpyRows(p) for p in paths], 30, IndexSpec(gpus="none"), block_rows=block_rows)
-        assert_equal_to_numpy(result, queries, corpus, 30, rtol=0)
+        assert_equal_to_numpy(result, queries, corpus, 30, rtol=EXACT_SCORES)
     six = tmp_path / "six.npy"
     np.save(six, np.array([[2], [3], [3], [1], [3], [2]], np.float16))
     scores, rows = search(np.ones((1, 1), np.float32), [NpyRows(six)] * 2, 5, IndexSpec(gpus="none"),
@@ -162,7 +163,7 @@ def test_gpu_choice_and_limits_with_gpus(monkeypatch):
 @requires_gpu
 def test_single_gpu_equals_numpy():
     queries, corpus = random_data(num_docs=5000, dim=64)
-    assert_equal_to_numpy(search(queries, [corpus], 100, IndexSpec(gpus="one")), queries, corpus, 100, rtol=1e-4)
+    assert_equal_to_numpy(search(queries, [corpus], 100, IndexSpec(gpus="one")), queries, corpus, 100, rtol=GPU_SEARCH_SCORES)
 
 
 @pytest.mark.gpu
@@ -173,7 +174,7 @@ def test_sharded_multi_gpu_equals_numpy_and_is_sharded():
     shards = faiss.downcast_index(index_mod.to_gpus(index_mod.build_index(corpus, IndexSpec()), "all", fp16=False))
     shard_sizes = [shards.at(i).ntotal for i in range(shards.count())]
     assert len(shard_sizes) == num_gpus() and sum(shard_sizes) == 5001  # split, not replicated
-    assert_equal_to_numpy(search(queries, [corpus], 100, IndexSpec(gpus="all")), queries, corpus, 100, rtol=1e-4)
+    assert_equal_to_numpy(search(queries, [corpus], 100, IndexSpec(gpus="all")), queries, corpus, 100, rtol=GPU_SEARCH_SCORES)
 
 
 @pytest.mark.gpu
@@ -181,7 +182,7 @@ def test_sharded_multi_gpu_equals_numpy_and_is_sharded():
 def test_gpu_blockwise_merge_equals_numpy():
     queries, corpus = random_data(num_docs=5000, dim=64)
     result = search(queries, [corpus[:2000], corpus[2000:]], 50, IndexSpec(gpus="auto"), block_rows=700)
-    assert_equal_to_numpy(result, queries, corpus, 50, rtol=1e-4)
+    assert_equal_to_numpy(result, queries, corpus, 50, rtol=GPU_SEARCH_SCORES)
     assert index_mod.gpu_block_rows(64, fp16=False, placement="one") > 0
 
 
@@ -192,7 +193,7 @@ def test_gpu_fp16_close_to_numpy():
     scores, rows = search(queries, [corpus], 10, IndexSpec(gpus="auto", fp16=True))
     expected_scores, expected_rows = numpy_topk(queries, corpus, 10)
     assert (rows[:, 0] == expected_rows[:, 0]).mean() >= 0.9  # rounding may swap near-ties only
-    np.testing.assert_allclose(scores, expected_scores, atol=0.05)
+    np.testing.assert_allclose(scores, expected_scores, atol=FP16_SEARCH_SCORES)
 
 
 @pytest.mark.gpu
@@ -211,4 +212,4 @@ def test_gpu_k_limit():
 def test_gpu_ivf_full_probe_equals_numpy():
     queries, corpus = random_data(num_docs=5000, dim=64)
     spec = IndexSpec(kind="ivf", gpus="auto", nlist=16, nprobe=16)
-    assert_equal_to_numpy(search(queries, [corpus], 20, spec), queries, corpus, 20, rtol=1e-4)
+    assert_equal_to_numpy(search(queries, [corpus], 20, spec), queries, corpus, 20, rtol=GPU_SEARCH_SCORES)

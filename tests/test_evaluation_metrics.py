@@ -4,6 +4,7 @@ import random
 
 import pytest
 import pytrec_eval
+from equivalence import METRIC_ROUNDING
 
 from dist_lacl.errors import UserError
 from dist_lacl.evaluation.metrics import aggregate, evaluate_run, parse_metrics, rank_docs
@@ -42,11 +43,11 @@ def test_metrics_equal_pytrec_eval(seed):
     assert any(not any(qrels[q].values()) for q in ours)  # including some judged with nothing relevant
     for qid, values in theirs.items():
         for k in CUTOFFS:
-            assert ours[qid][f"recall@{k}"] == pytest.approx(values[f"recall_{k}"], abs=1e-12)
-            assert ours[qid][f"ndcg@{k}"] == pytest.approx(values[f"ndcg_cut_{k}"], abs=1e-12)
+            assert ours[qid][f"recall@{k}"] == pytest.approx(values[f"recall_{k}"], abs=METRIC_ROUNDING)
+            assert ours[qid][f"ndcg@{k}"] == pytest.approx(values[f"ndcg_cut_{k}"], abs=METRIC_ROUNDING)
             # MRR@k: the first relevant rank r is within k exactly when 1/r >= 1/k
             rr = values["recip_rank"]
-            assert ours[qid][f"mrr@{k}"] == pytest.approx(rr if rr >= 1 / k - 1e-12 else 0.0, abs=1e-12)
+            assert ours[qid][f"mrr@{k}"] == pytest.approx(rr if rr >= 1 / k - METRIC_ROUNDING else 0.0, abs=METRIC_ROUNDING)
 
 
 def test_ties_rank_by_docid_descending_as_trec_eval():

@@ -1,7 +1,6 @@
 """Encoding (length-sorted, sharded, resumable; 2 real gloo processes == 1), dev evaluation, and the
 encode -> search -> evaluate commands end to end, with the tiny model."""
 
-import argparse
 import json
 import os
 import socket
@@ -11,49 +10,24 @@ import pytest
 import pytrec_eval
 import torch
 import torch.multiprocessing as mp
+from equivalence import (
+    DEV_METRICS_ACROSS_RANKS,
+    ENCODED_ALIKE,
+    ENCODED_IN_OTHER_BATCHES,
+    ENCODINGS_DIFFER,
+    HALF_PRECISION_EMBEDDINGS,
+)
+from helpers_eval import NUM_DOCS, run_command, tiny_dual_encoder, write_eval_set
 from helpers_tiny import TEXTS
 from transformers import AutoTokenizer
 
 from dist_lacl import distributed as dist
 from dist_lacl.errors import UserError
 from dist_lacl.evaluation import encode as encode_mod
-from dist_lacl.evaluation.cli import add_parsers
 from dist_lacl.evaluation.encode import encode_texts, encode_to_shards, resolve_dtype, shard_bounds
 from dist_lacl.evaluation.evaluate import evaluate_dev, load_dev_set, load_embeddings
 from dist_lacl.evaluation.inputs import read_corpus, read_run
 from dist_lacl.evaluation.shards import open_shards
-from dist_lacl.model import DualEncoder, load_encoder
-
-LANGS = ["en"] * 6 + ["de"] * 5 + ["fr"] * 5 + ["ru"] * 5 + ["ja"] * 5  # the languages of helpers_tiny.TEXTS
-NUM_DOCS = 31  # odd, so 2 ranks get unequal shards
-
-
-def write_eval_set(folder):
-    """Queries = the 26 sentences; passages = each sentence (titled or not) + longer distractors; qrels q_i -> d_i.
-
-    With a shared, normalised encoder every query's best passage is its own sentence (cosine 1) when
-    queries are not truncated more than passages.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    docs = [{"docid": f"d{i}", "title": "", "text": t, "lang": lang} for i, (t, lang) in enumerate(zip(TEXTS, LANGS))]
-    docs += [{"docid": f"x{i}", "title": TEXTS[i], "text": " ".join(TEXTS[i:i + 3 + 2 * i])}
-             for i in range(NUM_DOCS - len(docs))]
-    queries = [{"query_id": f"q{i}", "query": t, "lang": lang} for i, (t, lang) in enumerate(zip(TEXTS, LANGS))]
-    paths = {name: folder / f"{name}.jsonl" for name in ("corpus", "queries")}
-    for name, records in (("corpus", docs), ("queries", queries)):
-        paths[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    paths["qrels"] = folder / "qrels.txt"
-    paths["qrels"].write_text("".join(f"q{i} 0 d{i} 1\nq{i} 0 x{i % 5} 0\n" for i in range(len(TEXTS))))
-    return paths
-
-
-def tiny_dual_encoder(model_dir, separate_towers=False) -> DualEncoder:
-    passage = None
-    if separate_towers:
-        passage = load_encoder(str(model_dir))
-        with torch.no_grad():
-            passage.embeddings.word_embeddings.weight.mul_(-1.5)
-    return DualEncoder(load_encoder(str(model_dir)), passage, pooling="mean", normalize=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +48,10 @@ def test_encode_restores_input_order_and_matches_unbatched(setup):
     one_by_one = np.concatenate([encode_texts(model, tok, [t], "passage", 64, 1, show_progress=False)
                                  for t in texts])
     assert sorted_.shape == (NUM_DOCS, 32) and sorted_.dtype == np.float32
-    np.testing.assert_allclose(sorted_, one_by_one, atol=1e-5)
-    np.testing.assert_allclose(unsorted, one_by_one, atol=1e-5)
-    assert not np.allclose(sorted_[0], sorted_[1], atol=1e-3)  # distinct rows, so order errors would show
+    np.testing.assert_allclose(sorted_, one_by_one, atol=ENCODED_IN_OTHER_BATCHES)
+    np.testing.assert_allclose(unsorted, one_by_one, atol=ENCODED_IN_OTHER_BATCHES)
+    # Distinct rows, so order errors would show.
+    assert not np.allclose(sorted_[0], sorted_[1], atol=ENCODINGS_DIFFER)
 
 
 def test_encode_uses_the_requested_tower_and_restores_train_mode(tiny_model_dir, setup):
@@ -87,8 +62,9 @@ def test_encode_uses_the_requested_tower_and_restores_train_mode(tiny_model_dir,
         expected = model.eval()(**batch, tower="passage").numpy()
     model.train()
     got = encode_texts(model, tok, TEXTS[:3], "passage", 64, 2, show_progress=False)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert not np.allclose(got, encode_texts(model, tok, TEXTS[:3], "query", 64, 2, show_progress=False), atol=1e-3)
+    np.testing.assert_allclose(got, expected, atol=ENCODED_IN_OTHER_BATCHES)
+    assert not np.allclose(got, encode_texts(model, tok, TEXTS[:3], "query", 64, 2, show_progress=False),
+                           atol=ENCODINGS_DIFFER)
     assert model.training
 
 
@@ -104,8 +80,9 @@ def test_encode_puts_each_towers_prefix_before_its_texts(tiny_model_dir, setup, 
     for tower in ("query", "passage"):
         got = encode_texts(prefixed, tok, TEXTS[:3], tower, 64, 2, show_progress=False)
         expected = encode_texts(plain, tok, [f"{tower}: {t}" for t in TEXTS[:3]], tower, 64, 2, show_progress=False)
-        np.testing.assert_allclose(got, expected, atol=1e-6)
-        assert not np.allclose(got, encode_texts(plain, tok, TEXTS[:3], tower, 64, 2, show_progress=False), atol=1e-3)
+        np.testing.assert_allclose(got, expected, atol=ENCODED_ALIKE)
+        assert not np.allclose(got, encode_texts(plain, tok, TEXTS[:3], tower, 64, 2, show_progress=False),
+                               atol=ENCODINGS_DIFFER)
     folder = save_dual_encoder(prefixed, tok, tmp_path / "exported")
     assert load_dual_encoder(folder)[0].prefixes == prefixed.prefixes
     assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == prefixed.prefixes
@@ -116,7 +93,7 @@ def test_encode_bf16_on_cpu_is_close_and_fp16_is_refused(setup):
     fp32 = encode_texts(model, tok, TEXTS, "query", 32, 8, show_progress=False)
     bf16 = encode_texts(model, tok, TEXTS, "query", 32, 8, dtype="bf16", show_progress=False)
     assert bf16.dtype == np.float32
-    np.testing.assert_allclose(bf16, fp32, atol=0.05)
+    np.testing.assert_allclose(bf16, fp32, atol=HALF_PRECISION_EMBEDDINGS)
     assert resolve_dtype("auto", torch.device("cpu")) == "fp32"
     with pytest.raises(UserError, match="fp16 needs a GPU"):
         resolve_dtype("fp16", torch.device("cpu"))
@@ -133,7 +110,7 @@ def test_encode_half_precision_on_gpu_is_close_to_fp32(setup, tiny_model_dir, dt
     assert resolve_dtype("auto", torch.device("cuda")) in ("bf16", "fp16")
     got = encode_texts(on_gpu, tok, texts, "passage", 64, 4, dtype=dtype, show_progress=False)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, atol=0.05)
+    np.testing.assert_allclose(got, expected, atol=HALF_PRECISION_EMBEDDINGS)
 
 
 def test_shards_are_resumable_and_load_in_order(setup, tmp_path, monkeypatch):
@@ -142,7 +119,7 @@ def test_shards_are_resumable_and_load_in_order(setup, tmp_path, monkeypatch):
     assert encode_to_shards(model, tok, corpus, tmp_path, "passage", 64, 4, part_rows=10) is True
     ids, emb = load_embeddings(tmp_path)
     assert ids == corpus.ids
-    np.testing.assert_allclose(emb, encode_texts(model, tok, corpus.texts, "passage", 64, 4), atol=1e-6)
+    np.testing.assert_allclose(emb, encode_texts(model, tok, corpus.texts, "passage", 64, 4), atol=ENCODED_ALIKE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb-0-of-1.npy", "ids-0-of-1.npy", "meta-0-of-1.json"]
 
     def fail(*args, **kwargs):
@@ -227,23 +204,16 @@ def test_two_processes_encode_like_one(setup, tiny_model_dir, tmp_path):
     ids_1, emb_1 = load_embeddings(tmp_path / "one")
     ids_2, emb_2 = load_embeddings(tmp_path / "corpus")
     assert ids_2 == ids_1 == corpus.ids
-    np.testing.assert_allclose(emb_2, emb_1, atol=1e-5)
+    np.testing.assert_allclose(emb_2, emb_1, atol=ENCODED_IN_OTHER_BATCHES)
 
     dev = load_dev_set(paths["queries"], paths["corpus"], paths["qrels"])
     expected = evaluate_dev(model, tok, dev, metrics=["mrr@3", "ndcg@3"], batch_size=4)
     for rank in range(2):  # the same result on both ranks, equal to one process's
         got = json.loads((tmp_path / f"dev-{rank}.json").read_text())
-        assert got == pytest.approx(expected, abs=1e-9)
+        assert got == pytest.approx(expected, abs=DEV_METRICS_ACROSS_RANKS)
 
 
 # --- the commands ------------------------------------------------------------------------------
-
-
-def run_command(*argv):
-    parser = argparse.ArgumentParser()
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    args.func(args)
 
 
 def test_encode_search_evaluate_commands(setup, tiny_model_dir, tmp_path, capsys):

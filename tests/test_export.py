@@ -5,8 +5,9 @@ import sys
 
 import pytest
 import torch
+from equivalence import EXPORTED_REPS, SENTENCE_TRANSFORMERS_REPS
 from helpers_launch import run
-from test_train_run import train_args
+from helpers_train import train_args
 from transformers import AutoModel, AutoTokenizer
 
 from dist_lacl.config import load_config
@@ -37,9 +38,9 @@ def test_export_reloads_with_transformers_and_reproduces_embeddings(tmp_path, ti
         hidden = AutoModel.from_pretrained(tmp_path / "exported")(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).float()
         plain = (hidden * mask).sum(1) / mask.sum(1)  # cfg.model.pooling == "mean"
-    torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain, expected, **EXPORTED_REPS)
 
     from sentence_transformers import SentenceTransformer
 
     st = SentenceTransformer(str(tmp_path / "exported"), device="cpu")
-    torch.testing.assert_close(torch.as_tensor(st.encode(TEXTS)), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.as_tensor(st.encode(TEXTS)), expected, **SENTENCE_TRANSFORMERS_REPS)

@@ -7,11 +7,11 @@ import lzma
 import sys
 
 import pytest
+from helpers_cli import assert_clean_failure
 from helpers_data import ir_records
 from helpers_launch import run
 from helpers_tiny import TEXTS
-from test_bad_input import assert_clean_failure
-from test_train_run import train_args
+from helpers_train import train_args
 
 
 def write(path, text, opener=open):
@@ -75,7 +75,7 @@ def cli(*argv, expect_rc=0):
 @pytest.fixture(scope="module")
 def beir_run(tmp_path_factory, tiny_model_dir):
     """A BEIR folder, its embeddings (encoded in process: the commands' own code) and a run."""
-    from test_evaluation_pipeline import run_command
+    from helpers_eval import run_command
 
     tmp = tmp_path_factory.mktemp("beir")
     folder = beir_folder(tmp / "scifact")

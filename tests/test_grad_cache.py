@@ -5,74 +5,14 @@ import contextlib
 
 import pytest
 import torch
+from equivalence import FLOAT64_GRADS, FLOAT64_LOSS, FP32_GRADS, FP32_LOSS, assert_same_grads
+from helpers_grad_cache import cached_step, grad_cache_for, make_step, uncached_step
 from transformers import AutoTokenizer
 
 from dist_lacl.config import config_from_dict
-from dist_lacl.data.batches import TrainBatches
 from dist_lacl.errors import ConfigError
 from dist_lacl.grad_cache import GradCache, RandomState
-from dist_lacl.model import build_model
-from dist_lacl.objective import PASSAGE, QUERY, Objective, step_jobs
-
-
-def make_step(model_dir, data, tmp_path, **model_overrides):
-    cfg = config_from_dict({
-        "model": {"name_or_path": str(model_dir), **model_overrides},
-        "data": {**data, "train_group_size": 3},
-        "loss": {"temperature": 0.1},
-        "train": {"ir_batch_size": 6, "parallel_batch_size": 5, "monolingual_batch_size": 7, "chunk_size": 2,
-                  "output_dir": str(tmp_path)}})
-    torch.manual_seed(0)
-    model = build_model(cfg.model).train()
-    batch, _ = TrainBatches(cfg, AutoTokenizer.from_pretrained(model_dir), 0, 1, tmp_path / "cache").next()
-    return cfg, model, step_jobs(batch, cfg.model)
-
-
-def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0, keep_last_graph=True):
-    return GradCache(encode=lambda job, x: model(**x, tower=job.tower),
-                     loss_fn=Objective(cfg.loss), backward_fn=lambda loss: loss.backward(),
-                     chunk_size=chunk_size, chunk_tokens=chunk_tokens, keep_last_graph=keep_last_graph,
-                     packed=model.padding_free)
-
-
-def cached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0, keep_last_graph=True):
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(123)
-    gc = grad_cache_for(cfg, model, chunk_size, chunk_tokens, keep_last_graph)
-    cache = gc.compute_loss(jobs)
-    gc.backward(cache)
-    return cache.loss.item(), cache.loss_out, grads(model)
-
-
-def uncached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0):
-    """The reference: the same chunks forwarded *with* autograd in the same order (hence the same
-    dropout masks, drawn from the same RNG stream), one loss, one backward."""
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(123)
-    gc = grad_cache_for(cfg, model, chunk_size, chunk_tokens)
-    reps = {}
-    for job, x in jobs.items():
-        parts, order = gc.split(x)
-        reps[job] = torch.cat([model(**c, tower=job.tower) for c in parts])[order.argsort()]
-    loss, terms = Objective(cfg.loss)(reps)
-    loss.backward()
-    return loss.item(), terms, grads(model)
-
-
-def grads(model):
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def assert_same_grads(a, b, rtol=1e-5, floor=0.0, scale_tol=None):
-    """Every tensor within rtol, elementwise, with an absolute floor of scale_tol (default rtol) x the
-    tensor's largest entry: the two paths sum the same chunk contributions in another order, so an entry
-    that nearly cancels differs by float rounding of its summands (~1e-7 of the tensor's scale), not of
-    itself. `floor` covers gradients that are zero in exact arithmetic (attention key biases: softmax is
-    shift-invariant)."""
-    assert a.keys() == b.keys() and len(a) > 10
-    for name in a:
-        atol = max((rtol if scale_tol is None else scale_tol) * float(b[name].abs().max()), floor)
-        torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+from dist_lacl.objective import PASSAGE, QUERY, Objective
 
 
 @pytest.mark.parametrize("keep_last_graph", [True, False], ids=["last-graph-kept", "all-re-forwarded"])
@@ -83,14 +23,14 @@ def test_cached_equals_uncached_with_dropout(tiny_model_dir, training_data, tmp_
     assert {QUERY, PASSAGE} < set(jobs) and any(j.role == "mono" for j in jobs)
     loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, keep_last_graph=keep_last_graph)
     loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs)
-    assert loss_c == pytest.approx(loss_u, rel=1e-6)
+    assert loss_c == pytest.approx(loss_u, rel=FP32_LOSS)
     assert terms_c.terms.semantic is not None and terms_c.terms.language is not None
-    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
-    assert_same_grads(grads_c, grads_u)
+    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=FP32_LOSS)
+    assert_same_grads(grads_c, grads_u, **FP32_GRADS)
     # Dropout really was on: two cached steps from different seeds differ.
     model.zero_grad()
     torch.manual_seed(7)
-    assert grad_cache_for(cfg, model, 2).compute_loss(jobs).loss.item() != pytest.approx(loss_c, rel=1e-6)
+    assert grad_cache_for(cfg, model, 2).compute_loss(jobs).loss.item() != pytest.approx(loss_c, rel=FP32_LOSS)
 
 
 def test_the_kept_last_chunk_is_not_re_forwarded_and_the_rng_stream_is_unchanged(tiny_model_dir, training_data,
@@ -123,7 +63,7 @@ def test_without_rng_replay_the_gradients_differ(tiny_model_dir, training_data, 
     monkeypatch.setattr(RandomState, "replay", lambda self: contextlib.nullcontext())
     _, _, no_replay = cached_step(cfg, model, jobs)
     with pytest.raises(AssertionError):
-        assert_same_grads(no_replay, reference)
+        assert_same_grads(no_replay, reference, **FP32_GRADS)
 
 
 def test_cache_equals_one_full_batch_pass_without_dropout(tiny_model_dir, training_data, tmp_path):
@@ -137,8 +77,8 @@ def test_cache_equals_one_full_batch_pass_without_dropout(tiny_model_dir, traini
     model.eval().double()
     loss_full, _, grads_full = cached_step(cfg, model, jobs, chunk_size=0)
     loss_chunked, _, grads_chunked = cached_step(cfg, model, jobs, chunk_size=2)
-    assert loss_chunked == pytest.approx(loss_full, rel=1e-12)
-    assert_same_grads(grads_chunked, grads_full, rtol=1e-9, floor=1e-15)
+    assert loss_chunked == pytest.approx(loss_full, rel=FLOAT64_LOSS)
+    assert_same_grads(grads_chunked, grads_full, **FLOAT64_GRADS)
 
 
 def test_split_trims_each_chunk_to_its_longest_row():
@@ -207,9 +147,9 @@ def test_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, trainin
     assert all(c.numel() <= 96 for c in chunks)
     loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=96)
     loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=96)
-    assert loss_c == pytest.approx(loss_u, rel=1e-6)
-    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
-    assert_same_grads(grads_c, grads_u)
+    assert loss_c == pytest.approx(loss_u, rel=FP32_LOSS)
+    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=FP32_LOSS)
+    assert_same_grads(grads_c, grads_u, **FP32_GRADS)
 
 
 def test_packed_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, training_data, tmp_path):
@@ -223,9 +163,9 @@ def test_packed_token_budget_chunks_equal_uncached_with_dropout(tiny_model_dir, 
     assert len(packed.chunk_sizes(lengths)) < len(padded.chunk_sizes(lengths))
     loss_c, terms_c, grads_c = cached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=128)
     loss_u, terms_u, grads_u = uncached_step(cfg, model, jobs, chunk_size=0, chunk_tokens=128)
-    assert loss_c == pytest.approx(loss_u, rel=1e-6)
-    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=1e-6)
-    assert_same_grads(grads_c, grads_u)
+    assert loss_c == pytest.approx(loss_u, rel=FP32_LOSS)
+    assert terms_c.scalars() == pytest.approx(terms_u.scalars(), rel=FP32_LOSS)
+    assert_same_grads(grads_c, grads_u, **FP32_GRADS)
 
 
 def test_split_by_packed_token_budget():

@@ -7,9 +7,10 @@ import sys
 
 import pytest
 import torch
+from equivalence import BY_HAND, FEW_STEPS_CURVE, FOUR_DECIMALS
 from helpers_data import monolingual_records, write_jsonl
 from helpers_launch import run, torchrun
-from test_train_run import scalars, train_args
+from helpers_train import scalars, train_args
 from transformers import AutoTokenizer
 
 from dist_lacl.config import LossConfig, RunConfig, config_from_dict, load_config
@@ -84,7 +85,7 @@ def test_streams_draw_the_samplers_global_batches_rank_by_rank(tiny_model_dir, s
     # sqrt(12) = 3.464, sqrt(4) = 2: de 0.634, fr 0.366; the monolingual languages are equal: 0.25 each.
     assert ranks[0].expected_language_mix() == pytest.approx(
         {"mix/parallel/de": 0.6340, "mix/parallel/fr": 0.3660, **{f"mix/monolingual/{lang}": 0.25
-                                                                     for lang in ("de", "fr", "ja", "ru")}}, abs=1e-4)
+                                                                     for lang in ("de", "fr", "ja", "ru")}}, abs=FOUR_DECIMALS)
     # The observed mix of step 1 is that of its 6 global draws.
     draws = by_hand["parallel"][0].indices(6, 6)
     de = sum(i < 12 for i in draws) / 6
@@ -143,7 +144,7 @@ def test_own_pairs_by_hand():
     # de is compared with pairs 0 and 2 (diffs 1, 0); ja has no pair in the batch: all three (0, 0, 1).
     assert mask.tolist() == [[True, False, True], [True, True, True]]
     own = lacl_loss(REPS, own_config().loss, language_mask=mask)
-    assert own.language.item() == pytest.approx((2 * _h(1.0) + 3 * math.log(2)) / 5, rel=1e-6)
+    assert own.language.item() == pytest.approx((2 * _h(1.0) + 3 * math.log(2)) / 5, rel=BY_HAND)
     squared = lacl_loss(REPS, own_config(language_variant="squared").loss, language_mask=mask)
     assert squared.language.item() == pytest.approx(2 / 5)  # (1 + 0) + (0 + 0 + 1) over 5 entries
     every = lacl_loss(REPS, own_config(language_variant="squared", language_pairs="all").loss)
@@ -203,7 +204,7 @@ def test_two_sharded_ranks_train_like_one_and_log_the_language_mix(tmp_path, tin
     two, one = scalars(tmp_path / "two"), scalars(tmp_path / "one")
     for tag in ("loss/total", "loss/language", "mix/parallel/de", "mix/monolingual/ja"):
         assert len(one[tag]) == (4 if tag.startswith("mix/") else 3), tag
-        assert two[tag] == pytest.approx(one[tag], rel=1e-4), tag
+        assert two[tag] == pytest.approx(one[tag], rel=FEW_STEPS_CURVE), tag
     # Step 0: p(lang) = n^0.5 / sum; steps 1-3: the shares among the global draws of stream steps 0-2.
     sampler = LanguageSampler.from_ranges({"de": (0, 12), "fr": (12, 16)}, 6, 0.5)
     de = [sum(i < 12 for i in sampler.indices(6 * s, 6)) / 6 for s in range(3)]

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 from helpers_launch import REPO, accelerate_launch, run
-from test_train_run import scalars, train_args
+from helpers_train import scalars, train_args
 
 from dist_lacl.distributed import free_port
 

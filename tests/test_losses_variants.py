@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from equivalence import BY_HAND, FOUR_DECIMALS, FP32_LOSS
 
 from dist_lacl.config import LossConfig
 from dist_lacl.losses import language_ids, language_loss, language_temperature, same_language_mask
@@ -25,10 +26,10 @@ def test_language_temperature_defaults_to_the_shared_one():
 def test_a_separate_temperature_by_hand():
     # z . e = 1, z . f = 0: diff = 1 / tau.
     z, e, f = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-    assert language_loss(z, e, f, 1.0).item() == pytest.approx(_h(1.0), rel=1e-6)   # 0.8133
-    assert language_loss(z, e, f, 0.5).item() == pytest.approx(_h(2.0), rel=1e-6)   # 1.1269
+    assert language_loss(z, e, f, 1.0).item() == pytest.approx(_h(1.0), rel=BY_HAND)   # 0.8133
+    assert language_loss(z, e, f, 0.5).item() == pytest.approx(_h(2.0), rel=BY_HAND)   # 1.1269
     # At tau 0.05 a gap of 0.1 sits where the gradient 0.5 tanh(diff / 2) is already 76% of its cap.
-    assert 0.5 * math.tanh(0.1 / 0.05 / 2) / 0.5 == pytest.approx(0.7616, abs=1e-4)
+    assert 0.5 * math.tanh(0.1 / 0.05 / 2) / 0.5 == pytest.approx(0.7616, abs=FOUR_DECIMALS)
 
 
 # Two monolingual rows (de = 0, ja = 2) and three pairs (de, fr = 1, de).
@@ -51,7 +52,7 @@ def test_masked_language_loss_by_hand():
     assert language_loss(Z, E, F_, 1.0, "squared", mask=with_fallback).item() == pytest.approx(0.4)
     assert language_loss(Z, E, F_, 1.0, "squared", mask=strict).item() == pytest.approx(0.5)
     expected = (2 * _h(1.0) + 3 * math.log(2)) / 5
-    assert language_loss(Z, E, F_, 1.0, mask=with_fallback).item() == pytest.approx(expected, rel=1e-6)
+    assert language_loss(Z, E, F_, 1.0, mask=with_fallback).item() == pytest.approx(expected, rel=BY_HAND)
     # The unmasked loss: every entry, (1 + 1) / 6.
     assert language_loss(Z, E, F_, 1.0, "squared").item() == pytest.approx(1 / 3)
 
@@ -62,7 +63,7 @@ def test_all_true_mask_is_the_default_loss_and_an_empty_one_is_zero_with_a_graph
     full = torch.ones(4, 5, dtype=torch.bool)
     for variant in ("balanced", "squared"):
         assert language_loss(z, e, f, 0.1, variant, mask=full).item() == pytest.approx(
-            language_loss(z, e, f, 0.1, variant).item(), rel=1e-6)
+            language_loss(z, e, f, 0.1, variant).item(), rel=FP32_LOSS)
     empty = language_loss(z, e, f, 0.1, mask=torch.zeros(4, 5, dtype=torch.bool))
     empty.backward()
     assert empty.item() == 0.0 and z.grad.abs().max().item() == 0.0

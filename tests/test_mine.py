@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from equivalence import MINED_SCORES
 from helpers_launch import run, torchrun
 from helpers_tiny import TEXTS, copy_without_dropout
 
@@ -19,7 +20,6 @@ from dist_lacl.mine import MineSettings, choose_negatives, parse_rank_range
 
 NUM_PASSAGES, CHUNK = 240, 100  # three chunks: 100, 100, 40
 RANGE, NUM_NEG = (3, 20), 6
-EPS = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +81,8 @@ def test_negatives_come_from_the_rank_range_and_are_never_positives(first_run, m
     out, work = first_run
     records = read_jsonl(out)
     assert [r["query_id"] for r in records] == [f"q{i}" for i in range(12)] + [f"x{i}" for i in range(4)]
-    # The same embeddings ranked by brute force; scores within EPS of each other (faiss and numpy round
-    # differently) may stand in either order.
+    # The same embeddings ranked by brute force; scores within MINED_SCORES of each other may stand in
+    # either order.
     doc_ids, corpus_emb = [], []
     for c in range(3):
         ids, emb = load_embeddings(work / "corpus" / f"chunk-{c:05d}")
@@ -99,7 +99,8 @@ def test_negatives_come_from_the_rank_range_and_are_never_positives(first_run, m
         assert len(set(negatives)) == len(negatives) == NUM_NEG
         for docid in negatives:
             score = row_scores[doc_ids.index(docid)]
-            best_rank, worst_rank = 1 + (row_scores > score + EPS).sum(), (row_scores >= score - EPS).sum()
+            best_rank = 1 + (row_scores > score + MINED_SCORES).sum()
+            worst_rank = (row_scores >= score - MINED_SCORES).sum()
             assert best_rank <= RANGE[1] and worst_rank >= RANGE[0], (record["query_id"], docid)
         assert negatives == sorted(negatives, key=lambda d: int(d[1:]))  # listed in corpus order
         assert all(p == corpus[p["docid"]] for p in record["negative_passages"] + record["positive_passages"])

@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers_cli import assert_clean_failure
 from helpers_launch import REPO, launch_env, run
-from test_bad_input import assert_clean_failure
-from test_resume import read_log_until_step
-from test_train_run import train_args
+from helpers_train import read_log_until_step, train_args
 
 from dist_lacl.checkpoint import verify
 

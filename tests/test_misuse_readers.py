@@ -9,11 +9,11 @@ import sys
 
 import datasets
 import pytest
+from helpers_cli import assert_clean_failure
 from helpers_data import ir_records, monolingual_records, write_jsonl
 from helpers_launch import run
 from helpers_tiny import TEXTS
-from test_bad_input import assert_clean_failure
-from test_train_run import train_args
+from helpers_train import train_args
 
 from dist_lacl.formats import ReadOptions, read
 from dist_lacl.formats.languages import is_language_code, normal_lang

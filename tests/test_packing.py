@@ -4,8 +4,15 @@ equal to the padded path's on CPU, the refusal of unknown model types; the flash
 
 import pytest
 import torch
+from equivalence import (
+    BF16_FLASH_REPS,
+    PACKED_GRADS,
+    PACKED_REPS,
+    WRONG_POSITIONS_DIFFER,
+    assert_close_tensors,
+    assert_same_grads,
+)
 from helpers_tiny import make_tiny_model, make_tiny_tokenizer
-from test_grad_cache import assert_same_grads
 
 import dist_lacl.model
 from dist_lacl.config import config_from_dict
@@ -106,9 +113,9 @@ def test_packed_representations_equal_padded(tiny_models, model_type, pooling, a
     (padded, grads_padded), *packed_runs = results
     assert padded.std(0).mean() > 1e-2  # the rows differ: a comparison of representations, not of one vector
     for packed, grads_packed in packed_runs:
-        torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed, padded, **PACKED_REPS)
         # Attention key biases: gradient 0 in exact arithmetic (softmax is shift-invariant), rounding noise here.
-        assert_same_grads(grads_packed, grads_padded, rtol=1e-4, floor=1e-9)
+        assert_same_grads(grads_packed, grads_padded, **PACKED_GRADS)
 
 
 def test_pack_in_rows_by_hand():
@@ -183,7 +190,7 @@ def test_flash_varlen_packed_equals_padded_sdpa_on_cuda(tiny_models, model_type)
         padded = DualEncoder(sdpa, pooling=pooling).cuda().bfloat16().eval()
         with torch.no_grad():
             a, b = packed(ids, mask).float(), padded(ids, mask).float()
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max()))
+        assert_close_tensors(a, b, **BF16_FLASH_REPS)
 
 
 def test_xlmr_positions_numbered_from_zero_give_other_representations(tiny_models, monkeypatch):
@@ -198,7 +205,7 @@ def test_xlmr_positions_numbered_from_zero_give_other_representations(tiny_model
         padded = DualEncoder(encoder, pooling="mean").eval()(ids, mask)
         monkeypatch.setattr(dist_lacl.model, "first_position", lambda config: 0)
         packed = DualEncoder(encoder, pooling="mean", padding_free=True).eval()(ids, mask)
-    assert not torch.allclose(packed, padded, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(packed, padded, **WRONG_POSITIONS_DIFFER)
 
 
 @pytest.mark.gpu

@@ -52,8 +52,8 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 from helpers_launch import REPO, launch_env  # noqa: E402
-from test_resume import STEPS, args, final_weights, interrupt_after, read_log_until_step  # noqa: E402
-from test_train_run import scalars  # noqa: E402
+from helpers_resume import STEPS, final_weights, interrupt_after, resumable_args  # noqa: E402
+from helpers_train import read_log_until_step, scalars  # noqa: E402
 
 from dist_lacl.distributed import free_port  # noqa: E402
 
@@ -62,7 +62,7 @@ from dist_lacl.distributed import free_port  # noqa: E402
 def uninterrupted(tmp_path_factory, tiny_model_dir, training_data):
     """The reference: the same 2-rank run, never interrupted."""
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    torchrun(*resumable_args(tiny_model_dir, training_data, out), timeout=600)
     return final_weights(out), scalars(out)["loss/total"]
 
 
@@ -77,11 +77,11 @@ def assert_same_run(out, uninterrupted):
 def test_crash_during_checkpoint_write_never_loads_a_partial_one(tmp_path, tiny_model_dir, training_data,
                                                                  uninterrupted, phase):
     out = tmp_path / "run"
-    crashed = torchrun(WORKERS / "crash_in_checkpoint.py", phase, 8, *args(tiny_model_dir, training_data, out)[2:],
+    crashed = torchrun(WORKERS / "crash_in_checkpoint.py", phase, 8, *resumable_args(tiny_model_dir, training_data, out)[2:],
                        timeout=600, expect_rc=None)
     assert crashed.returncode != 0
     assert not (out / "checkpoints" / "step-0000012").exists()
-    relaunch = torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    relaunch = torchrun(*resumable_args(tiny_model_dir, training_data, out), timeout=600)
     log = relaunch.stdout + relaunch.stderr
     # Renamed with its manifest, step 8 is complete even though `latest` was not moved yet.
     expected = "step-0000008" if phase == "latest" else "step-0000004"
@@ -95,7 +95,7 @@ def test_dead_rank_ends_the_job_and_a_relaunch_recovers(tmp_path, tiny_model_dir
     """SIGKILL one of two ranks mid-run: the other exits on its own (no launcher to kill it) within the
     collective timeout; a relaunch resumes from the last complete checkpoint and ends as if nothing happened."""
     out, port = tmp_path / "run", free_port()
-    cmd = [sys.executable, *args(tiny_model_dir, training_data, out, "train.dist_timeout_s=30")]
+    cmd = [sys.executable, *resumable_args(tiny_model_dir, training_data, out, "train.dist_timeout_s=30")]
     ranks = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               env=launch_env(RANK=r, LOCAL_RANK=r, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
                                              MASTER_PORT=port)) for r in (0, 1)]
@@ -105,16 +105,16 @@ def test_dead_rank_ends_the_job_and_a_relaunch_recovers(tmp_path, tiny_model_dir
     killed_at = time.time()
     _, err = ranks[0].communicate(timeout=180)
     assert ranks[0].returncode != 0 and time.time() - killed_at < 30 + 60, err[-2000:]
-    torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    torchrun(*resumable_args(tiny_model_dir, training_data, out), timeout=600)
     assert_same_run(out, uninterrupted)
 
 
 def test_soak_interrupted_three_times_equals_uninterrupted(tmp_path, tiny_model_dir, training_data, uninterrupted):
     out = tmp_path / "run"
     for after_step in (3, 6, 9):  # signals at (about) these steps; the run stops wherever the flag is seen
-        interrupt_after(args(tiny_model_dir, training_data, out), out, after_step=after_step)
+        interrupt_after(resumable_args(tiny_model_dir, training_data, out), out, after_step=after_step)
     assert len(scalars(out)["loss/total"]) < STEPS
-    torchrun(*args(tiny_model_dir, training_data, out), timeout=600)
+    torchrun(*resumable_args(tiny_model_dir, training_data, out), timeout=600)
     assert_same_run(out, uninterrupted)
 
 
@@ -131,7 +131,7 @@ def test_disk_full_during_checkpointing_keeps_the_previous_one(tmp_path, tiny_mo
         pytest.skip("cannot mount a small filesystem here (needs root and mount rights)")
     try:
         out = mnt / "run"
-        proc = run([sys.executable, *args(tiny_model_dir, training_data, out, "train.save_every=1",
+        proc = run([sys.executable, *resumable_args(tiny_model_dir, training_data, out, "train.save_every=1",
                                           "train.keep_last=3", f"data.cache_dir={tmp_path / 'cache'}")],
                    expect_rc=None, timeout=300)
         assert proc.returncode == 2, proc.stderr[-3000:]

@@ -3,6 +3,7 @@
 from collections import Counter
 
 import pytest
+from equivalence import SAMPLED_SHARE
 
 from dist_lacl.data.order import LanguageSampler, language_probabilities
 
@@ -29,8 +30,7 @@ def test_empirical_mix_converges_to_n_alpha(alpha):
     assert sampler.counts == n
     assert sampler.expected_mix() == pytest.approx(expected)
     draws = sampler.indices(0, 40_000)
-    # 40,000 draws: the standard error of a share is at most 0.0025, so 0.01 is 4 of them.
-    assert sampler.mix(draws) == pytest.approx(expected, abs=0.01)
+    assert sampler.mix(draws) == pytest.approx(expected, abs=SAMPLED_SHARE)
 
 
 def test_alpha_one_is_uniform_over_examples_and_alpha_zero_uniform_over_languages():

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers_eval import tiny_dual_encoder, write_eval_set
 from helpers_launch import REPO, WORKERS, launch_env
 from helpers_slurm import client_env, slurm_cluster, slurm_two_nodes  # noqa: F401  (the fixtures)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-from test_evaluation_pipeline import tiny_dual_encoder, write_eval_set
 from transformers import AutoTokenizer
 
 from dist_lacl.export import save_dual_encoder

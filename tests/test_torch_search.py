@@ -6,6 +6,7 @@ faiss-gpu is missing and torch sees a GPU."""
 import numpy as np
 import pytest
 import torch
+from equivalence import FP16_SEARCH_SCORES, GPU_SEARCH_SCORES, SEARCH_SCORES
 
 from dist_lacl.errors import UserError
 from dist_lacl.evaluation import index as index_mod
@@ -33,7 +34,7 @@ def test_equals_faiss_flat_on_random_data(devices):
     expected_scores, expected_rows = search_flat_cpu(queries, corpus, 50)
     scores, rows = torch_search.search_flat(queries, corpus, 50, devices, query_batch=16)
     np.testing.assert_array_equal(rows, expected_rows)
-    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores, expected_scores, rtol=SEARCH_SCORES, atol=SEARCH_SCORES)
 
 
 def assert_faiss_ties(scores, rows, expected_scores, expected_rows):
@@ -69,7 +70,7 @@ def test_fp16_is_close():
     expected_scores, expected_rows = search_flat_cpu(queries, corpus, 10)
     scores, rows = torch_search.search_flat(queries, corpus, 10, ["cpu"], fp16=True)
     assert (rows[:, 0] == expected_rows[:, 0]).mean() >= 0.9
-    np.testing.assert_allclose(scores, expected_scores, atol=0.05)
+    np.testing.assert_allclose(scores, expected_scores, atol=FP16_SEARCH_SCORES)
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_cuda_equals_faiss_flat():
     devices = [f"cuda:{d}" for d in range(torch.cuda.device_count())]
     scores, rows = torch_search.search_flat(queries, corpus, 100, devices)
     np.testing.assert_array_equal(rows, expected_rows)
-    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, expected_scores, rtol=GPU_SEARCH_SCORES, atol=GPU_SEARCH_SCORES)
     queries, corpus = tied(num_docs=5000)
     scores, rows = torch_search.search_flat(queries, corpus, 60, devices)
     np.testing.assert_array_equal(rows, np.argsort(-(queries @ corpus.T), axis=1, kind="stable")[:, :60])

@@ -5,26 +5,11 @@ import statistics
 import sys
 
 import pytest
+from equivalence import LOGGED_SCALAR
 from helpers_launch import run, torchrun
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers_train import scalars, train_args
 
 from dist_lacl.engine import lr_lambda
-
-
-def train_args(model_dir, data, out, *extra):
-    return ["-m", "dist_lacl.cli", "train",
-            f"model.name_or_path={model_dir}", "model.pooling=mean",
-            f"data.train_ir={data['train_ir']}", f"data.parallel={data['parallel']}",
-            f"data.monolingual={data['monolingual']}", "data.train_group_size=2",
-            f"train.output_dir={out}", "train.ir_batch_size=8", "train.parallel_batch_size=8",
-            "train.monolingual_batch_size=8", "train.chunk_size=4", "train.lr=3e-3", "train.warmup_steps=2",
-            "train.num_threads=1", *extra]
-
-
-def scalars(run_dir):
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 @pytest.mark.slow
@@ -40,7 +25,7 @@ def test_two_rank_zero2_training_loss_falls_and_logs_every_term(tmp_path, tiny_m
     assert statistics.mean(total[-8:]) < 0.8 * statistics.mean(total[:8])
     # Step s logs the rate it trained with: warm-up 1/3, 2/3 of the peak, then down to 1/38 of it at step 40.
     expected_lr = [3e-3 * lr_lambda(2, 40)(s) for s in range(40)]
-    assert logged["train/lr"] == pytest.approx(expected_lr, rel=1e-6)
+    assert logged["train/lr"] == pytest.approx(expected_lr, rel=LOGGED_SCALAR)
     assert logged["train/lr"][:3] == pytest.approx([1e-3, 2e-3, 3e-3]) and logged["train/lr"][-1] == pytest.approx(3e-3 / 38)
     assert (out / "checkpoints" / "step-0000040" / "MANIFEST.json").is_file()
     assert (out / "config.yaml").is_file()
