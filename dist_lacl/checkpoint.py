@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
+from .atomic import publish_dir, write_bytes
 from .errors import write_failure
 
 log = logging.getLogger(__name__)
@@ -53,16 +53,6 @@ def set_rng_state(state: dict) -> None:
         cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and cuda else None
     if cuda is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(cuda)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same directory, flush to disk, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _manifest(directory: Path) -> dict[str, int]:
@@ -98,19 +88,6 @@ def merge_views(views: list[dict[str, int]]) -> dict[str, int]:
     return merged
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Rename `tmp` to `final`; an existing `final` (re-saving a step) is moved aside first and deleted
-    only once the new one is in place, so a crash in between still leaves one complete copy."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)  # our own leftover of an earlier interrupted re-save
-        os.rename(final, old)
-    os.rename(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def has_complete_checkpoint(root: Path) -> bool:
     """One process: whether `root` holds at least one complete checkpoint."""
     root = Path(root)
@@ -131,6 +108,8 @@ class Checkpointer:
         if dist.is_main():
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an interrupted write
+            for old in self.root.glob(f".{final.name}.old-*"):
+                shutil.rmtree(old, ignore_errors=True)  # our own leftover of an interrupted re-save
             tmp.mkdir()
         dist.barrier()
         try:
@@ -157,15 +136,15 @@ class Checkpointer:
             files = {"trainer_state.json": json.dumps(trainer_state, indent=1).encode(), **extra_files}
             for name, data in files.items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(tmp / name, data)
+                write_bytes(tmp / name, data)
             listed = merge_views([*views, _manifest(tmp)])
-            write_atomic(tmp / MANIFEST, json.dumps({"step": step, "files": listed}, indent=1).encode())
-            replace_dir(tmp, final)
+            write_bytes(tmp / MANIFEST, json.dumps({"step": step, "files": listed}, indent=1).encode())
+            publish_dir(tmp, final)  # re-saving a step: the old copy is deleted only once the new one is in place
             if (self.root / "latest").is_dir():  # not ours to replace; loading never needs the pointer
                 log.warning("%s is a directory, so it does not name the newest checkpoint (%s); loading "
                             "scans for complete checkpoints and is unaffected", self.root / "latest", final.name)
             else:
-                write_atomic(self.root / "latest", final.name.encode())
+                write_bytes(self.root / "latest", final.name.encode())
             self._prune()
 
     def _prune(self) -> None:

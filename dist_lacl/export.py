@@ -13,9 +13,10 @@ import json
 import os
 from pathlib import Path
 
+from .atomic import discard, new_temp_dir, publish_dir
 from .errors import UserError
 from .model import TOWERS, DualEncoder, load_encoder, prefixes_of
-from .outputs import check_output_dir, discard, new_temp_dir, publish_dir
+from .outputs import check_output_dir
 from .tokenizer import load_tokenizer
 
 SETTINGS = "dist_lacl.json"

@@ -16,9 +16,9 @@ O(corpus) but the ids and offsets stays in RAM.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 import re
 import shutil
 from array import array
@@ -30,11 +30,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from .atomic import write_text
 from .data.read import read_records
-from .errors import DataError, UserError, write_failure
+from .errors import DataError, UserError
 from .evaluation.encode import encode_to_shards, iter_shards, load_embeddings, resolve_dtype
 from .evaluation.index import IndexSpec, search
 from .evaluation.inputs import TextSet, read_qrels, read_queries
+from .evaluation.shards import write_file
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +273,7 @@ def claim_work_dir(work: Path, fingerprint: dict) -> None:
     dist.barrier()
     if dist.is_main() and not manifest.is_file():
         work.mkdir(parents=True, exist_ok=True)
-        _write_atomic(manifest, json.dumps(fingerprint, indent=1) + "\n")
+        write_text(manifest, json.dumps(fingerprint, indent=1) + "\n")
     dist.barrier()
 
 
@@ -365,7 +367,7 @@ def choose_negatives(query_id: str, rows: np.ndarray, doc_ids: Sequence[str], po
 
 def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpus: CorpusFile,
                 settings: MineSettings) -> dict:
-    """Write Tevatron jsonl to `out` atomically (temporary name, then rename) -> counts for the log."""
+    """Write Tevatron jsonl to `out` atomically (`shards.write_file`) -> counts for the log."""
     wanted = {d for q in queries for d in q.positive_ids if d not in q.given}
     row_of = {docid: row for row, docid in enumerate(corpus.ids) if docid in wanted}
     missing = sorted(wanted - set(row_of))
@@ -373,41 +375,30 @@ def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpu
         raise UserError(f"{corpus.path}: has no passage {missing[0]!r}, a positive in the qrels "
                         f"({len(missing)} such docids); expected the qrels' docids in the corpus")
     stats = {"queries": len(queries), "negatives": 0, "short": 0, "positives_in_top_k": 0, "positives": 0}
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for start in tqdm(range(0, len(queries), _WRITE_BATCH), desc="write", unit="batch"):
-                batch = queries[start:start + _WRITE_BATCH]
-                chosen = [choose_negatives(q.query_id, rows[start + i], corpus.ids, set(q.positive_ids), settings)
-                          for i, q in enumerate(batch)]
-                passages = corpus.passages([r for c in chosen for r in c] +
-                                           [row_of[d] for q in batch for d in q.positive_ids if d in row_of])
-                for i, (q, negs) in enumerate(zip(batch, chosen)):
-                    retrieved = {corpus.ids[r] for r in rows[start + i] if r >= 0}
-                    stats["positives"] += len(q.positive_ids)
-                    stats["positives_in_top_k"] += sum(d in retrieved for d in q.positive_ids)
-                    stats["negatives"] += len(negs)
-                    stats["short"] += len(negs) < settings.num_negatives
-                    record = {"query_id": q.query_id, "query": q.query,
-                              "positive_passages": [q.given.get(d) or passages[row_of[d]] for d in q.positive_ids],
-                              "negative_passages": [passages[r] for r in negs]}
-                    f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException as e:
-        failure = write_failure(e, out.parent, str(out))
-        tmp.unlink(missing_ok=True)
-        if failure is None:
-            raise
-        raise failure from None
-    os.replace(tmp, out)
+
+    def write(f):
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        for start in tqdm(range(0, len(queries), _WRITE_BATCH), desc="write", unit="batch"):
+            batch = queries[start:start + _WRITE_BATCH]
+            chosen = [choose_negatives(q.query_id, rows[start + i], corpus.ids, set(q.positive_ids), settings)
+                      for i, q in enumerate(batch)]
+            passages = corpus.passages([r for c in chosen for r in c] +
+                                       [row_of[d] for q in batch for d in q.positive_ids if d in row_of])
+            for i, (q, negs) in enumerate(zip(batch, chosen)):
+                retrieved = {corpus.ids[r] for r in rows[start + i] if r >= 0}
+                stats["positives"] += len(q.positive_ids)
+                stats["positives_in_top_k"] += sum(d in retrieved for d in q.positive_ids)
+                stats["negatives"] += len(negs)
+                stats["short"] += len(negs) < settings.num_negatives
+                record = {"query_id": q.query_id, "query": q.query,
+                          "positive_passages": [q.given.get(d) or passages[row_of[d]] for d in q.positive_ids],
+                          "negative_passages": [passages[r] for r in negs]}
+                text.write(json.dumps(record, ensure_ascii=False) + "\n")
+        text.flush()
+        text.detach()  # leave `f` open for the fsync
+
+    write_file(out, write)
     return stats
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # --- the command ---------------------------------------------------------------------------------

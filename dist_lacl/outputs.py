@@ -6,15 +6,13 @@ Rules shared by every command that writes a file or a folder:
 - an existing folder is written into only if it is empty, or, with `--overwrite`, if it holds nothing but
   a previous output of the same kind (its `marker` file lists what we wrote there) - so `--output .`,
   `--output ~` or `--output <run dir>` are refused, never emptied;
-- folders are built under a fresh temporary name next to the target and renamed into place.
+- folders are built under a fresh temporary name next to the target and renamed into place (`atomic`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,32 +61,6 @@ def written_by_us(folder: Path, marker: str) -> list[str]:
     except (OSError, ValueError, AttributeError):
         names = []
     return [*names, marker] if isinstance(names, list) else [marker]
-
-
-def new_temp_dir(path: Path) -> Path:
-    """A fresh, uniquely named folder next to `path` (never an existing one: nothing of the user's is reused)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-
-
-def publish_dir(tmp: Path, path: Path) -> Path:
-    """Move the finished folder `tmp` to `path`. An empty `path` is replaced by the rename itself; a
-    previous output (already checked by `check_output_dir`) is moved aside first and removed after."""
-    old = None
-    if path.is_dir() and any(path.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.rename(path, old / path.name)
-    elif path.is_dir():
-        path.rmdir()
-    os.rename(tmp, path)
-    if old is not None:
-        shutil.rmtree(old)
-    return path
-
-
-def discard(tmp: Path) -> None:
-    """Remove a temporary folder this process created (after a failure)."""
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_not_an_input(path: Path, option: str, inputs: Iterable[str | Path | None]) -> None:

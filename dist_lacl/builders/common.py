@@ -1,34 +1,21 @@
-"""Helpers shared by the data builders: atomic writes, seeded capping, language codes, count tables."""
+"""Helpers shared by the data builders: jsonl output, seeded capping, language codes, count tables."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` (UTF-8) to a temporary file next to `path`, then rename it over `path`, so a
-    reader never sees a half-written file and an interrupted build leaves the old one in place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+from ..atomic import write_text
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
     """Write one JSON object per line (UTF-8, non-ASCII kept as is), atomically; returns the count."""
     lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in records]
-    write_text_atomic(path, "".join(lines))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, "".join(lines))
     return len(lines)
 
 

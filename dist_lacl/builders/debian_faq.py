@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from ..atomic import write_text
 from ..errors import UserError
-from .common import parse_langs, print_table, write_jsonl, write_text_atomic
+from .common import parse_langs, print_table, write_jsonl
 
 DEFAULT_ROOT = "/usr/share/doc/debian/FAQ"
 LANGS = ("en", "de", "fr", "it", "ja", "ko", "nl", "pt", "ru", "zh-cn")
@@ -105,8 +106,8 @@ def _write_split(folder: Path, corpus: list[dict], queries: list[dict], answers:
     """corpus.jsonl, queries.jsonl and qrels.txt (query i is answered by docid answers[i])."""
     write_jsonl(folder / "corpus.jsonl", corpus)
     write_jsonl(folder / "queries.jsonl", queries)
-    write_text_atomic(folder / "qrels.txt", "".join(f"{q['query_id']} 0 {docid} 1\n"
-                                                    for q, docid in zip(queries, answers)))
+    write_text(folder / "qrels.txt", "".join(f"{q['query_id']} 0 {docid} 1\n"
+                                             for q, docid in zip(queries, answers)))
 
 
 def build_debian_faq(output: str | Path, root: str | Path = DEFAULT_ROOT, langs=LANGS,

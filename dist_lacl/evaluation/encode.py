@@ -260,7 +260,7 @@ def _encode_parts(model, tokenizer, records, parts_dir, tower, max_len, batch_si
             stored = emb.astype(shards.STORAGE[storage])
             check_finite(stored, ids, f"storing as {storage}",
                          "values beyond its range: encode with --storage fp32; nothing was written")
-            shards.write_atomic(shards.part_path(parts_dir, a, b), lambda f, x=stored: np.save(f, x))
+            shards.write_file(shards.part_path(parts_dir, a, b), lambda f, x=stored: np.save(f, x))
 
 
 def _assemble(out_dir, parts_dir, rank, world_size, records, tower, storage, provenance, about,

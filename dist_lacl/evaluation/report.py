@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .metrics import Run, rank_docs
-from .shards import write_atomic
+from .shards import write_file
 
 
 def write_run(path: str | Path, run: Run, tag: str = "dist-lacl") -> None:
@@ -27,18 +27,18 @@ def write_run(path: str | Path, run: Run, tag: str = "dist-lacl") -> None:
             for rank, docid in enumerate(rank_docs(scores), 1):
                 text.write(f"{qid} Q0 {docid} {rank} {scores[docid]:.9g} {tag}\n")
         text.flush()
-        text.detach()  # leave `f` open for write_atomic's fsync
+        text.detach()  # leave `f` open for write_file's fsync
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, write)
+    write_file(path, write)
 
 
 def write_report(path: str | Path, report: Mapping) -> None:
     """The report as indented JSON (non-ASCII language names kept readable), written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: f.write((json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode()))
+    write_file(path, lambda f: f.write((json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode()))
 
 
 def format_table(summary: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> str:

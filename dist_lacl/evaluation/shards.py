@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from ..errors import UserError, write_failure
 
 FORMAT = 2
@@ -42,25 +43,24 @@ def shard_name(kind: str, rank: int, world_size: int) -> str:
 # --- writing ------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write through `write(file)` to a temporary name, then rename: readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
+def write_file(path: Path, write) -> None:
+    """`atomic.write_with`, with a storage failure (a full disk) reported as one line naming `path`."""
+    def write_or_explain(f):
+        try:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
-    except BaseException as e:
-        failure = write_failure(e, path.parent, str(path))
-        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
-        if failure is None:
-            raise
-        raise failure from None
-    os.replace(tmp, path)
+            os.fsync(f.fileno())  # here: a full disk is recognised while the partial file still takes its space
+        except BaseException as e:
+            failure = write_failure(e, path.parent, str(path))
+            if failure is None:
+                raise
+            raise failure from None
+
+    atomic.write_with(path, write_or_explain)
 
 
 def write_json(path: Path, obj) -> None:
-    write_atomic(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode()))
+    write_file(path, lambda f: f.write(json.dumps(obj, ensure_ascii=False, indent=1).encode()))
 
 
 def ids_array(ids) -> np.ndarray:
@@ -86,8 +86,8 @@ def write_shard(out_dir: Path, rank: int, world_size: int, blocks, ids, meta: di
         if written != num_rows:
             raise RuntimeError(f"shard {rank}: {written} rows written, {num_rows} expected")
 
-    write_atomic(out_dir / shard_name("emb", rank, world_size), write_emb)
-    write_atomic(out_dir / shard_name("ids", rank, world_size), lambda f: np.save(f, ids_array(ids)))
+    write_file(out_dir / shard_name("emb", rank, world_size), write_emb)
+    write_file(out_dir / shard_name("ids", rank, world_size), lambda f: np.save(f, ids_array(ids)))
     write_json(out_dir / shard_name("meta", rank, world_size), meta)
 
 

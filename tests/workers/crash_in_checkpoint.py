@@ -19,17 +19,17 @@ def die():
 def main():
     phase, crash_step, *args = sys.argv[1:]
     crash_dir = ckpt.checkpoint_name(int(crash_step))
-    save, write_atomic, torch_save = ckpt.Checkpointer.save, ckpt.write_atomic, ckpt.torch.save
+    save, write_bytes, torch_save = ckpt.Checkpointer.save, ckpt.write_bytes, ckpt.torch.save
 
     def is_crash_write(path) -> bool:
         return crash_dir in str(path)
 
-    def patched_write_atomic(path, data):
+    def patched_write_bytes(path, data):
         if is_crash_write(path) and phase == "metadata":  # the first metadata file of that checkpoint
             die()
         if phase == "latest" and path.name == "latest" and data.decode() == crash_dir:
             die()  # renamed and complete, but the pointer still names the previous one
-        write_atomic(path, data)
+        write_bytes(path, data)
         if is_crash_write(path) and phase == "rename" and path.name == ckpt.MANIFEST:
             die()
 
@@ -48,7 +48,7 @@ def main():
             engine.save = save_then_die
         return save(self, engine, step, trainer_state, extra_files)
 
-    ckpt.write_atomic, ckpt.torch.save, ckpt.Checkpointer.save = patched_write_atomic, patched_torch_save, patched_save
+    ckpt.write_bytes, ckpt.torch.save, ckpt.Checkpointer.save = patched_write_bytes, patched_torch_save, patched_save
     sys.exit(cli.main(args))
 
 
