@@ -37,6 +37,7 @@ from .evaluation.encode import encode_to_shards, iter_shards, load_embeddings, r
 from .evaluation.index import IndexSpec, search
 from .evaluation.inputs import TextSet, read_qrels, read_queries
 from .evaluation.shards import write_file
+from .formats.records import passage_text
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def read_training_set(train_ir: str | None, queries_path: str | None, qrels_path
 
 class CorpusFile:
     """A corpus jsonl (`docid`, `text`, optional `title`) scanned once: ids and byte offsets in RAM,
-    passages read back from the file by row. The text encoded is `title + " " + text`, as `read_corpus`."""
+    passages read back from the file by row. The text encoded is `passage_text(title, text)`."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -151,7 +152,7 @@ class CorpusFile:
                 raw = f.readline()
                 if raw.strip():
                     p = _parse_passage(raw, self.path, None)
-                    out.append(f"{p['title'].strip()} {p['text']}" if p["title"].strip() else p["text"])
+                    out.append(passage_text(p["title"], p["text"]))
         return out
 
     def chunk(self, start: int, stop: int) -> TextSet:

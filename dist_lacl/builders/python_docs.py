@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..formats.records import passage_text
 from .common import print_table, write_jsonl
 
 DEFAULT_SOURCES = "/usr/share/doc/python3.11/html/_sources"
@@ -198,7 +199,7 @@ def build_python_docs(output: str | Path, sources: str | Path = DEFAULT_SOURCES,
         raise UserError(f"{sources}: no sections with a body of at least {min_chars} characters")
     passages = [{"docid": f"{s.path}#{s.index}", "title": title, "text": cap_chars(s.body, max_chars)}
                 for _, _, s, title in pairs]
-    texts = [f"{p['title']} {p['text']}".strip() for p in passages]
+    texts = [passage_text(p["title"], p["text"]) for p in passages]
     queries = [query for _, query, _, _ in pairs]
     negatives = mine_negatives(queries, texts, list(range(len(pairs))), num_negatives)
     records = [{"query_id": f"q:{p['docid']}", "query": query, "positive_passages": [p],

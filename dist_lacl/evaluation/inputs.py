@@ -5,7 +5,7 @@
   `miracl-corpus-v1.0-{lang}/`); BEIR `_id`, `title`, `text` (`corpus.jsonl`); pyserini / Mr.TyDi `id`,
   `contents` (`collection/docs.jsonl.gz`); tsv `pid<TAB>passage` (MS MARCO, mMARCO) or DPR's
   `id<TAB>text<TAB>title` (psgs_w100.tsv, header row). The text encoded for a passage is
-  `title + " " + text`, or `text` alone when the title is empty.
+  `formats.records.passage_text(title, text)`, as in training.
 - queries: jsonl (`query_id`, `query`, optional `lang`), BEIR jsonl (`_id`, `text`), XOR-TyDi jsonl
   (`id`, `question`, `answers`, `lang`), or tsv (`query_id<TAB>query[<TAB>lang]`; a header row such as
   `qid<TAB>query` on line 1 is skipped).
@@ -32,6 +32,7 @@ from pathlib import Path
 from ..errors import DataError
 from ..formats import io
 from ..formats.languages import is_language_code, normal_lang
+from ..formats.records import passage_text
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,11 @@ class TextSet:
 
 
 def read_corpus(path: str | Path, default_lang: str = DEFAULT_LANG, format: str = "auto") -> TextSet:
-    """Passages of a corpus file or directory (see the module docstring); text = title + " " + text."""
+    """Passages of a corpus file or directory (see the module docstring); text = `passage_text(title, text)`."""
     out, seen = TextSet([], [], []), set()
     for file, line_no, docid, title, text, lang in corpus_records(path, format, default_lang):
         out.ids.append(_unique(docid, seen, "docid", file, line_no))
-        out.texts.append(f"{title.strip()} {text}" if title.strip() else text)
+        out.texts.append(passage_text(title, text))
         out.langs.append(lang)
     return out
 
