@@ -11,6 +11,8 @@ Layout under <output_dir>/checkpoints/:
                           and tools - loading scans for the newest complete one and warns if they differ)
 A checkpoint is written under `.tmp-step-000100/` and renamed only when every rank has finished, so a
 crash at any point leaves the previous complete checkpoint as the newest loadable one.
+Offline, in one process: the full fp32 weights of a checkpoint (`consolidated_weights`, for export) and
+DeepSpeed's world-size independent form (`convert_to_universal`, for a resume on another number of ranks).
 """
 
 from __future__ import annotations
@@ -209,3 +211,33 @@ def _pointer_name(pointer: Path) -> str | None:
         return ""
     return name
 
+
+# ---------------------------------------------------------------- offline conversion (one process)
+
+def convert_to_universal(checkpoint: Path) -> Path:
+    """One process. `checkpoint`/universal: the world-size independent form of a ZeRO checkpoint."""
+    from argparse import Namespace
+
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out = checkpoint / "universal"
+    if not out.is_dir():
+        tmp = checkpoint / ".universal.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # a leftover of an interrupted conversion
+        ds_to_universal(Namespace(input_folder=str(checkpoint), output_folder=str(tmp), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True,
+                                  inject_missing_state=True))
+        publish_dir(tmp, out)
+    return out
+
+
+def consolidated_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The full fp32 model state dict of a checkpoint directory written by either engine (one process).
+
+    DeepSpeed: rebuilt from the ZeRO optimizer shards (the fp32 master weights, exact also for bf16 runs).
+    """
+    if (checkpoint / "ddp_state.pt").is_file():
+        return torch.load(checkpoint / "ddp_state.pt", map_location="cpu", weights_only=False)["model"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name)

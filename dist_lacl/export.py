@@ -102,8 +102,8 @@ def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:
     """(DualEncoder with the checkpoint's fp32 weights, tokenizer), in one process."""
     import yaml
 
+    from .checkpoint import consolidated_weights
     from .config import config_from_dict
-    from .engine import consolidated_weights
 
     checkpoint = find_checkpoint(path)
     cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()), str(checkpoint))

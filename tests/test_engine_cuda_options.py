@@ -6,7 +6,7 @@ import torch
 from equivalence import FUSED_ADAMW
 
 from dist_lacl.config import config_from_dict
-from dist_lacl.engine import deepspeed_config
+from dist_lacl.ds_config import deepspeed_config
 
 
 def run_config(training_data, ds_file="zero2_bf16.json"):
