@@ -43,7 +43,7 @@ def build_data(out: Path) -> None:
 def load_for_eval(model_path: str, settings: dict):
     """(DualEncoder, tokenizer) with the run config's pooling, normalisation and prefixes (`settings`: its
     model section), which a plain pretrained folder does not carry."""
-    from .export import load_model
+    from .loading import load_model
 
     model, tokenizer = load_model(model_path)
     model.pooling, model.normalize = settings["pooling"], settings["normalize"]

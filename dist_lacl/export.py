@@ -4,7 +4,7 @@ Layout (shared encoder): a `transformers` model folder (config.json, model.safet
 plus `dist_lacl.json` {"pooling", "normalize", "shared_encoder", "prefixes"} and a sentence-transformers
 module config (modules.json, 1_Pooling/config.json, the prefixes as prompts) so `SentenceTransformer(path)`
 gives the same embeddings.
-Separate towers: the same, once per tower, in `query/` and `passage/`.
+Separate towers: the same, once per tower, in `query/` and `passage/`. `loading` reads such folders back.
 """
 
 from __future__ import annotations
@@ -14,12 +14,9 @@ import os
 from pathlib import Path
 
 from .atomic import discard, new_temp_dir, publish_dir
-from .errors import UserError
-from .model import TOWERS, DualEncoder, load_encoder, prefixes_of
+from .loading import SETTINGS, find_checkpoint, model_from_checkpoint
+from .model import TOWERS, DualEncoder
 from .outputs import check_output_dir
-from .tokenizer import load_tokenizer
-
-SETTINGS = "dist_lacl.json"
 
 
 def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
@@ -64,68 +61,6 @@ def _write_sentence_transformers_config(folder: Path, model: DualEncoder) -> Non
     if any(model.prefixes.values()):  # sentence-transformers' prompts: encode(..., prompt_name="query")
         (folder / "config_sentence_transformers.json").write_text(json.dumps(
             {"prompts": model.prefixes, "default_prompt_name": None}, indent=1))
-
-
-def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
-    """(DualEncoder, tokenizer) from an exported folder; a plain transformers folder loads with CLS pooling."""
-    path = Path(path)
-    settings_file = path / SETTINGS
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else \
-        {"pooling": "cls", "normalize": False, "shared_encoder": True}
-    if settings["shared_encoder"]:
-        query, passage, tok_dir = load_encoder(str(path)), None, path
-    else:
-        query, passage, tok_dir = load_encoder(str(path / "query")), load_encoder(str(path / "passage")), path / "query"
-    model = DualEncoder(query, passage, pooling=settings["pooling"], normalize=settings["normalize"],
-                        prefixes=settings.get("prefixes"))
-    return model.eval(), load_tokenizer(tok_dir, "--model")
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory / checkpoints folder (its newest complete checkpoint)."""
-    from .checkpoint import Checkpointer, verify
-
-    path = Path(path)
-    if (path / "MANIFEST.json").is_file() or (path / "trainer_state.json").is_file():
-        problem = verify(path)
-        if problem:
-            raise UserError(f"{path}: not a complete checkpoint ({problem})")
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    latest = Checkpointer(root, keep_last=1).latest_complete()
-    if latest is None:
-        raise UserError(f"{path}: no complete checkpoint found (expected a run directory or a step-* folder)")
-    return latest
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:
-    """(DualEncoder with the checkpoint's fp32 weights, tokenizer), in one process."""
-    import yaml
-
-    from .checkpoint import consolidated_weights
-    from .config import config_from_dict
-
-    checkpoint = find_checkpoint(path)
-    cfg = config_from_dict(yaml.safe_load((checkpoint / "config.yaml").read_text()), str(checkpoint))
-    # Checkpoints carry the encoder's config (older ones only name the base model, which must still exist).
-    arch = str(checkpoint / "model") if (checkpoint / "model" / "config.json").is_file() else cfg.model.name_or_path
-    query = load_encoder(arch, random_init=True)
-    passage = None if cfg.model.shared_encoder else load_encoder(arch, random_init=True)
-    model = DualEncoder(query, passage, pooling=cfg.model.pooling, normalize=cfg.model.normalize,
-                        prefixes=prefixes_of(cfg.model))
-    missing, unexpected = model.load_state_dict(consolidated_weights(checkpoint), strict=False)
-    if missing or unexpected:
-        raise UserError(f"{checkpoint}: weights do not fit {cfg.model.name_or_path} "
-                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval(), load_tokenizer(checkpoint / "tokenizer", f"{checkpoint}/tokenizer")
-
-
-def load_model(path: str | Path) -> tuple[DualEncoder, object]:
-    """An exported folder, a plain transformers folder, or a training checkpoint / run directory."""
-    path = Path(path)
-    if (path / "config.json").is_file() or (path / SETTINGS).is_file():
-        return load_dual_encoder(path)
-    return model_from_checkpoint(path)
 
 
 def run_export(args) -> None:

@@ -309,7 +309,7 @@ def encode_all(args, sets: list[tuple[TextSet, Path, str, int]]) -> int:
     log.info("%d of %d embedding sets already complete in the work directory", len(sets) - len(todo), len(sets))
     if not todo:
         return 0
-    from .export import load_model
+    from .loading import load_model
 
     model, tokenizer = load_model(args.model)
     device = dist.device()

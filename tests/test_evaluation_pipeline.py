@@ -71,7 +71,8 @@ def test_encode_uses_the_requested_tower_and_restores_train_mode(tiny_model_dir,
 def test_encode_puts_each_towers_prefix_before_its_texts(tiny_model_dir, setup, tmp_path):
     """e5-style prefixes: encoding "x" with the query prefix "query: " is encoding "query: x"; the
     prefixes survive an export (and become sentence-transformers prompts)."""
-    from dist_lacl.export import load_dual_encoder, save_dual_encoder
+    from dist_lacl.export import save_dual_encoder
+    from dist_lacl.loading import load_dual_encoder
 
     _, tok, _ = setup
     plain = tiny_dual_encoder(tiny_model_dir)

@@ -108,7 +108,7 @@ def _index_spec(args) -> IndexSpec:
 def run_encode(args) -> None:
     """*Collective* under a launcher: every rank encodes its shard of `--input`."""
     from .. import distributed as dist
-    from ..export import load_model
+    from ..loading import load_model
     from .encode import encode_to_shards, max_supported_len, resolve_dtype
 
     check_positive("batch_size", args.batch_size)
