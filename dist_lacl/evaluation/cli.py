@@ -109,7 +109,8 @@ def run_encode(args) -> None:
     """*Collective* under a launcher: every rank encodes its shard of `--input`."""
     from .. import distributed as dist
     from ..loading import load_model
-    from .encode import encode_to_shards, max_supported_len, resolve_dtype
+    from ..model import max_tokens
+    from .encode import encode_to_shards, resolve_dtype
 
     check_positive("batch_size", args.batch_size)
     check_positive("part_rows", args.part_rows)
@@ -127,7 +128,7 @@ def run_encode(args) -> None:
     tower, default_len = ("query", 32) if args.kind == "queries" else ("passage", 128)
     model, tokenizer = load_model(args.model)
     max_len = args.max_len or default_len
-    limit = max_supported_len(model, tower)
+    limit = max_tokens(model.tower(tower))
     if limit is not None and max_len > limit:
         raise UserError(f"--max-len: {max_len} tokens, but the model's position embeddings allow at most {limit}")
     device = dist.device()

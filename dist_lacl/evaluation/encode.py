@@ -148,17 +148,6 @@ def shard_provenance(model, tokenizer, records: TextSet, tower: str, max_len: in
             "input": records_digest(records), "num_records": len(records)}
 
 
-def max_supported_len(model, tower: str) -> int | None:
-    """Tokens the tower's position embeddings allow (RoBERTa-style models lose padding_idx + 1 of them), or None."""
-    config = model.tower(tower).config
-    limit = getattr(config, "max_position_embeddings", None)
-    if limit is None or getattr(config, "position_embedding_type", "absolute") != "absolute":
-        return None
-    if config.model_type in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
-        limit -= (config.pad_token_id or 0) + 1  # positions are numbered from padding_idx + 1
-    return limit
-
-
 # --- encoding into shards ------------------------------------------------------------------------
 
 
