@@ -23,7 +23,7 @@ from transformers import AutoModel
 
 from dist_lacl.cli import main
 from dist_lacl.evaluation import shards
-from dist_lacl.evaluation.evaluate import load_embeddings
+from dist_lacl.evaluation.encode import load_embeddings
 from dist_lacl.evaluation.inputs import read_corpus, read_run
 
 

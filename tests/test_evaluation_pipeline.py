@@ -24,8 +24,14 @@ from transformers import AutoTokenizer
 from dist_lacl import distributed as dist
 from dist_lacl.errors import UserError
 from dist_lacl.evaluation import encode as encode_mod
-from dist_lacl.evaluation.encode import encode_texts, encode_to_shards, resolve_dtype, shard_bounds
-from dist_lacl.evaluation.evaluate import evaluate_dev, load_dev_set, load_embeddings
+from dist_lacl.evaluation.encode import (
+    encode_texts,
+    encode_to_shards,
+    load_embeddings,
+    resolve_dtype,
+    shard_bounds,
+)
+from dist_lacl.evaluation.evaluate import evaluate_dev, load_dev_set
 from dist_lacl.evaluation.inputs import read_corpus, read_run
 from dist_lacl.evaluation.shards import open_shards
 

@@ -269,6 +269,8 @@ def _assemble(out_dir, parts_dir, rank, world_size, records, tower, storage, pro
     shutil.rmtree(parts_dir)  # ours, now copied into the shard
 
 
+# --- reading them back ---------------------------------------------------------------------------
+
 
 def iter_shards(emb_dir: str | Path):
     """(ids, embeddings [n_r, D] read block by block on slicing) of each shard of `emb_dir`, in rank order."""
@@ -276,8 +278,17 @@ def iter_shards(emb_dir: str | Path):
         yield [b.decode("utf-8") for b in shard.ids[:]], shard.emb
 
 
-def load_embeddings(emb_dir: str | Path):
-    """All rows of `emb_dir` -> (ids, [N, D] float32); see `evaluate.load_embeddings`."""
-    from .evaluate import load_embeddings as load
+def load_embeddings(emb_dir: str | Path, option: str = "embeddings") -> tuple[list[str], np.ndarray]:
+    """All rows of `emb_dir` in input order -> (ids, [N, D] float32), for query sets (they are small).
 
-    return load(emb_dir)
+    Raises UserError for NaN/inf rows, naming their ids.
+    """
+    ids, parts = [], []
+    for shard in shards.open_shards(emb_dir, option):
+        ids.extend(b.decode("utf-8") for b in shard.ids[:])
+        parts.append(shard.emb[:].astype(np.float32, copy=False))
+    emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+    if not len(ids):
+        raise UserError(f"{option} {emb_dir}: the embedding shards hold no rows")
+    check_finite(emb, ids, f"{option} {emb_dir}")
+    return ids, emb

@@ -11,7 +11,7 @@ import torch
 
 from .. import distributed as dist
 from ..errors import UserError
-from .encode import check_finite, encode_texts, shard_bounds
+from .encode import encode_texts, load_embeddings, shard_bounds
 from .index import IndexSpec, search
 from .inputs import DEFAULT_LANG, TextSet, read_corpus, read_qrels, read_queries
 from .metrics import DEFAULT_METRICS, Qrels, Run, aggregate, evaluate_run, max_cutoff, parse_metrics
@@ -61,22 +61,6 @@ class CorpusIds:
                 found.update(hits.tolist())
                 probe = probe[~np.isin(probe, hits)]
         return {d.decode("utf-8") for d in wanted - found}
-
-
-def load_embeddings(emb_dir: str | Path, option: str = "embeddings") -> tuple[list[str], np.ndarray]:
-    """All rows of `emb_dir` in input order -> (ids, [N, D] float32), for query sets (they are small).
-
-    Raises UserError for NaN/inf rows, naming their ids.
-    """
-    ids, parts = [], []
-    for shard in open_shards(emb_dir, option):
-        ids.extend(b.decode("utf-8") for b in shard.ids[:])
-        parts.append(shard.emb[:].astype(np.float32, copy=False))
-    emb = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-    if not len(ids):
-        raise UserError(f"{option} {emb_dir}: the embedding shards hold no rows")
-    check_finite(emb, ids, f"{option} {emb_dir}")
-    return ids, emb
 
 
 def open_search_inputs(query_dir: str | Path, corpus_dir: str | Path) -> tuple[list[str], np.ndarray, CorpusIds]:
