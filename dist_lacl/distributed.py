@@ -130,11 +130,6 @@ def gather_for_loss(local: Tensor, sharded: bool = False) -> Tensor:
     return (_GatherSumGrad if sharded else _GatherKeepLocalGrad).apply(local)
 
 
-def gather_keep_local_grad(local: Tensor) -> Tensor:
-    """*Collective.* The replicated mode's gather (see gather_for_loss)."""
-    return gather_for_loss(local, sharded=False)
-
-
 class _ScaleGrad(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by `factor`."""
 
@@ -244,15 +239,6 @@ def all_reduce_max(value: float) -> float:
         return value
     t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def all_reduce_sum(value: float) -> float:
-    """*Collective.* Sum of `value` over ranks."""
-    if not is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
-    dist.all_reduce(t)
     return float(t.item())
 
 
