@@ -12,7 +12,8 @@ import yaml
 from . import distributed as dist
 from .atomic import write_bytes
 from .checkpoint import has_complete_checkpoint
-from .config import RunConfig, check_resume_compatible, config_from_dict
+from .config import RunConfig, config_from_dict
+from .config_checks import check_resume_compatible
 from .errors import ConfigError, UserError
 from .outputs import check_parent_writable
 

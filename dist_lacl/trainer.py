@@ -15,7 +15,8 @@ from torch import Tensor
 from . import distributed as dist
 from . import run_dir
 from .checkpoint import Checkpointer, checkpoint_name
-from .config import RunConfig, check_world_size
+from .config import RunConfig
+from .config_checks import check_world_size
 from .data.batches import TrainBatches
 from .engine import build_engine
 from .errors import NonFiniteError, ResumeRequested
