@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers_tiny import TEXTS, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
-from dist_lacl import mine  # noqa: E402
+from dist_lacl import mine, mine_work  # noqa: E402
 from dist_lacl.cli import build_parser  # noqa: E402
 from dist_lacl.evaluation.index import num_gpus  # noqa: E402
 from dist_lacl.evaluation.inputs import TextSet  # noqa: E402
@@ -76,14 +76,14 @@ def run_pipeline(args, folder: Path, model_dir: Path, corpus_path: Path, train_p
     queries = mine.read_training_set(str(train_path), None, None)
     corpus = timed("scan corpus (ids, offsets)", n, "passages", lambda: mine.CorpusFile(corpus_path))
     work = folder / "work"
-    mine.claim_work_dir(work, mine.fingerprint(margs, corpus.path))
+    mine_work.claim_work_dir(work, mine_work.fingerprint(margs, corpus.path))
     chunks = mine.corpus_chunks(corpus, work, margs)
-    timed("encode corpus", n, "passages", lambda: mine.encode_all(margs, chunks))
+    timed("encode corpus", n, "passages", lambda: mine_work.encode_all(margs, chunks))
     query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))
     timed("encode queries", len(queries), "queries",
-          lambda: mine.encode_all(margs, [(query_set, work / "queries", "query", margs.query_max_len)]))
+          lambda: mine_work.encode_all(margs, [(query_set, work / "queries", "query", margs.query_max_len)]))
     found = timed(f"search top {settings.k} ({len(queries)} queries)", n, "passages",
-                  lambda: mine.search_top_k(work, chunks, query_set.ids, settings.k, margs))
+                  lambda: mine_work.search_top_k(work, chunks, query_set.ids, settings.k, margs))
     timed("choose and write negatives", len(queries), "queries",
           lambda: mine.write_mined(out, queries, found, corpus, settings))
     total = sum(r["seconds"] for r in rows)
