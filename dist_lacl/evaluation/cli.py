@@ -12,10 +12,10 @@ from pathlib import Path
 
 from ..errors import DataError, UserError
 from .answers import aggregate_answers, answer_metrics
+from .fields import language_label
 from .index_spec import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
 from .inputs import (
     DEFAULT_LANG,
-    language_label,
     query_records,
     read_answers,
     read_corpus,

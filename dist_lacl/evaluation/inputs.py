@@ -23,7 +23,6 @@ stripped, suffixes match in any case. Without a `lang` field, a language in the 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,8 +30,19 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..formats import io
-from ..formats.languages import is_language_code, normal_lang
 from ..formats.records import passage_text
+from .fields import (
+    id_field,
+    json_records,
+    lang_field,
+    language_label,
+    nonblank_lines,
+    optional_str,
+    parse_number,
+    split_lines,
+    text_field,
+    unique,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,7 @@ def read_corpus(path: str | Path, default_lang: str = DEFAULT_LANG, format: str 
     """Passages of a corpus file or directory (see the module docstring); text = `passage_text(title, text)`."""
     out, seen = TextSet([], [], []), set()
     for file, line_no, docid, title, text, lang in corpus_records(path, format, default_lang):
-        out.ids.append(_unique(docid, seen, "docid", file, line_no))
+        out.ids.append(unique(docid, seen, "docid", file, line_no))
         out.texts.append(passage_text(title, text))
         out.langs.append(lang)
     return out
@@ -80,14 +90,14 @@ def corpus_records(path: str | Path, format: str = "auto", default_lang: str = D
             raise DataError(file, None, "format", f"expected one of {', '.join(CORPUS_FORMATS)}, got {fmt!r}")
         log.info("%s: reading the corpus as %s", file, fmt)
         lang_default = name_lang(file) if default_lang == DEFAULT_LANG else language_label(default_lang)
-        rows = _tsv_passages(file) if fmt == "tsv" else _json_records(file)
+        rows = _tsv_passages(file) if fmt == "tsv" else json_records(file)
         id_key, text_key = {"jsonl": ("docid", "text"), "beir": ("_id", "text"), "pyserini": ("id", "contents"),
                             "tsv": ("docid", "text")}[fmt]
         for line_no, record in rows:
-            docid = _id_field(record, id_key, file, line_no)
-            text = _text_field(record, text_key, file, line_no)
-            title = _optional_str(record, "title", file, line_no) or ""
-            yield file, line_no, docid, title, text, _lang_field(record, file, line_no) or lang_default
+            docid = id_field(record, id_key, file, line_no)
+            text = text_field(record, text_key, file, line_no)
+            title = optional_str(record, "title", file, line_no) or ""
+            yield file, line_no, docid, title, text, lang_field(record, file, line_no) or lang_default
 
 
 def _corpus_files(path: Path) -> list[Path]:
@@ -137,7 +147,7 @@ def read_queries(path: str | Path, default_lang: str = DEFAULT_LANG, format: str
     """Queries of a tsv file (any case of `.tsv`), or a jsonl file: documented, BEIR or XOR-TyDi."""
     out, seen = TextSet([], [], []), set()
     for line_no, qid, query, lang in query_records(path, format, default_lang):
-        out.ids.append(_unique(qid, seen, "query_id", path, line_no))
+        out.ids.append(unique(qid, seen, "query_id", path, line_no))
         out.texts.append(query)
         out.langs.append(lang)
     return out
@@ -152,12 +162,12 @@ def query_records(path: str | Path, format: str = "auto", default_lang: str = DE
     lang_default = name_lang(path) if default_lang == DEFAULT_LANG else language_label(default_lang)
     id_key, text_key = {"jsonl": ("query_id", "query"), "tsv": ("query_id", "query"), "beir": ("_id", "text"),
                         "xor": ("id", "question")}[fmt]
-    for line_no, record in _tsv_queries(path) if fmt == "tsv" else _json_records(path):
-        qid = _id_field(record, id_key, path, line_no)
-        query = _text_field(record, text_key, path, line_no)
+    for line_no, record in _tsv_queries(path) if fmt == "tsv" else json_records(path):
+        qid = id_field(record, id_key, path, line_no)
+        query = text_field(record, text_key, path, line_no)
         if fmt == "xor":
             _answers_field(record, path, line_no)
-        yield line_no, qid, query, _lang_field(record, path, line_no) or lang_default
+        yield line_no, qid, query, lang_field(record, path, line_no) or lang_default
 
 
 def _query_format(path: Path) -> str:
@@ -170,9 +180,9 @@ def _query_format(path: Path) -> str:
 def read_answers(path: str | Path) -> dict[str, list[str]]:
     """{question id: answers} of a questions jsonl with `answers` (XOR-TyDi's `id`, or `query_id`)."""
     answers = {}
-    for line_no, record in _json_records(path):
+    for line_no, record in json_records(path):
         key = "id" if "id" in record else "query_id"
-        answers[_unique(_id_field(record, key, path, line_no), set(answers), key, path, line_no)] = \
+        answers[unique(id_field(record, key, path, line_no), set(answers), key, path, line_no)] = \
             _answers_field(record, path, line_no)
     return answers
 
@@ -198,7 +208,7 @@ def read_qrels(path: str | Path, query_ids=None, doc_ids=None, format: str = "au
             raise DataError(path, line_no, "query_id", f"expected an id of the queries file, got {qid!r}")
         if known_docs is not None and docid not in known_docs:
             raise DataError(path, line_no, "docid", f"expected an id of the corpus, got {docid!r}")
-        relevance = _parse_number(rel, int, path, line_no, "relevance")
+        relevance = parse_number(rel, int, path, line_no, "relevance")
         if relevance < 0:
             raise DataError(path, line_no, "relevance", f"expected an integer >= 0, got {rel!r}")
         if docid in qrels.setdefault(qid, {}):
@@ -212,7 +222,7 @@ BEIR_HEADER = ["query-id", "corpus-id", "score"]
 
 def _qrels_rows(path, format: str) -> Iterator[tuple[int, tuple[str, str, str]]]:
     """(line, (query_id, docid, relevance)) of TREC or BEIR qrels, detected from the first line."""
-    rows = _lines(path)
+    rows = nonblank_lines(path)
     fmt = format
     for line_no, text in rows:
         first = text.split("\t")
@@ -251,11 +261,11 @@ def _chain(first, rest):
 def read_run(path: str | Path) -> dict[str, dict[str, float]]:
     """{query_id: {docid: score}} from a TREC run file (the rank column is ignored, as trec_eval does)."""
     run: dict[str, dict[str, float]] = {}
-    for line_no, fields in _split_lines(path, 6, "query_id Q0 docid rank score tag"):
+    for line_no, fields in split_lines(path, 6, "query_id Q0 docid rank score tag"):
         qid, _, docid, _, score, _ = fields
         if docid in run.setdefault(qid, {}):
             raise DataError(path, line_no, "docid", f"expected each doc once per query, got {docid!r} again")
-        run[qid][docid] = _parse_number(score, float, path, line_no, "score")
+        run[qid][docid] = parse_number(score, float, path, line_no, "score")
     return run
 
 
@@ -285,26 +295,11 @@ def name_lang(path: str | Path, default: str = DEFAULT_LANG) -> str:
     return default
 
 
-# --- lines and records -------------------------------------------------------------------------
-
-
-def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of the non-blank lines; raises on a missing, non-UTF-8 or empty file."""
-    found = False
-    for line_no, text in io.lines(path):
-        found = True
-        yield line_no, text
-    if not found:
-        raise DataError(path, None, None, "expected at least one record, the file is empty")
-
-
-def _json_records(path) -> Iterator[tuple[int, dict]]:
-    for line_no, text in _lines(path):
-        yield line_no, io.json_object(text, path, line_no)
+# --- tab-separated layouts ---------------------------------------------------------------------
 
 
 def _tsv_queries(path) -> Iterator[tuple[int, dict]]:
-    for line_no, text in _lines(path):
+    for line_no, text in nonblank_lines(path):
         cols = text.split("\t")
         if len(cols) not in (2, 3):
             raise DataError(path, line_no, None, f"expected 2 or 3 tab-separated columns (query_id, query, "
@@ -317,7 +312,7 @@ def _tsv_queries(path) -> Iterator[tuple[int, dict]]:
 def _tsv_passages(path) -> Iterator[tuple[int, dict]]:
     """`pid<TAB>passage` (MS MARCO) or `id<TAB>text<TAB>title` (DPR, named by its header row)."""
     names = ["docid", "text", "title"]
-    for line_no, text in _lines(path):
+    for line_no, text in nonblank_lines(path):
         cols = text.split("\t")
         if len(cols) not in (2, 3):
             raise DataError(path, line_no, None, f"expected 2 or 3 tab-separated columns (pid, passage or "
@@ -326,73 +321,3 @@ def _tsv_passages(path) -> Iterator[tuple[int, dict]]:
             names = [{"id": "docid", "pid": "docid"}.get(c.strip().lower(), c.strip().lower()) for c in cols]
             continue
         yield line_no, dict(zip(names, cols))
-
-
-def _split_lines(path, num_fields: int, layout: str) -> Iterator[tuple[int, list[str]]]:
-    for line_no, text in _lines(path):
-        fields = text.split()
-        if len(fields) != num_fields:
-            raise DataError(path, line_no, None, f"expected {num_fields} whitespace-separated fields "
-                            f"({layout}), got {len(fields)}")
-        yield line_no, fields
-
-
-# --- fields ------------------------------------------------------------------------------------
-
-
-def _id_field(record: dict, name: str, path, line_no: int) -> str:
-    value = record.get(name)
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        got = "nothing (missing)" if name not in record else repr(value)
-        raise DataError(path, line_no, name, f"expected a string or integer id, got {got}")
-    value = str(value)
-    if not value or any(c.isspace() for c in value):
-        raise DataError(path, line_no, name, f"expected a non-empty id without whitespace, got {value!r}")
-    return value
-
-
-def _text_field(record: dict, name: str, path, line_no: int) -> str:
-    value = record.get(name)
-    if not isinstance(value, str) or not value.strip():
-        got = "nothing (missing)" if name not in record else repr(value)
-        raise DataError(path, line_no, name, f"expected a non-empty string, got {got}")
-    return value
-
-
-def _optional_str(record: dict, name: str, path, line_no: int) -> str | None:
-    value = record.get(name)
-    if value is not None and not isinstance(value, str):
-        raise DataError(path, line_no, name, f"expected a string or no field, got {value!r}")
-    return value
-
-
-def _lang_field(record: dict, path, line_no: int) -> str | None:
-    lang = _optional_str(record, "lang", path, line_no)
-    if lang is not None and (not lang or any(c.isspace() for c in lang)):
-        raise DataError(path, line_no, "lang", f"expected a language code such as 'de', got {lang!r}")
-    return None if lang is None else language_label(lang)
-
-
-def language_label(lang: str) -> str:
-    """A language code in the training readers' stored form (`deu` -> 'de'); other labels as given."""
-    return normal_lang(lang) if is_language_code(lang) else lang
-
-
-def _parse_number(text: str, kind: type, path, line_no: int, name: str):
-    try:
-        # int() would also take " 1", "+1" and "1_0": a label is digits only
-        value = kind(text) if kind is not int or re.fullmatch(r"-?[0-9]+", text) else None
-    except ValueError:
-        value = None
-    if value is None or not math.isfinite(value):
-        what = "an integer" if kind is int else "a finite number"
-        raise DataError(path, line_no, name, f"expected {what}, got {text!r}")
-    return value
-
-
-def _unique(value: str, seen: set, name: str, path, line_no: int) -> str:
-    """Duplicate ids would make runs and qrels ambiguous."""
-    if value in seen:
-        raise DataError(path, line_no, name, f"expected unique ids, got {value!r} again")
-    seen.add(value)
-    return value
