@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .data.read import read_records
 from .errors import DataError, UserError
+from .evaluation.fields import id_field, optional_str, text_field
 from .evaluation.inputs import TextSet, read_qrels, read_queries
 from .evaluation.shards import write_file
 from .formats.records import passage_text
@@ -183,15 +184,8 @@ def _parse_passage(raw: bytes, path: Path, line_no: int | None) -> dict:
         raise DataError(path, line_no, None, f"expected a UTF-8 JSON object ({e})") from None
     if not isinstance(rec, dict):
         raise DataError(path, line_no, None, f"expected a JSON object, got {type(rec).__name__}")
-    docid, text, title = rec.get("docid"), rec.get("text"), rec.get("title") or ""
-    if isinstance(docid, bool) or not isinstance(docid, (str, int)) or not str(docid) \
-            or any(c.isspace() for c in str(docid)):
-        raise DataError(path, line_no, "docid", f"expected a non-empty id without whitespace, got {docid!r}")
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(path, line_no, "text", f"expected a non-empty string, got {text!r}")
-    if not isinstance(title, str):
-        raise DataError(path, line_no, "title", f"expected a string or no field, got {title!r}")
-    return {"docid": str(docid), "title": title, "text": text}
+    docid, text = id_field(rec, "docid", path, line_no), text_field(rec, "text", path, line_no)
+    return {"docid": docid, "title": optional_str(rec, "title", path, line_no) or "", "text": text}
 
 
 def corpus_chunks(corpus: CorpusFile, work: Path, args) -> list[tuple[TextSet, Path, str, int]]:
