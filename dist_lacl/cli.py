@@ -7,13 +7,14 @@ command runs, so `--help` and a refused option or config answer in well under a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import importlib
 import logging
 import os
 import sys
 
-from .errors import NonFiniteError, ResumeRequested, UserError
+from .errors import ConfigError, NonFiniteError, ResumeRequested, UserError
 from .evaluation.index_spec import GPU_MODES
 
 
@@ -52,12 +53,27 @@ def handler(module: str, name: str):
 
 
 def run_train(args) -> None:
-    from .config import adopt_launcher_settings, load_config
+    from .config import load_config
 
     cfg = adopt_launcher_settings(load_config(args.config, args.overrides))
     from .trainer import train  # after the config check: a refused config costs no torch import
 
     train(cfg)
+
+
+def adopt_launcher_settings(cfg, environ=None):
+    """`cfg` (a config.RunConfig) as launched: under `accelerate launch` with a DeepSpeed config file,
+    that file becomes train.deepspeed_config and the backend DeepSpeed, so the run config (saved with the
+    run) names what actually ran."""
+    environ = os.environ if environ is None else environ
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return cfg
+    ds_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if not ds_file:
+        raise ConfigError("accelerate launched DeepSpeed without a config file: set deepspeed_config_file in "
+                          "the accelerate config (see configs/accelerate/deepspeed_zero2.yaml)")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, backend="deepspeed",
+                                                              deepspeed_config=ds_file))
 
 
 def _add_export_parser(subparsers) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import yaml
 
 from .config_checks import validate
 from .errors import ConfigError
+from .tokenizer import looks_local
 
 
 @dataclass
@@ -256,9 +258,27 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
             raise ConfigError(f"{source}: unknown section '{section}'{_suggest(section, sections)}")
         cls = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig}[section]
         kwargs[section] = _build_section(cls, section, values or {}, source)
-    cfg = RunConfig(**kwargs)
+    cfg = _resolve_paths(RunConfig(**kwargs))
     validate(cfg)
     return cfg
+
+
+# Options naming local files or folders, resolved against the working directory when a config is built:
+# the config saved with a run then names the same files from anywhere (a resume from another directory),
+# and one file has one spelling (`data/../data/x` is `data/x`). A model name that is no local path is a hub id.
+_PATHS = {"data": ("train_ir", "parallel", "monolingual", "dev_queries", "dev_corpus", "dev_qrels", "cache_dir"),
+          "train": ("output_dir",), "model": ("name_or_path", "tokenizer")}
+
+
+def _resolve_paths(cfg: RunConfig) -> RunConfig:
+    def resolved(section: str, value):
+        if not value or section == "model" and not looks_local(value):
+            return value
+        return os.path.realpath(os.path.expanduser(value))
+    return dataclasses.replace(cfg, **{
+        section: dataclasses.replace(getattr(cfg, section),
+                                     **{name: resolved(section, getattr(getattr(cfg, section), name)) for name in names})
+        for section, names in _PATHS.items()})
 
 
 def _build_section(cls, section: str, values: dict, source: str):
@@ -288,6 +308,8 @@ def _coerce(value, hint, name: str):
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{name}: expected a list of {len(args)} numbers, got {value!r}")
         return tuple(_coerce(v, t, name) for v, t in zip(value, args))
+    if value is None and hint is str:  # `model.query_prefix=` (or YAML's empty value): the empty text
+        return ""
     if hint is float:
         return _finite_float(value, name)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
@@ -330,19 +352,3 @@ def _suggest_key(key: str, fields, section: str) -> str:
         if other != section and key in {f.name for f in dataclasses.fields(cls)}:
             return f"; did you mean '{other}.{key}'?"
     return _suggest(key, fields, section)
-
-
-def adopt_launcher_settings(cfg: RunConfig, environ=None) -> RunConfig:
-    """`accelerate launch` with a DeepSpeed config file: that file becomes train.deepspeed_config and the
-    backend DeepSpeed, so the run config (saved with the run) names what actually ran."""
-    import os
-
-    environ = os.environ if environ is None else environ
-    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
-        return cfg
-    ds_file = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    if not ds_file:
-        raise ConfigError("accelerate launched DeepSpeed without a config file: set deepspeed_config_file in "
-                          "the accelerate config (see configs/accelerate/deepspeed_zero2.yaml)")
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, backend="deepspeed",
-                                                              deepspeed_config=ds_file))

@@ -242,7 +242,7 @@ class DDPEngine:
 
 
 def build_engine(model: DualEncoder, cfg: RunConfig):
-    """The engine named by train.backend (see config.adopt_launcher_settings for accelerate + DeepSpeed)."""
+    """The engine named by train.backend (see cli.adopt_launcher_settings for accelerate + DeepSpeed)."""
     if torch.cuda.is_available():
         # TF32 for the fp32 matmuls left under bf16 (the loss's scores) and for fp32 runs: 10-bit
         # mantissa products, fp32 accumulation; no effect on CPU.

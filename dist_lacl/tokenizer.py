@@ -18,7 +18,7 @@ def load_tokenizer(name_or_path: str | Path, option: str = "model.tokenizer"):
     from transformers import AutoTokenizer
 
     path = Path(name_or_path).expanduser()
-    if _looks_local(str(name_or_path)) and not path.is_dir():
+    if looks_local(str(name_or_path)) and not path.is_dir():
         what = "is a file; expected a model or tokenizer folder" if path.exists() else "not found"
         raise UserError(f"{option}: {name_or_path} {what}")
     try:
@@ -56,7 +56,7 @@ def tokenizer_files(tokenizer) -> dict[str, bytes]:
         return {f"tokenizer/{p.name}": p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
 
 
-def _looks_local(name: str) -> bool:
+def looks_local(name: str) -> bool:
     """A path rather than a hub id ("org/name"): absolute, relative with ./ or ../, or existing."""
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().exists() or name.count("/") > 1
 
