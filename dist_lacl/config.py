@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,8 +13,8 @@ from pathlib import Path
 import yaml
 
 from .config_checks import validate
+from .config_paths import resolve_paths
 from .errors import ConfigError
-from .tokenizer import looks_local
 
 
 @dataclass
@@ -258,27 +257,9 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
             raise ConfigError(f"{source}: unknown section '{section}'{_suggest(section, sections)}")
         cls = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "train": TrainConfig}[section]
         kwargs[section] = _build_section(cls, section, values or {}, source)
-    cfg = _resolve_paths(RunConfig(**kwargs))
+    cfg = resolve_paths(RunConfig(**kwargs))
     validate(cfg)
     return cfg
-
-
-# Options naming local files or folders, resolved against the working directory when a config is built:
-# the config saved with a run then names the same files from anywhere (a resume from another directory),
-# and one file has one spelling (`data/../data/x` is `data/x`). A model name that is no local path is a hub id.
-_PATHS = {"data": ("train_ir", "parallel", "monolingual", "dev_queries", "dev_corpus", "dev_qrels", "cache_dir"),
-          "train": ("output_dir",), "model": ("name_or_path", "tokenizer")}
-
-
-def _resolve_paths(cfg: RunConfig) -> RunConfig:
-    def resolved(section: str, value):
-        if not value or section == "model" and not looks_local(value):
-            return value
-        return os.path.realpath(os.path.expanduser(value))
-    return dataclasses.replace(cfg, **{
-        section: dataclasses.replace(getattr(cfg, section),
-                                     **{name: resolved(section, getattr(getattr(cfg, section), name)) for name in names})
-        for section, names in _PATHS.items()})
 
 
 def _build_section(cls, section: str, values: dict, source: str):

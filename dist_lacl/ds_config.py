@@ -7,11 +7,11 @@ holds the ZeRO settings and may repeat the others only as "auto" or with equal v
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from .config import RunConfig
+from .config_paths import find_deepspeed_config
 from .errors import ConfigError
 
 
@@ -58,18 +58,6 @@ def deepspeed_config(cfg: RunConfig, world_size: int) -> dict:
     merged.setdefault("steps_per_print", 10**9)  # the trainer logs; DeepSpeed's own prints are noise
     merged.setdefault("wall_clock_breakdown", False)
     return merged
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def find_deepspeed_config(name: str) -> Path:
-    """`name` as given, else (a relative name such as the default `ds_configs/zero2_fp32_cpu.json`)
-    relative to the repository, so runs started from any directory find the shipped files."""
-    path = Path(name).expanduser()
-    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).is_file():
-        return REPO_ROOT / path
-    return path
 
 
 _RUN_FIELD = {"train_batch_size": "train.ir_batch_size", "train_micro_batch_size_per_gpu":

@@ -5,6 +5,7 @@ two ways is one file, and a run directory moved elsewhere is still its run."""
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,8 @@ from helpers_cli import assert_clean_failure
 from helpers_launch import launch_env
 
 from dist_lacl.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def train(cwd, model, out, train_ir, *extra):
@@ -58,3 +61,15 @@ def test_an_empty_override_is_the_empty_text():
     cfg = load_config(None, ["data.train_ir=x.jsonl", "loss.semantic_weight=0", "loss.language_weight=0",
                              "model.query_prefix=", "model.passage_prefix="])
     assert cfg.model.query_prefix == cfg.model.passage_prefix == ""
+
+
+def test_the_deepspeed_config_is_resolved_once(tmp_path, monkeypatch):
+    """A relative DeepSpeed config is the file in the working directory, else the repository's shipped
+    one; either way the saved config names it absolutely, so a resume elsewhere reads the same file."""
+    base = ["data.train_ir=x.jsonl", "loss.semantic_weight=0", "loss.language_weight=0"]
+    monkeypatch.chdir(tmp_path)
+    shipped = load_config(None, base).train.deepspeed_config
+    assert shipped == str(REPO / "ds_configs" / "zero2_fp32_cpu.json")
+    (tmp_path / "ds_configs").mkdir()
+    (tmp_path / "ds_configs" / "zero2_fp32_cpu.json").write_text("{}")
+    assert load_config(None, base).train.deepspeed_config == str(tmp_path / "ds_configs" / "zero2_fp32_cpu.json")
