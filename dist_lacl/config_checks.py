@@ -50,6 +50,7 @@ def validate(cfg) -> None:
         (t.num_threads >= 0, "train.num_threads", "an integer >= 0 (0: torch's default)"),
         (t.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables clipping)"),
         (t.max_steps > 0, "train.max_steps", "a positive integer"),
+        (bool(t.output_dir), "train.output_dir", "a folder for the run's checkpoints and logs"),
         (t.warmup_steps >= 0, "train.warmup_steps", "an integer >= 0"),
         (t.ir_batch_size > 0, "train.ir_batch_size", "a positive integer"),
         (t.parallel_batch_size > 0, "train.parallel_batch_size", "a positive integer"),

@@ -47,7 +47,7 @@ CASES = [
      "mono.jsonl, line 1: expected a JSON object"),
     ("empty-file", lambda f: f["monolingual"].write_text(""),
      "mono.jsonl: no valid monolingual records (empty file?)"),
-    ("missing-file", lambda f: f["parallel"].unlink(), "parallel.jsonl: file not found"),
+    ("missing-file", lambda f: f["parallel"].unlink(), "parallel.jsonl: file not found (given as data.parallel)"),
     ("no-negatives", lambda f: write_jsonl(f["train_ir"], ir_records(16, num_negatives=0)),
      "ir.jsonl: query q0 has no negative_passages, but data.train_group_size=2 needs 1"),
 ]
@@ -62,6 +62,7 @@ CONFIG_CASES = [
     ("override-syntax", ["lr=1e-5"], "override 'lr=1e-5': expected section.key=value"),
     ("unknown-section", ["optim.lr=1"], "unknown section 'optim'"),
     ("missing-parallel-data", ["data.parallel=null"], "data.parallel: expected a parallel-sentences jsonl"),
+    ("empty-output-dir", ["train.output_dir="], "train.output_dir: expected a folder for the run's checkpoints"),
 ]
 
 
