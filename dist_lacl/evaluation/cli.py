@@ -121,6 +121,7 @@ def run_encode(args) -> None:
         raise UserError(f"--input {args.input}: file not found")
     _input_path("--model", args.model, directory=True)
     output = Path(args.output)
+    check_not_an_input(output, "--output", [("--input", args.input), ("--model", args.model)])
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: expected a directory for the embeddings, got a file")
     dist.init_process_group(args.dist_timeout_s)
