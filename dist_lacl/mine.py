@@ -278,10 +278,11 @@ def check_rank_range(settings: MineSettings, num_passages: int, corpus: Path) ->
     if lo > num_passages:
         raise UserError(f"--rank-range {lo}-{hi}: starts past the end of {corpus}, which holds {num_passages} "
                         f"passages; expected FIRST <= {num_passages}")
-    if hi > num_passages:  # at most that many negatives per query, fewer by its positives in those ranks
-        log.warning("--rank-range %d-%d: %s holds %d passages; each query gets at most %d of the %d negatives "
-                    "asked", lo, hi, corpus, num_passages, min(settings.num_negatives, num_passages - lo + 1),
-                    settings.num_negatives)
+    if hi > num_passages:
+        log.warning("--rank-range %d-%d: %s holds %d passages, so ranks past %d do not exist; each query draws "
+                    "its %d negatives from at most %d candidates (ranks %d-%d, less its positives there)", lo, hi,
+                    corpus, num_passages, num_passages, settings.num_negatives, num_passages - lo + 1, lo,
+                    num_passages)
 
 
 def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpus: CorpusFile,

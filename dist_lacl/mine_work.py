@@ -53,6 +53,8 @@ def check_paths(args) -> tuple[Path, Path]:
     an existing file only with --overwrite); the work directory new, empty or a previous one of `mine`."""
     inputs = mine_inputs(args)
     out = check_output_file(args.output, "--output", inputs, args.overwrite)
+    if (out.resolve().parent / MARKER).is_file():  # the next run there would find a file that is not its own
+        raise UserError(f"--output {out}: is inside a work directory of mine; choose another folder")
     work = Path(args.work_dir or f"{out}.work").expanduser()
     check_not_an_input(work, "--work-dir", [*inputs, ("--output", out)])
     if work.exists() and not work.is_dir():
@@ -169,6 +171,9 @@ def encode_all(args, model, tokenizer, sets: list[tuple[TextSet, Path, str, int]
                 shutil.rmtree(out)
             if state != "complete":
                 todo.append(i)
+        used = {out for _, out, _, _ in sets}
+        for unused in {d for out in used for d in out.parent.glob("chunk-*")} - used:  # --chunk-passages changed
+            shutil.rmtree(unused)
     todo = dist.broadcast_object(todo)
     log.info("%d of %d embedding sets already complete in the work directory", len(sets) - len(todo), len(sets))
     for i in todo:

@@ -76,8 +76,10 @@ def check_not_an_input(path: str | Path, option: str, inputs: Inputs) -> None:
         if given is None or given == "":
             continue
         source = Path(given).expanduser()
-        if target == source.resolve() or target in source.resolve().parents or _same_file(path, source):
-            what = f"is also {name} ({given})" if name else f"is (or contains) the input {given}"
+        same = target == source.resolve() or _same_file(path, source)
+        if same or target in source.resolve().parents:
+            what = (f"{'is also' if same else 'contains'} {name} ({given})" if name
+                    else f"is (or contains) the input {given}")
             raise UserError(f"{option} {path}: {what}; choose another output (nothing was written)")
 
 

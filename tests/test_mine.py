@@ -187,6 +187,10 @@ def test_existing_output_and_foreign_work_dir_are_refused(first_run, mining_data
     assert main(mine_args(mining_data, tiny_model_dir, other, foreign)) == 2
     assert "is not empty and is not a work directory of mine (no mine.json)" in capsys.readouterr().err
     assert out.read_bytes() == before and not other.exists() and sorted(foreign.iterdir()) == [foreign / "mine.txt"]
+    inside = work / "inside.jsonl"  # a later run in that work directory would find a file not its own
+    assert main(mine_args(mining_data, tiny_model_dir, inside, tmp_path / "w2")) == 2
+    assert f"--output {inside}: is inside a work directory of mine" in capsys.readouterr().err
+    assert not inside.exists()
 
 
 def _spellings(data, tmp_path, option):
@@ -285,7 +289,8 @@ def test_rank_range_past_the_corpus_is_an_error_and_partly_past_it_a_warning(min
     assert not out.exists() and not (tmp_path / "w").exists()
     assert main(mine_args(mining_data, spread_model, out, tmp_path / "w", "--rank-range", "236-300",
                           "--k", "300")) == 0
-    assert "holds 240 passages; each query gets at most 5 of the 6 negatives asked" in caplog.text
+    assert "holds 240 passages, so ranks past 240 do not exist; each query draws its 6 negatives from at most 5 " \
+        "candidates (ranks 236-240, less its positives there)" in caplog.text
     assert all(len(r["negative_passages"]) <= 5 for r in read_jsonl(out))
 
 

@@ -109,3 +109,12 @@ def test_a_checkpoints_model_config_folder_names_the_checkpoint(tiny_model_dir, 
                 "--input", str(corpus), "--kind", "corpus", "--output", str(tmp_path / "emb")], expect_rc=None)
     assert_clean_failure(proc, f"--model {checkpoint / 'model'}: is the encoder configuration of checkpoint "
                                f"{checkpoint}, without weights; pass the checkpoint ({checkpoint}) or its run directory")
+
+
+def test_encode_output_that_is_or_contains_an_input_is_refused(two_towers, corpus, capsys):
+    before = corpus.read_bytes()
+    for output, says in ((corpus, "is also --input"), (corpus.parent, "contains --input"),
+                         (two_towers, "is also --model")):
+        code, err = encode(capsys, two_towers, corpus, output)
+        assert code == 2 and f"--output {output}: {says} (" in err.strip().splitlines()[-1]
+    assert corpus.read_bytes() == before and sorted(p.name for p in corpus.parent.iterdir()) == ["corpus.jsonl"]
