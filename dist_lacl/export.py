@@ -4,7 +4,8 @@ Layout (shared encoder): a `transformers` model folder (config.json, model.safet
 plus `dist_lacl.json` {"pooling", "normalize", "shared_encoder", "prefixes"} and a sentence-transformers
 module config (modules.json, 1_Pooling/config.json, the prefixes as prompts) so `SentenceTransformer(path)`
 gives the same embeddings.
-Separate towers: the same, once per tower, in `query/` and `passage/`. `loading` reads such folders back.
+Separate towers: the same, once per tower, in `query/` and `passage/`, and a README.md at the top saying
+which to load. `loading` reads such folders back.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
             model.tower(tower or "query").save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             _write_sentence_transformers_config(folder, model)
+        if not model.shared:
+            (tmp / "README.md").write_text(_TWO_TOWERS_README)
         written = sorted(os.listdir(tmp))
         (tmp / SETTINGS).write_text(json.dumps(
             {"pooling": model.pooling, "normalize": model.normalize, "shared_encoder": model.shared,
@@ -39,6 +42,23 @@ def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
     except BaseException:
         discard(tmp)
         raise
+
+
+_TWO_TOWERS_README = """# A dual encoder with two towers
+
+This folder holds two models: `query/` encodes queries and `passage/` encodes passages. Load each one
+with sentence-transformers, as below (with plain transformers, `AutoModel.from_pretrained` each folder
+and pool as its `1_Pooling/config.json` says). If `config_sentence_transformers.json` lists prompts,
+pass `prompt_name="query"` / `prompt_name="passage"` to `encode`.
+
+```python
+from sentence_transformers import SentenceTransformer
+query_model, passage_model = SentenceTransformer("THIS_FOLDER/query"), SentenceTransformer("THIS_FOLDER/passage")
+scores = query_model.encode(["a question"]) @ passage_model.encode(["a passage"]).T
+```
+
+dist-lacl commands (`encode`, `mine`) take this top folder as `--model`.
+"""
 
 
 def check_export_dir(path: str | Path, inputs=(), overwrite: bool = False) -> Path:

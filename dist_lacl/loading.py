@@ -1,13 +1,18 @@
-"""Loading a trained model: an exported folder, a plain transformers folder, or a training checkpoint.
+"""Loading a trained model: an exported folder, a sentence-transformers or plain transformers folder, or a
+training checkpoint.
 
-The one loader of export, evaluation, mining and the demo. An exported folder (`export`) holds the
-encoder(s), the tokenizer and `dist_lacl.json` (pooling, normalize, shared_encoder, prefixes); a
-checkpoint is rebuilt from its config.yaml, the encoder's config and the engine's fp32 weights.
+The one loader of export, evaluation, mining and the demo. A folder's settings (pooling, normalize,
+towers, prefixes) come from, in this order: `dist_lacl.json` (written by `export`); else the
+sentence-transformers files (modules.json, the Pooling module's config.json, a Normalize module,
+config_sentence_transformers.json's prompts, sentence_bert_config.json's max_seq_length); else plain
+transformers: CLS pooling, no normalisation, no prefixes. A checkpoint is rebuilt from its config.yaml,
+the encoder's config and the engine's fp32 weights.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -22,27 +27,114 @@ SETTINGS = "dist_lacl.json"
 """An exported folder's dist-lacl settings (and the list of what the export wrote)."""
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+"""The names transformers loads an encoder's weights from."""
+
+_ST_MODULES = "modules.json"
+_ST_POOLING = {"cls": "cls", "mean": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
+"""sentence-transformers' pooling modes (new and legacy spellings) that `model.pool` computes."""
+
+
+@dataclass
+class ModelSettings:
+    """How a model folder's encoder outputs become embeddings, and where its encoder(s) lie."""
+
+    pooling: str = "cls"
+    normalize: bool = False
+    shared_encoder: bool = True
+    prefixes: dict[str, str] = field(default_factory=dict)
+    max_seq_length: int | None = None
+    """sentence-transformers' max_seq_length, when the folder states one (commands keep their own defaults)."""
+    encoder_dir: str = ""
+    """The encoder's subfolder (an older sentence-transformers layout: `0_Transformer/`); "" the folder itself."""
+
+
 def load_model(path: str | Path) -> tuple[DualEncoder, object]:
-    """An exported folder, a plain transformers folder, or a training checkpoint / run directory."""
+    """An exported folder, a sentence-transformers or transformers folder, or a training checkpoint / run
+    directory."""
     path = Path(path)
-    if (path / "config.json").is_file() or (path / SETTINGS).is_file():
+    if any((path / name).is_file() for name in ("config.json", SETTINGS, _ST_MODULES)):
         return load_dual_encoder(path)
     return model_from_checkpoint(path)
 
 
 def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
-    """(DualEncoder, tokenizer) from an exported folder; a plain transformers folder loads with CLS pooling."""
+    """(DualEncoder, tokenizer) from a model folder, with its `model_settings`."""
     path = Path(path)
-    settings_file = path / SETTINGS
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else \
-        {"pooling": "cls", "normalize": False, "shared_encoder": True}
-    if settings["shared_encoder"]:
-        query, passage, tok_dir = load_encoder(str(path)), None, path
+    settings = model_settings(path)
+    if settings.shared_encoder:
+        query, passage, tok_dir = _load_weights(path / settings.encoder_dir), None, path / settings.encoder_dir
     else:
-        query, passage, tok_dir = load_encoder(str(path / "query")), load_encoder(str(path / "passage")), path / "query"
-    model = DualEncoder(query, passage, pooling=settings["pooling"], normalize=settings["normalize"],
-                        prefixes=settings.get("prefixes"))
+        query, passage, tok_dir = _load_weights(path / "query"), _load_weights(path / "passage"), path / "query"
+    model = DualEncoder(query, passage, pooling=settings.pooling, normalize=settings.normalize,
+                        prefixes=settings.prefixes)
     return model.eval(), load_tokenizer(tok_dir, "--model")
+
+
+def model_settings(path: str | Path) -> ModelSettings:
+    """The settings of a model folder: `dist_lacl.json`, else sentence-transformers' files, else CLS."""
+    path = Path(path)
+    max_len = _st_max_seq_length(path)
+    if (path / SETTINGS).is_file():
+        raw = _read_json(path / SETTINGS)
+        return ModelSettings(raw["pooling"], raw["normalize"], raw["shared_encoder"], raw.get("prefixes") or {},
+                             max_len)
+    if (path / _ST_MODULES).is_file():
+        return _st_settings(path, max_len)
+    return ModelSettings(max_seq_length=max_len)
+
+
+def _st_settings(path: Path, max_len: int | None) -> ModelSettings:
+    """A sentence-transformers folder: Transformer -> Pooling (cls or mean) -> optional Normalize."""
+    modules = _read_json(path / _ST_MODULES)
+    kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
+    unsupported = sorted(set(kinds) - {"Transformer", "Pooling", "Normalize"})
+    if unsupported or "Pooling" not in kinds:
+        raise UserError(f"{path / _ST_MODULES}: modules {', '.join(unsupported) or 'without a Pooling module'}; "
+                        "expected Transformer, Pooling and optionally Normalize")
+    pooling_file = path / kinds["Pooling"] / "config.json"
+    pooling_cfg = _read_json(pooling_file)
+    mode = pooling_cfg.get("pooling_mode")
+    modes = [mode] if isinstance(mode, str) else list(mode or []) + [k for k, v in pooling_cfg.items()
+                                                                      if k.startswith("pooling_mode_") and v is True]
+    if len(modes) != 1 or modes[0] not in _ST_POOLING:
+        raise UserError(f"{pooling_file}: pooling {', '.join(modes) or 'none'}; expected exactly one of cls "
+                        "(pooling_mode_cls_token) or mean (pooling_mode_mean_tokens)")
+    prompts = _read_json(path / "config_sentence_transformers.json").get("prompts") or {} \
+        if (path / "config_sentence_transformers.json").is_file() else {}
+    if pooling_cfg.get("include_prompt") is False and any(prompts.values()):
+        raise UserError(f"{pooling_file}: include_prompt false (prompts left out of pooling); expected true")
+    if {"passage", "document"} <= prompts.keys() and prompts["passage"] != prompts["document"]:
+        raise UserError(f"{path}/config_sentence_transformers.json: prompts 'passage' and 'document' differ; "
+                        "expected one passage prompt")
+    prefixes = {"query": prompts.get("query") or "", "passage": prompts.get("passage", prompts.get("document")) or ""}
+    return ModelSettings(_ST_POOLING[modes[0]], "Normalize" in kinds, True, prefixes, max_len,
+                         kinds.get("Transformer", ""))
+
+
+def _st_max_seq_length(path: Path) -> int | None:
+    config = path / "sentence_bert_config.json"
+    return _read_json(config).get("max_seq_length") if config.is_file() else None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: expected a JSON file ({e})") from None
+
+
+def _load_weights(folder: Path):
+    """The encoder in `folder`; a folder with a config but no weights is one clear line, not a traceback."""
+    if (folder / "config.json").is_file() and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        parent = folder.parent
+        if folder.name == "model" and ((parent / MANIFEST).is_file() or (parent / "trainer_state.json").is_file()):
+            raise UserError(f"--model {folder}: is the encoder configuration of checkpoint {parent}, without "
+                            f"weights; pass the checkpoint ({parent}) or its run directory instead")
+        raise UserError(f"--model {folder}: has a config.json but no weights; expected one of "
+                        f"{', '.join(WEIGHT_FILES)}")
+    return load_encoder(str(folder))
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -35,7 +35,7 @@ from .evaluation.fields import id_field, optional_str, text_field
 from .evaluation.inputs import TextSet, read_qrels, read_queries
 from .evaluation.shards import write_file
 from .formats.records import passage_text
-from .mine_work import claim_work_dir, encode_all, fingerprint, search_top_k
+from .mine_work import check_paths, claim_work_dir, corpus_chunks, encode_all, fingerprint, search_top_k
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +188,6 @@ def _parse_passage(raw: bytes, path: Path, line_no: int | None) -> dict:
     return {"docid": docid, "title": optional_str(rec, "title", path, line_no) or "", "text": text}
 
 
-def corpus_chunks(corpus: CorpusFile, work: Path, args) -> list[tuple[TextSet, Path, str, int]]:
-    """The corpus as chunks of `--chunk-passages` rows, each with its embedding directory, for `encode_all`."""
-    step = args.chunk_passages
-    return [(corpus.chunk(lo, min(lo + step, len(corpus))), work / "corpus" / f"chunk-{lo // step:05d}",
-             "passage", args.passage_max_len) for lo in range(0, len(corpus), step)]
-
-
 # --- settings ------------------------------------------------------------------------------------
 
 
@@ -266,15 +259,36 @@ def choose_negatives(query_id: str, rows: np.ndarray, doc_ids: Sequence[str], po
     return sorted(candidates[i] for i in picked)
 
 
-def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpus: CorpusFile,
-                settings: MineSettings) -> dict:
-    """Write Tevatron jsonl to `out` atomically (`shards.write_file`) -> counts for the log."""
+def positive_rows(queries: list[TrainingQuery], corpus: CorpusFile, qrels: str | None) -> dict[str, int]:
+    """Corpus row of every positive whose text the training file does not give (the qrels' docids).
+    Checked before anything is encoded: a positive missing from the corpus is an error naming it."""
     wanted = {d for q in queries for d in q.positive_ids if d not in q.given}
     row_of = {docid: row for row, docid in enumerate(corpus.ids) if docid in wanted}
-    missing = sorted(wanted - set(row_of))
+    missing = [(q.query_id, d) for q in queries for d in q.positive_ids if d not in q.given and d not in row_of]
     if missing:
-        raise UserError(f"{corpus.path}: has no passage {missing[0]!r}, a positive in the qrels "
-                        f"({len(missing)} such docids); expected the qrels' docids in the corpus")
+        query_id, docid = missing[0]
+        raise UserError(f"{qrels}: query {query_id!r} has the positive {docid!r}, which {corpus.path} does not "
+                        f"hold ({len(missing)} such positives); expected every positive docid in --corpus")
+    return row_of
+
+
+def check_rank_range(settings: MineSettings, num_passages: int, corpus: Path) -> None:
+    """--rank-range against the corpus's size: past its end is an error; partly past it, a warning."""
+    lo, hi = settings.rank_lo, settings.rank_hi
+    if lo > num_passages:
+        raise UserError(f"--rank-range {lo}-{hi}: starts past the end of {corpus}, which holds {num_passages} "
+                        f"passages; expected FIRST <= {num_passages}")
+    if hi > num_passages:
+        log.warning("--rank-range %d-%d: %s holds %d passages, so ranks past %d do not exist; each query draws "
+                    "its %d negatives from at most %d candidates (ranks %d-%d, less its positives there)", lo, hi,
+                    corpus, num_passages, num_passages, settings.num_negatives, num_passages - lo + 1, lo,
+                    num_passages)
+
+
+def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpus: CorpusFile,
+                settings: MineSettings, row_of: dict[str, int]) -> dict:
+    """Write Tevatron jsonl to `out` atomically (`shards.write_file`) -> counts for the log. `row_of`:
+    `positive_rows`."""
     stats = {"queries": len(queries), "negatives": 0, "short": 0, "positives_in_top_k": 0, "positives": 0}
 
     def write(f):
@@ -308,24 +322,24 @@ def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpu
 def run_mine(args) -> None:
     """*Collective* under a launcher: every rank encodes; rank 0 searches and writes."""
     settings = check_args(args)
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise UserError(f"--output: {out} exists; expected a new file (or --overwrite)")
-    if not out.parent.is_dir():
-        raise UserError(f"--output: directory {out.parent} does not exist")
+    out, work = check_paths(args)
     dist.init_process_group(args.dist_timeout_s)
     queries = read_training_set(args.train_ir, args.queries, args.qrels, args.min_relevance, args.skip_unjudged)
     corpus = CorpusFile(args.corpus)
-    work = Path(args.work_dir or f"{out}.work")
-    claim_work_dir(work, fingerprint(args, corpus.path))
+    row_of = positive_rows(queries, corpus, args.qrels)
+    check_rank_range(settings, len(corpus), corpus.path)
+    from .loading import load_model  # after the quick checks: it imports the engines' libraries
+
+    model, tokenizer = load_model(args.model)
+    claim_work_dir(work, fingerprint(args, corpus.path, model, tokenizer))
     chunks = corpus_chunks(corpus, work, args)
     query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))
-    encode_all(args, chunks + [(query_set, work / "queries", "query", args.query_max_len)])
+    encode_all(args, model, tokenizer, chunks + [(query_set, work / "queries", "query", args.query_max_len)])
     log.info("rank %d: encoding done", dist.rank())
     if not dist.is_main():
         return  # searching and writing happen in one process
     rows = search_top_k(work, chunks, query_set.ids, settings.k, args)
-    stats = write_mined(out, queries, rows, corpus, settings)
+    stats = write_mined(out, queries, rows, corpus, settings, row_of)
     log.info("wrote %s: %d queries, %.1f negatives each from ranks %d-%d (%d with fewer than %d); "
              "%d of %d positives retrieved in the top %d", out, stats["queries"],
              stats["negatives"] / max(stats["queries"], 1), settings.rank_lo, settings.rank_hi, stats["short"],

@@ -18,27 +18,30 @@ from pathlib import Path
 
 from .errors import UserError
 
+Inputs = Iterable["str | Path | None | tuple[str, str | Path | None]"]
+"""A command's inputs: paths, or (option, path) pairs so that a refusal names the option."""
 
-def check_output_file(path: str | Path, option: str, inputs: Iterable[str | Path | None] = (),
+
+def check_output_file(path: str | Path, option: str, inputs: Inputs = (),
                       overwrite: bool = False) -> Path:
     """`path` resolved, if a file may be written there; else UserError naming `option`."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder; expected a file name")
-    _check_not_an_input(path, option, inputs)
+    check_not_an_input(path, option, inputs)
     if path.exists() and not overwrite:
         raise UserError(f"{option} {path}: already exists; pass --overwrite to replace it, or choose a new name")
     check_parent_writable(path, option)
     return path
 
 
-def check_output_dir(path: str | Path, option: str, marker: str, inputs: Iterable[str | Path | None] = (),
+def check_output_dir(path: str | Path, option: str, marker: str, inputs: Inputs = (),
                      overwrite: bool = False) -> Path:
     """`path` resolved, if a folder of this kind (identified by its `marker` file) may be written there."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path}: is a file; expected a folder")
-    _check_not_an_input(path, option, inputs)
+    check_not_an_input(path, option, inputs)
     if path.is_dir() and any(path.iterdir()):
         if not (path / marker).is_file():
             raise UserError(f"{option} {path}: the folder is not empty and is not a previous output of this "
@@ -63,14 +66,29 @@ def written_by_us(folder: Path, marker: str) -> list[str]:
     return [*names, marker] if isinstance(names, list) else [marker]
 
 
-def _check_not_an_input(path: Path, option: str, inputs: Iterable[str | Path | None]) -> None:
+def check_not_an_input(path: str | Path, option: str, inputs: Inputs) -> None:
+    """UserError if `path` is one of `inputs` (in any spelling: relative, `a/../x`, a symlink or a hard
+    link to it) or a folder containing one; `--overwrite` never allows it, the input would be destroyed."""
+    path = Path(path).expanduser()
     target = path.resolve()
     for given in inputs:
-        if given is None:
+        name, given = given if isinstance(given, tuple) else (None, given)
+        if given is None or given == "":
             continue
-        source = Path(given).expanduser().resolve()
-        if target == source or target in source.parents:
-            raise UserError(f"{option} {path}: is (or contains) the input {given}; choose another output")
+        source = Path(given).expanduser()
+        same = target == source.resolve() or _same_file(path, source)
+        if same or target in source.resolve().parents:
+            what = (f"{'is also' if same else 'contains'} {name} ({given})" if name
+                    else f"is (or contains) the input {given}")
+            raise UserError(f"{option} {path}: {what}; choose another output (nothing was written)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """One file under two names (a hard link); False when either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def check_parent_writable(path: Path, option: str) -> None:

@@ -2,6 +2,7 @@
 world sizes, resumable; bad input is one line and exit 2."""
 
 import json
+import os
 import random
 import shutil
 import sys
@@ -10,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 from equivalence import MINED_SCORES
+from helpers_cli import assert_clean_failure
 from helpers_launch import run, torchrun
 from helpers_tiny import TEXTS, copy_without_dropout
+from transformers import AutoModel
 
 from dist_lacl.cli import main
 from dist_lacl.errors import UserError
-from dist_lacl.evaluation.encode import load_embeddings
+from dist_lacl.evaluation.encode import load_embeddings, weights_fingerprint
+from dist_lacl.loading import load_model
 from dist_lacl.mine import MineSettings, choose_negatives, parse_rank_range
 
 NUM_PASSAGES, CHUNK = 240, 100  # three chunks: 100, 100, 40
@@ -171,15 +175,123 @@ def test_bad_input_in_a_real_process_is_one_line(mining_data, spread_model, tmp_
         "dist-lacl mine: error: --rank-range: expected 1 <= FIRST <= LAST (ranks start at 1), got '100-10'"]
 
 
-def test_existing_output_and_foreign_work_dir_are_refused(first_run, mining_data, tiny_model_dir, capsys):
+def test_existing_output_and_foreign_work_dir_are_refused(first_run, mining_data, tiny_model_dir, tmp_path, capsys):
     out, work = first_run
     before = out.read_bytes()
     assert main(mine_args(mining_data, tiny_model_dir, out, work)) == 2
-    assert "exists; expected a new file (or --overwrite)" in capsys.readouterr().err
+    assert f"--output {out}: already exists; pass --overwrite" in capsys.readouterr().err
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("mine")
     other = out.with_name("other.jsonl")
-    assert main(mine_args(mining_data, tiny_model_dir, other, work)) == 2
-    assert "holds the embeddings of another mining run (model:" in capsys.readouterr().err
-    assert out.read_bytes() == before and not other.exists()
+    assert main(mine_args(mining_data, tiny_model_dir, other, foreign)) == 2
+    assert "is not empty and is not a work directory of mine (no mine.json)" in capsys.readouterr().err
+    assert out.read_bytes() == before and not other.exists() and sorted(foreign.iterdir()) == [foreign / "mine.txt"]
+    inside = work / "inside.jsonl"  # a later run in that work directory would find a file not its own
+    assert main(mine_args(mining_data, tiny_model_dir, inside, tmp_path / "w2")) == 2
+    assert f"--output {inside}: is inside a work directory of mine" in capsys.readouterr().err
+    assert not inside.exists()
+
+
+def _spellings(data, tmp_path, option):
+    """The file of `option`, spelled four ways: relative to the working directory, `a/../x`, a symlink, a
+    hard link."""
+    name = {"--corpus": "corpus.jsonl", "--train-ir": "train.jsonl", "--queries": "queries.tsv",
+            "--qrels": "qrels.txt"}[option]
+    target = data / name
+    (tmp_path / "link").symlink_to(target)
+    hard = tmp_path / "hard"
+    os.link(target, hard)
+    return [os.path.relpath(target), str(data / ".." / data.name / name), str(tmp_path / "link"), str(hard)]
+
+
+@pytest.mark.parametrize("option", ["--corpus", "--train-ir", "--queries", "--qrels"])
+def test_output_that_is_an_input_is_refused_in_any_spelling(option, mining_data, spread_model, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in mining_data.iterdir()}
+    for spelling in _spellings(mining_data, tmp_path, option):
+        args = mine_args(mining_data, spread_model, spelling, tmp_path / "w", "--overwrite")
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert f"--output {spelling}: is also {option}" in err[-1] and len(err) == 1, (spelling, err)
+    assert {p.name: p.read_bytes() for p in mining_data.iterdir()} == before
+    assert not (tmp_path / "w").exists()
+
+
+def test_output_that_is_an_input_in_a_real_process_is_one_line(mining_data, spread_model, tmp_path):
+    hard = tmp_path / "corpus-again.jsonl"
+    os.link(mining_data / "corpus.jsonl", hard)
+    before = hard.read_bytes()
+    proc = run([sys.executable, "-m", "dist_lacl.cli", *mine_args(mining_data, spread_model, hard, tmp_path / "w",
+                                                                  "--overwrite")], expect_rc=None)
+    assert_clean_failure(proc, f"--output {hard}: is also --corpus")
+    assert hard.read_bytes() == before
+
+
+def test_a_model_trained_on_at_the_same_path_is_encoded_again(first_run, mining_data, spread_model, tmp_path):
+    """The work directory is keyed by the weights (as `encode`'s shards are), not by the model's path: a
+    model saved again at the same path after more training is encoded again; the same weights are reused."""
+    out, _ = first_run
+    model = tmp_path / "model"
+    shutil.copytree(spread_model, model)
+    mined, work = tmp_path / "mined.jsonl", tmp_path / "work"
+    assert main(mine_args(mining_data, model, mined, work)) == 0
+    assert mined.read_bytes() == out.read_bytes()
+    first_emb = load_embeddings(work / "queries")[1]
+    trained_on = AutoModel.from_pretrained(model)
+    with torch.no_grad():
+        trained_on.get_input_embeddings().weight.add_(torch.randn_like(trained_on.get_input_embeddings().weight))
+    trained_on.save_pretrained(model)  # same path, new weights: "train on to step 4"
+    assert main(mine_args(mining_data, model, mined, work, "--overwrite")) == 0
+    assert not np.allclose(load_embeddings(work / "queries")[1], first_emb)
+    assert mined.read_bytes() != out.read_bytes()
+    assert json.loads((work / "mine.json").read_text())["model_weights"] == weights_fingerprint(
+        load_model(model)[0])
+    # The same model and inputs again: every set reused, the same file.
+    second = mined.read_bytes()
+    files = sorted(work.glob("*/*/*.npy")) + sorted(work.glob("queries/*.npy"))
+    mtimes = [p.stat().st_mtime_ns for p in files]
+    assert main(mine_args(mining_data, model, mined, work, "--overwrite")) == 0
+    assert [p.stat().st_mtime_ns for p in files] == mtimes and mined.read_bytes() == second
+
+
+def test_positive_missing_from_the_corpus_is_found_before_encoding_and_the_fixed_rerun_runs(
+        first_run, mining_data, spread_model, tmp_path, capsys):
+    out, first_work = first_run
+    data = tmp_path / "data"
+    shutil.copytree(mining_data, data)
+    work = tmp_path / "work"
+    shutil.copytree(first_work, work)  # the work directory of an earlier run with other training files
+    qrels = data / "qrels.txt"
+    qrels.write_text(qrels.read_text() + "x3 0 p999 1\n")
+    mtimes = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()}
+    assert main(mine_args(data, spread_model, tmp_path / "o.jsonl", work)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"{qrels}: query 'x3' has the positive 'p999', which " \
+        f"{data / 'corpus.jsonl'} does not hold (1 such positives)" in err.strip().splitlines()[-1]
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.is_file()} == mtimes  # nothing encoded
+    # The corrected rerun: other training files than the work directory was made for, not refused; every
+    # embedding set still fits and is reused.
+    qrels.write_text(qrels.read_text().replace("x3 0 p999 1\n", "x3 0 p999 0\n"))
+    assert main(mine_args(data, spread_model, tmp_path / "o.jsonl", work)) == 0
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.npy")} == {p: t for p, t in mtimes.items()
+                                                                       if p.suffix == ".npy"}
+    assert (tmp_path / "o.jsonl").read_bytes() == out.read_bytes()
+
+
+def test_rank_range_past_the_corpus_is_an_error_and_partly_past_it_a_warning(mining_data, spread_model, tmp_path,
+                                                                              capsys, caplog):
+    out = tmp_path / "o.jsonl"
+    assert main(mine_args(mining_data, spread_model, out, tmp_path / "w", "--rank-range", "300-400",
+                          "--k", "400")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"--rank-range 300-400: starts past the end of {mining_data / 'corpus.jsonl'}, which holds 240 passages; "
+        "expected FIRST <= 240")
+    assert not out.exists() and not (tmp_path / "w").exists()
+    assert main(mine_args(mining_data, spread_model, out, tmp_path / "w", "--rank-range", "236-300",
+                          "--k", "300")) == 0
+    assert "holds 240 passages, so ranks past 240 do not exist; each query draws its 6 negatives from at most 5 " \
+        "candidates (ranks 236-240, less its positives there)" in caplog.text
+    assert all(len(r["negative_passages"]) <= 5 for r in read_jsonl(out))
 
 
 @pytest.mark.slow

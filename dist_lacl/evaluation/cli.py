@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from ..errors import DataError, UserError
+from ..outputs import check_not_an_input
 from .answers import aggregate_answers, answer_metrics
 from .fields import language_label
 from .index_spec import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
@@ -121,6 +121,7 @@ def run_encode(args) -> None:
         raise UserError(f"--input {args.input}: file not found")
     _input_path("--model", args.model, directory=True)
     output = Path(args.output)
+    check_not_an_input(output, "--output", [("--input", args.input), ("--model", args.model)])
     if output.exists() and not output.is_dir():
         raise UserError(f"--output {output}: expected a directory for the embeddings, got a file")
     dist.init_process_group(args.dist_timeout_s)
@@ -255,9 +256,7 @@ def _output_path(option: str, path, inputs: list[tuple[str, str]], emb_dirs: lis
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path}: expected a file to write, got a directory")
-    for other_option, other in inputs:
-        if _same_file(path, Path(other)):
-            raise UserError(f"{option} {path}: is also {other_option}; choose another output file (nothing was written)")
+    check_not_an_input(path, option, inputs)
     for dir_option, emb_dir in emb_dirs:
         if path.resolve().parent == Path(emb_dir).resolve():
             raise UserError(f"{option} {path}: is inside the embeddings directory of {dir_option}; "
@@ -265,11 +264,6 @@ def _output_path(option: str, path, inputs: list[tuple[str, str]], emb_dirs: lis
     if path.parent.exists() and not path.parent.is_dir():
         raise UserError(f"{option} {path}: {path.parent} is a file, not a directory")
 
-
-def _same_file(a: Path, b: Path) -> bool:
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
 
 def _score_answers(args, run, answers, langs) -> dict:
     """Per-language answer metrics of `run` against `answers`; texts from --passages, languages from
