@@ -251,6 +251,21 @@ def broadcast_object(obj):
     return box[0]
 
 
+def main_decides(decide):
+    """*Collective.* `decide()` run on rank 0 only; its result on every rank, or its UserError raised on
+    every rank (so no rank waits at a barrier for a rank 0 that has given up)."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = decide()
+        except UserError as e:
+            error = str(e)
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
 def all_gather_objects(obj) -> list:
     """*Collective.* Every rank's `obj`, in rank order."""
     if not is_initialized():

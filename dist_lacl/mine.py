@@ -331,7 +331,7 @@ def run_mine(args) -> None:
     from .loading import load_model  # after the quick checks: it imports the engines' libraries
 
     model, tokenizer = load_model(args.model)
-    claim_work_dir(work, fingerprint(args, corpus.path, model, tokenizer))
+    lock = claim_work_dir(work, fingerprint(args, corpus.path, model, tokenizer))  # noqa: F841 (held to the end)
     chunks = corpus_chunks(corpus, work, args)
     query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))
     encode_all(args, model, tokenizer, chunks + [(query_set, work / "queries", "query", args.query_max_len)])

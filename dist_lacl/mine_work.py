@@ -30,7 +30,7 @@ from .evaluation.encode import (
 from .evaluation.index import IndexSpec, search
 from .evaluation.inputs import TextSet
 from .evaluation.shards import existing_provenance
-from .outputs import check_not_an_input, check_output_file
+from .outputs import FolderLock, check_not_an_input, check_output_file
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MARKER = "mine.json"
 """The work directory's marker: `mine` created the folder, and what its embeddings were made from."""
 
-_OURS = {MARKER, "corpus", "queries"}
+_OURS = {MARKER, "corpus", "queries", ".lock"}
 """Everything `mine` writes into a work directory."""
 
 
@@ -59,7 +59,7 @@ def check_paths(args) -> tuple[Path, Path]:
     check_not_an_input(work, "--work-dir", [*inputs, ("--output", out)])
     if work.exists() and not work.is_dir():
         raise UserError(f"--work-dir {work}: is a file; expected a folder for the embeddings")
-    if work.is_dir() and any(work.iterdir()) and not (work / MARKER).is_file():
+    if work.is_dir() and any(p.name != ".lock" for p in work.iterdir()) and not (work / MARKER).is_file():
         raise UserError(f"--work-dir {work}: the folder is not empty and is not a work directory of mine "
                         f"(no {MARKER}); choose a new or empty folder (nothing was changed)")
     return out, work
@@ -83,26 +83,31 @@ def fingerprint(args, corpus: Path, model, tokenizer) -> dict:
             "chunk_passages": args.chunk_passages}
 
 
-def claim_work_dir(work: Path, fingerprint: dict) -> None:
-    """*Collective.* Use `work` (checked by `check_paths`) for this run. A work directory of an earlier run
-    with other inputs or another model is our own cache: its marker is rewritten, and the embedding sets
-    that no longer fit are replaced by `encode_all`. Anything in it that `mine` did not write is refused."""
-    manifest = work / MARKER
-    if dist.is_main() and manifest.is_file():
-        saved = json.loads(manifest.read_text())
-        changed = [key for key in fingerprint if saved.get(key) != fingerprint[key]]
-        foreign = sorted(p.name for p in work.iterdir() if p.name not in _OURS)
-        if changed and foreign:
-            raise UserError(f"--work-dir {work}: holds {foreign[0]}, which mine did not write; choose another "
-                            "--work-dir (nothing was changed)")
-        if changed:
-            log.warning("%s: made by an earlier run with another %s; embeddings that no longer fit are "
-                        "encoded again", work, ", ".join(changed))
-    dist.barrier()
-    if dist.is_main():
+def claim_work_dir(work: Path, fingerprint: dict) -> FolderLock | None:
+    """*Collective.* Use `work` (checked by `check_paths`) for this run; rank 0 locks it for the whole run
+    (returned, None on other ranks), so a second `mine` into it is refused. A work directory of an earlier
+    run with other inputs or another model is our own cache: its marker is rewritten, and the embedding
+    sets that no longer fit are replaced by `encode_all`. Anything in it that `mine` did not write is refused."""
+    held = []
+
+    def take() -> None:
         work.mkdir(parents=True, exist_ok=True)
+        held.append(FolderLock(work, "--work-dir", "mine"))
+        manifest = work / MARKER
+        if manifest.is_file():
+            saved = json.loads(manifest.read_text())
+            changed = [key for key in fingerprint if saved.get(key) != fingerprint[key]]
+            foreign = sorted(p.name for p in work.iterdir() if p.name not in _OURS)
+            if changed and foreign:
+                raise UserError(f"--work-dir {work}: holds {foreign[0]}, which mine did not write; choose another "
+                                "--work-dir (nothing was changed)")
+            if changed:
+                log.warning("%s: made by an earlier run with another %s; embeddings that no longer fit are "
+                            "encoded again", work, ", ".join(changed))
         write_text(manifest, json.dumps(fingerprint, indent=1) + "\n")
-    dist.barrier()
+
+    dist.main_decides(take)
+    return held[0] if held else None
 
 
 def _set_state(emb_dir: Path, ids: list[str], wanted: dict) -> str:

@@ -6,7 +6,9 @@ Rules shared by every command that writes a file or a folder:
 - an existing folder is written into only if it is empty, or, with `--overwrite`, if it holds nothing but
   a previous output of the same kind (its `marker` file lists what we wrote there) - so `--output .`,
   `--output ~` or `--output <run dir>` are refused, never emptied;
-- folders are built under a fresh temporary name next to the target and renamed into place (`atomic`).
+- folders are built under a fresh temporary name next to the target and renamed into place (`atomic`);
+- a folder that a command keeps writing into for a while (a run directory, mine's work directory) is held
+  by a `FolderLock`, so a second command into it is refused instead of mixing the two.
 """
 
 from __future__ import annotations
@@ -100,3 +102,28 @@ def check_parent_writable(path: Path, option: str) -> None:
         raise UserError(f"{option} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{option} {path}: {parent} is not writable")
+
+
+class FolderLock:
+    """An exclusive lock on `<folder>/.lock`, held by one process (rank 0 of a launch) for a whole command.
+    The kernel releases it when the process ends, however it ends, so a crash never leaves a folder locked."""
+
+    def __init__(self, folder: Path, option: str, command: str):
+        import fcntl
+        import secrets
+        import socket
+
+        self.file = open(folder / ".lock", "a+")  # noqa: SIM115 (held open for the process's life)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise UserError(f"{option}: {folder} is in use by another {command} ({holder}); wait for "
+                            f"it to finish, or choose another {option}") from None
+        self.token = f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(self.token + "\n")
+        self.file.flush()

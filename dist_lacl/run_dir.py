@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from .checkpoint import has_complete_checkpoint
 from .config import RunConfig, config_from_dict
 from .config_checks import check_resume_compatible
 from .errors import ConfigError, UserError
-from .outputs import check_parent_writable
+from .outputs import FolderLock, check_parent_writable
 
 log = logging.getLogger(__name__)
 
@@ -41,52 +40,24 @@ def check_output_dir(run_dir: Path, cfg: RunConfig) -> None:
                           "choose another directory")
 
 
-def claim(run_dir: Path, cfg: RunConfig) -> RunLock | None:
+def claim(run_dir: Path, cfg: RunConfig) -> FolderLock | None:
     """*Collective.* Only with config and data validated does the run directory become this run's:
     rank 0 locks it (a second training into it is refused; the lock dies with the process) and
     writes the config; every rank then checks that it sees the same directory. Returns rank 0's lock
     (None on the other ranks), to be held for the whole run."""
-    error, token, lock = None, None, None
-    if dist.is_main():
+    held = []
+
+    def take() -> str:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            lock = RunLock(run_dir)
-            token = lock.token
+            held.append(FolderLock(run_dir, "train.output_dir", "training"))
             write_bytes(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
-        except UserError as e:
-            error = str(e)
         except OSError as e:
-            error = f"train.output_dir: {run_dir}: cannot be written ({e.strerror})"
-    error, token = dist.broadcast_object((error, token))
-    if error:
-        raise UserError(error)
-    check_shared_run_dir(run_dir, token)
-    return lock
+            raise UserError(f"train.output_dir: {run_dir}: cannot be written ({e.strerror})") from None
+        return held[0].token
 
-
-class RunLock:
-    """An exclusive lock on `<run_dir>/.lock`, held by rank 0 for the whole run. The kernel releases it
-    when the process ends, however it ends, so a crashed run never leaves its directory locked."""
-
-    def __init__(self, run_dir: Path):
-        import fcntl
-        import secrets
-        import socket
-
-        self.file = open(run_dir / ".lock", "a+")  # noqa: SIM115 (held open for the process's life)
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            raise UserError(f"train.output_dir: {run_dir} is in use by another training ({holder}); wait for "
-                            "it to finish, or choose another train.output_dir") from None
-        self.token = f"{socket.gethostname()} pid {os.getpid()} {secrets.token_hex(4)}"
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(self.token + "\n")
-        self.file.flush()
+    check_shared_run_dir(run_dir, dist.main_decides(take))
+    return held[0] if held else None
 
 
 def check_shared_run_dir(run_dir: Path, token: str, wait_s: float = 30.0) -> None:

@@ -21,6 +21,7 @@ from dist_lacl.errors import UserError
 from dist_lacl.evaluation.encode import load_embeddings, weights_fingerprint
 from dist_lacl.loading import load_model
 from dist_lacl.mine import MineSettings, choose_negatives, parse_rank_range
+from dist_lacl.outputs import FolderLock
 
 NUM_PASSAGES, CHUNK = 240, 100  # three chunks: 100, 100, 40
 RANGE, NUM_NEG = (3, 20), 6
@@ -301,3 +302,17 @@ def test_two_ranks_give_the_same_file_as_one(first_run, mining_data, spread_mode
     torchrun("-m", "dist_lacl.cli", *mine_args(mining_data, spread_model, two, tmp_path / "w"), nproc=2)
     assert (tmp_path / "w" / "corpus" / "chunk-00002" / "emb-1-of-2.npy").is_file()
     assert two.read_bytes() == out.read_bytes()
+
+
+def test_a_work_directory_in_use_by_another_mine_is_refused(first_run, mining_data, spread_model, tmp_path, capsys):
+    out, work = first_run
+    before = {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.name != ".lock"}
+    held = FolderLock(work, "--work-dir", "mine")  # another mine, still encoding into it
+    try:
+        assert main(mine_args(mining_data, spread_model, tmp_path / "o.jsonl", work)) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and f"--work-dir: {work} is in use by another mine ({held.token})" in err
+    finally:
+        held.file.close()
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*") if p.name != ".lock"} == before
+    assert not (tmp_path / "o.jsonl").exists()

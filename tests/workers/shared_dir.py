@@ -10,7 +10,8 @@ from pathlib import Path
 
 from dist_lacl import distributed as dist
 from dist_lacl.errors import UserError
-from dist_lacl.run_dir import RunLock, check_shared_run_dir
+from dist_lacl.outputs import FolderLock
+from dist_lacl.run_dir import check_shared_run_dir
 
 
 def main():
@@ -19,7 +20,7 @@ def main():
     token = None
     if dist.is_main():
         shared.mkdir(parents=True, exist_ok=True)
-        token = RunLock(shared).token
+        token = FolderLock(shared, "train.output_dir", "training").token
     token = dist.broadcast_object(token)
     seen_as = shared if dist.rank() == 0 else local
     try:
