@@ -91,7 +91,11 @@ class Trainer:
         state = self.checkpointer.load(self.engine, latest)
         self.state = TrainState(**state["train"])
         self.data.load_state_dict(state["data"])
+        self.saved_step = self.state.step  # that checkpoint is on disk: finishing here rewrites nothing
         log.info("resumed from %s at step %d", latest, self.state.step)
+        if self.state.step >= self.cfg.train.max_steps:
+            log.info("already at step %d, train.max_steps is %d: nothing to train", self.state.step,
+                     self.cfg.train.max_steps)
 
     def open_writer(self) -> None:
         """TensorBoard on rank 0. After a resume, events a crashed run logged past its last checkpoint

@@ -56,6 +56,12 @@ def test_relative_paths_are_resolved_and_resume_follows_the_files(tmp_path, tiny
     assert_clean_failure(other, f"data.train_ir: '{here / 'data' / 'ir.jsonl'}' -> '{elsewhere / 'data' / 'ir.jsonl'}'")
     assert sorted(p.name for p in (here / "moved" / "checkpoints").iterdir()) == before
 
+    # A finished run started again with fewer steps: says so and rewrites no checkpoint.
+    stamps = {p: p.stat().st_mtime_ns for p in (here / "moved" / "checkpoints").rglob("*")}
+    done = train(here, tiny_model_dir, "moved", "data/ir.jsonl", "train.max_steps=1")
+    assert done.returncode == 0 and "already at step 3, train.max_steps is 1: nothing to train" in done.stderr
+    assert {p: p.stat().st_mtime_ns for p in (here / "moved" / "checkpoints").rglob("*")} == stamps
+
 
 def test_an_empty_override_is_the_empty_text():
     cfg = load_config(None, ["data.train_ir=x.jsonl", "loss.semantic_weight=0", "loss.language_weight=0",
