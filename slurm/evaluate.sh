@@ -74,9 +74,10 @@ encode queries "$QUERIES" $((port + 1)) || { status=$?; echo "encoding the queri
 # Search and score in this batch shell: it holds the first node's whole allocation (all its GPUs and
 # CPUs), which the faiss search uses through one process.
 echo "[$(date '+%F %T')] searching and scoring"
+# --overwrite: a requeued job replaces the run and report it wrote itself.
 "${cmd[@]}" evaluate --qrels "$QRELS" --queries "$QUERIES" \
     --query-emb "$EVAL_DIR/queries-emb" --corpus-emb "$EVAL_DIR/corpus-emb" \
-    --output-run "$EVAL_DIR/run.trec" --report "$EVAL_DIR/report.json" ${eval_args[@]+"${eval_args[@]}"}
+    --output-run "$EVAL_DIR/run.trec" --report "$EVAL_DIR/report.json" --overwrite ${eval_args[@]+"${eval_args[@]}"}
 status=$?
 echo "[$(date '+%F %T')] evaluation exited with status $status"
 exit "$status"

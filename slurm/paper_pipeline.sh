@@ -168,7 +168,7 @@ if has_stage mrtydi; then
         on_all_gpus encode --model "$MODEL" --kind queries --input "$topics" --output "$out/queries-emb" $ENCODE_ARGS
         $DIST_LACL_CMD evaluate --queries "$topics" --qrels "$data/qrels.test.txt" \
             --query-emb "$out/queries-emb" --corpus-emb "$out/corpus-emb" --k 100 --metrics mrr@100,recall@100 \
-            --output-run "$out/run.trec" --report "$out/report.json"
+            --output-run "$out/run.trec" --report "$out/report.json" --overwrite
     done
 fi
 
@@ -186,9 +186,9 @@ if has_stage xor; then
         # shellcheck disable=SC2086
         on_all_gpus encode --model "$MODEL" --kind queries --input "$questions" --output "$out/queries-emb" $ENCODE_ARGS
         $DIST_LACL_CMD search --query-emb "$out/queries-emb" --corpus-emb "$out/corpus-emb" \
-            --k 100 --output "$out/run.trec"
+            --k 100 --output "$out/run.trec" --overwrite
         $DIST_LACL_CMD evaluate --run "$out/run.trec" --answers "$questions" --passages "$XOR_DIR/psgs_w100.tsv" \
-            --report "$out/report.json"
+            --report "$out/report.json" --overwrite
     fi
 fi
 log "pipeline finished: reports under $MODEL/eval"

@@ -172,7 +172,7 @@ SEARCH_CASES = [
      "--nlist: expected a positive integer, got 0"),
     ("output-in-emb-dir", lambda r, p: search_args(r, output=r / "emb" / "corpus" / "meta-0-of-1.json"),
      "is inside the embeddings directory of --corpus-emb"),
-    ("output-is-dir", lambda r, p: search_args(r, output=r / "set"), "expected a file to write, got a directory"),
+    ("output-is-dir", lambda r, p: search_args(r, output=r / "set"), "is a folder; expected a file name"),
     ("emb-dir-missing", lambda r, p: search_args(r, "nothing"), "nothing: directory not found"),
     ("emb-dir-is-file", lambda r, p: search_args(r, "../set/qrels.txt"), "expected a directory, got a file"),
     ("output-run-is-qrels", lambda r, p: eval_args(r, p, "--output-run", p["qrels"]),
@@ -297,3 +297,16 @@ def test_fp16_storage_ranks_like_fp32(world, capsys, tmp_path):
     ids32, emb32 = load_embeddings(root / "emb" / "corpus")
     assert ids16 == ids32 and np.load(tmp_path / "enc16" / "emb-0-of-1.npy").dtype == np.float16
     np.testing.assert_allclose(emb16, emb32, atol=FP16_STORAGE_EMBEDDINGS)
+
+
+def test_an_existing_run_or_report_is_replaced_only_with_overwrite(search_world, capsys):
+    """search and evaluate follow the output rule of every command: an existing file is the user's."""
+    root, paths = search_world
+    existing = root / "kept.trec"
+    existing.write_text("mine\n")
+    for argv in (search_args(root, output=existing), eval_args(root, paths, "--output-run", existing),
+                 eval_args(root, paths, "--report", existing)):
+        assert_refused(capsys, root, argv, f"{existing}: already exists; pass --overwrite")
+        assert existing.read_text() == "mine\n"
+    assert cli(capsys, *search_args(root, "queries", "corpus", "--overwrite", output=existing))[0] == 0
+    assert existing.read_text().startswith("q")

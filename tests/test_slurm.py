@@ -165,7 +165,7 @@ def test_evaluate_script_with_no_extra_arguments_under_set_u(bash, tmp_path):
     assert task_argv(calls[2])[-2:] == ["--output", "m/eval/queries-emb"]
     assert calls[3][1:] == ["evaluate", "--qrels", "r.txt", "--queries", "q.tsv", "--query-emb", "m/eval/queries-emb",
                             "--corpus-emb", "m/eval/corpus-emb", "--output-run", "m/eval/run.trec",
-                            "--report", "m/eval/report.json"]
+                            "--report", "m/eval/report.json", "--overwrite"]
 
 
 # ------------------------------------------------------------------------------- GPU binding (fast)

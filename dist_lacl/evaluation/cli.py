@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ..errors import DataError, UserError
-from ..outputs import check_not_an_input
+from ..outputs import check_not_an_input, check_output_file
 from .answers import aggregate_answers, answer_metrics
 from .fields import language_label
 from .index_spec import GPU_MODES, INDEX_KINDS, IndexSpec, check_positive
@@ -58,6 +58,7 @@ def add_parsers(subparsers) -> None:
     search = subparsers.add_parser("search", help="search query embeddings against corpus embeddings -> TREC run")
     _add_search_args(search, required=True)
     search.add_argument("--output", required=True, help="TREC run file to write")
+    search.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     search.add_argument("--k", type=int, default=100, help="results per query (default 100)")
     search.set_defaults(func=run_search)
 
@@ -78,6 +79,7 @@ def add_parsers(subparsers) -> None:
                                             "also score R@2kt, R@5kt and answer accuracy@20/100")
     evaluate.add_argument("--passages", help="with --answers: the corpus the run's docids name (e.g. psgs_w100.tsv)")
     evaluate.add_argument("--report", help="JSON report to write")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace an existing --output-run or --report")
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -147,7 +149,8 @@ def run_search(args) -> None:
     spec = _checked_search_options(args, args.k)
     _input_path("--query-emb", args.query_emb, directory=True)
     _input_path("--corpus-emb", args.corpus_emb, directory=True)
-    _output_path("--output", args.output, [], [("--query-emb", args.query_emb), ("--corpus-emb", args.corpus_emb)])
+    _output_path("--output", args.output, [], [("--query-emb", args.query_emb), ("--corpus-emb", args.corpus_emb)],
+                 args.overwrite)
     from .evaluate import search_embeddings  # torch: after the checks
 
     run, _ = search_embeddings(args.query_emb, args.corpus_emb, args.k, spec, args.block_rows, args.query_batch)
@@ -188,7 +191,7 @@ def run_evaluate(args) -> None:
         _input_path(option, path, directory=True)
     outputs = [(opt, path) for opt, path in (("--output-run", args.output_run), ("--report", args.report)) if path]
     for i, (option, path) in enumerate(outputs):
-        _output_path(option, path, inputs + outputs[:i], emb_dirs)
+        _output_path(option, path, inputs + outputs[:i], emb_dirs, args.overwrite)
     from .evaluate import open_search_inputs, score_run, search_embeddings  # torch: after the checks
 
     queries = read_queries(args.queries, args.lang) if args.queries else None
@@ -250,19 +253,16 @@ def _input_path(option: str, path, directory: bool = False) -> None:
         raise UserError(f"{option} {path}: expected a {what}, got a {'file' if directory else 'directory'}")
 
 
-def _output_path(option: str, path, inputs: list[tuple[str, str]], emb_dirs: list[tuple[str, str]]) -> None:
-    """UserError if output file `path` is a directory, one of `inputs` (or an earlier output), or inside
-    an embeddings directory: writing it would destroy what is about to be read."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{option} {path}: expected a file to write, got a directory")
-    check_not_an_input(path, option, inputs)
+def _output_path(option: str, path, inputs: list[tuple[str, str]], emb_dirs: list[tuple[str, str]],
+                 overwrite: bool) -> None:
+    """UserError unless output file `path` may be written by the rule of every command (`outputs`: never
+    an input or an earlier output, an existing file only with --overwrite), nor inside an embeddings
+    directory: writing it would destroy what is about to be read."""
     for dir_option, emb_dir in emb_dirs:
-        if path.resolve().parent == Path(emb_dir).resolve():
+        if Path(path).resolve().parent == Path(emb_dir).resolve():
             raise UserError(f"{option} {path}: is inside the embeddings directory of {dir_option}; "
                             "choose another output file (nothing was written)")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UserError(f"{option} {path}: {path.parent} is a file, not a directory")
+    check_output_file(path, option, inputs, overwrite)
 
 
 def _score_answers(args, run, answers, langs) -> dict:
