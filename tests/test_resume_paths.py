@@ -56,10 +56,18 @@ def test_relative_paths_are_resolved_and_resume_follows_the_files(tmp_path, tiny
     assert_clean_failure(other, f"data.train_ir: '{here / 'data' / 'ir.jsonl'}' -> '{elsewhere / 'data' / 'ir.jsonl'}'")
     assert sorted(p.name for p in (here / "moved" / "checkpoints").iterdir()) == before
 
+    # The training file rewritten in place (as many records): the resume says so, naming the file.
+    ir = here / "data" / "ir.jsonl"
+    ir.write_text(ir.read_text().replace("title", "heading"))
+    edited = train(here, tiny_model_dir, "moved", "data/ir.jsonl", "train.max_steps=4")
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert f"data.train_ir: {ir} changed since the checkpoint was saved" in edited.stderr
+
     # A finished run started again with fewer steps: says so and rewrites no checkpoint.
     stamps = {p: p.stat().st_mtime_ns for p in (here / "moved" / "checkpoints").rglob("*")}
     done = train(here, tiny_model_dir, "moved", "data/ir.jsonl", "train.max_steps=1")
-    assert done.returncode == 0 and "already at step 3, train.max_steps is 1: nothing to train" in done.stderr
+    assert done.returncode == 0 and "already at step 4, train.max_steps is 1: nothing to train" in done.stderr
+    assert "changed since" not in done.stderr
     assert {p: p.stat().st_mtime_ns for p in (here / "moved" / "checkpoints").rglob("*")} == stamps
 
 

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..formats.records import passage_text
 from .order import KeyedPermutation, LanguageSampler
 from .prefetch import Prefetcher
-from .read import load_dataset
+from .read import input_content, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,8 @@ class TrainBatches:
                                                            t.seed + 2, rank, world_size,
                                                            f"data.monolingual ({d.monolingual})",
                                                            "train.monolingual_batch_size")
+        paths = {"ir": d.train_ir, "parallel": d.parallel, "monolingual": d.monolingual}
+        self.content = {kind: input_content(paths[kind], kind, formats.options_for(d, kind)) for kind in self.streams}
         self.depth = d.prefetch
         # Its own tokenizer: a fast tokenizer's padding/truncation settings are mutable state, which the
         # training loop's own use (evaluation) must not share with the thread.
@@ -318,10 +320,16 @@ class TrainBatches:
         return batch, meta
 
     def state_dict(self) -> dict:
-        """The streams' positions after the last step next() returned (prefetched steps not counted)."""
-        return copy.deepcopy(self.consumed)
+        """The streams' positions after the last step next() returned (prefetched steps not counted), and
+        what the files held."""
+        return {**copy.deepcopy(self.consumed), "content": self.content}
 
     def load_state_dict(self, state: dict) -> None:
+        for kind, files in self.content.items():
+            saved = state.get("content", {}).get(kind)
+            if saved is not None and [f[1:] for f in saved] != [f[1:] for f in files]:
+                log.warning("%s: %s changed since the checkpoint was saved; the run goes on from the same "
+                            "position in the new content", formats.path_key(kind), ", ".join(f[0] for f in files))
         for future in (f for _, f in self.pending):
             future.cancel()  # planned from the old position; a running one finishes and is dropped
         self.pending.clear()

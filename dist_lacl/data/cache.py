@@ -71,13 +71,20 @@ def fingerprint(path: Path) -> list:
     rejected. The price: a chmod, a hard link or a copy of an unchanged file rebuilds its cache once.
     """
     st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, content_stamp(path)[1]]
+
+
+def content_stamp(path: Path) -> list:
+    """[size, sha256 of the first and last MiB]: the bytes alone, so unlike `fingerprint` the same for a
+    copy, a move or a chmod of an unchanged file."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         digest.update(f.read(SAMPLE_BYTES))
-        if st.st_size > SAMPLE_BYTES:
-            f.seek(max(SAMPLE_BYTES, st.st_size - SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
             digest.update(f.read(SAMPLE_BYTES))
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest.hexdigest()]
+    return [size, digest.hexdigest()]
 
 
 class CacheEntry:

@@ -16,7 +16,7 @@ from .. import formats
 from ..errors import DataError, NoRecords
 from ..formats import ReadOptions, arrow_json
 from ..formats.records import Suspicious
-from .cache import CacheEntry, cache_root
+from .cache import CacheEntry, cache_root, content_stamp
 
 log = logging.getLogger(__name__)
 
@@ -104,3 +104,10 @@ def load_dataset(path: str | Path, kind: str, cache_dir: str | Path | None = Non
         entry.wait(nonce, stale_s)
     dist.barrier()
     return entry.load()
+
+
+def input_content(path: str | Path, kind: str, options: ReadOptions) -> list[list]:
+    """[name, size, hash of the ends] of every file training data `path` is read from: what a resume
+    compares, to say so when the files changed since the checkpoint (`cache.content_stamp`)."""
+    fmt = formats.resolve(path, kind, options)
+    return [[str(f), *content_stamp(Path(f))] for f in formats.files(path, kind, fmt, options)]

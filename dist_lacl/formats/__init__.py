@@ -61,7 +61,7 @@ def resolve(path: str | Path, kind: str, opts: ReadOptions) -> str:
     found = _detect(path, kind)
     if found is None:
         if not path.exists() and not (kind == "parallel" and parallel.name_pair(path)):
-            raise DataError(path, None, None, f"file not found (given as {_path_key(kind)})")
+            raise DataError(path, None, None, f"file not found (given as {path_key(kind)})")
         raise DataError(path, None, None, f"cannot tell the {kind} format from the name or first record: "
                         f"expected one of {', '.join(names)} (see docs/formats.md); set {FORMAT_KEYS[kind]}")
     return found
@@ -121,12 +121,13 @@ def files(path: str | Path, kind: str, fmt: str, opts: ReadOptions) -> list[Path
         found = [path]
     for f in found:
         if not f.is_file():
-            raise DataError(f, None, None, f"file not found (given as {_path_key(kind)})" if not f.is_dir()
+            raise DataError(f, None, None, f"file not found (given as {path_key(kind)})" if not f.is_dir()
                             else "expected a file, got a directory")
     return found
 
 
-def _path_key(kind: str) -> str:
+def path_key(kind: str) -> str:
+    """The setting naming training data of `kind` (data.train_ir, data.parallel, data.monolingual)."""
     return FORMAT_KEYS[kind].removesuffix("_format")
 
 
