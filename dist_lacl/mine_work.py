@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MARKER = "mine.json"
 """The work directory's marker: `mine` created the folder, and what its embeddings were made from."""
 
-_OURS = {MARKER, "corpus", "queries", ".lock"}
+_OURS = {MARKER, "corpus", "queries", FolderLock.NAME}
 """Everything `mine` writes into a work directory."""
 
 
@@ -59,7 +59,7 @@ def check_paths(args) -> tuple[Path, Path]:
     check_not_an_input(work, "--work-dir", [*inputs, ("--output", out)])
     if work.exists() and not work.is_dir():
         raise UserError(f"--work-dir {work}: is a file; expected a folder for the embeddings")
-    if work.is_dir() and any(p.name != ".lock" for p in work.iterdir()) and not (work / MARKER).is_file():
+    if work.is_dir() and any(p.name != FolderLock.NAME for p in work.iterdir()) and not (work / MARKER).is_file():
         raise UserError(f"--work-dir {work}: the folder is not empty and is not a work directory of mine "
                         f"(no {MARKER}); choose a new or empty folder (nothing was changed)")
     return out, work

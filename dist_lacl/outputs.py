@@ -108,12 +108,15 @@ class FolderLock:
     """An exclusive lock on `<folder>/.lock`, held by one process (rank 0 of a launch) for a whole command.
     The kernel releases it when the process ends, however it ends, so a crash never leaves a folder locked."""
 
+    NAME = ".lock"
+    """The lock file in the folder: the holder's host and pid, for a refused second command to name."""
+
     def __init__(self, folder: Path, option: str, command: str):
         import fcntl
         import secrets
         import socket
 
-        self.file = open(folder / ".lock", "a+")  # noqa: SIM115 (held open for the process's life)
+        self.file = open(folder / self.NAME, "a+")  # noqa: SIM115 (held open for the process's life)
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -35,7 +35,7 @@ def check_output_dir(run_dir: Path, cfg: RunConfig) -> None:
             return
         previous = config_from_dict(yaml.safe_load(saved.read_text()), source=str(saved))
         check_resume_compatible(previous, cfg, str(saved))
-    elif run_dir.is_dir() and any(p.name not in ("cache", ".lock") for p in run_dir.iterdir()):
+    elif run_dir.is_dir() and any(p.name not in ("cache", FolderLock.NAME) for p in run_dir.iterdir()):
         raise ConfigError(f"train.output_dir: {run_dir} is not empty and holds no dist-lacl run; "
                           "choose another directory")
 
@@ -70,7 +70,7 @@ def check_shared_run_dir(run_dir: Path, token: str, wait_s: float = 30.0) -> Non
     seen = False
     while not seen:
         try:
-            seen = (run_dir / ".lock").read_text().strip() == token
+            seen = (run_dir / FolderLock.NAME).read_text().strip() == token
         except OSError:
             seen = False
         if seen or time.monotonic() > deadline:
