@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU wheel first: an unpinned torch pulls a multi-GB CUDA build. On GPU machines: TORCH_SPEC=torch.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= cpu,demo,test,e5
+EXTRAS ?= cpu,demo,test,e5,wandb
 DEBIAN_PACKAGES := python3.11-doc gcc-12-locales \
 	debian-faq debian-faq-de debian-faq-fr debian-faq-it debian-faq-ja debian-faq-ko debian-faq-nl \
 	debian-faq-pt debian-faq-ru debian-faq-zh-cn debian-reference-en debian-reference-de \
