@@ -89,8 +89,9 @@ def test_flagembedding_ids_made_from_text(tmp_path):
     reference[0]["query"] = "Represent this question: " + reference[0]["query"]
     for rec in reference:
         rec["query_id"] = text_id(rec["query"])
-        for p in rec["positive_passages"] + rec["negative_passages"]:
-            p["docid"] = text_id(p["text"])
+        for key, teacher in (("positive_passages", 1.0), ("negative_passages", 0.0)):
+            for p in rec[key]:  # pos_scores / neg_scores are Tevatron's passage scores
+                p["docid"], p["score"] = text_id(p["text"]), teacher
     assert resolve(path, "ir", ReadOptions()) == "flagembedding"
     assert read(path, "ir") == expected_ir(tmp_path, reference)
 

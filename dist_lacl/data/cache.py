@@ -6,8 +6,8 @@ Layout under the cache root (`data.cache_dir`, else $DIST_LACL_CACHE, else ~/.ca
   .<kind>-<name>-<key>.tmp-*/ the build's output until it is complete; renamed into place in one step
   .<...>.failed-<nonce>       the message of a build that failed, for the waiting ranks of that run
 The key hashes the fingerprint of every file the format reads (`fingerprint`), the record kind, the
-reading options (format included), the bad-record policy and the cache format version, so an edited
-file, another policy or a format change builds a new cache.
+reading options (format included), the bad-record policy, the cache format version and the records'
+Arrow schema, so an edited file, another policy, a format change or new record fields build a new cache.
 A cache directory exists only once complete: a crashed build leaves a .tmp- directory (never read)
 and a lock whose heartbeat goes stale, which the next build takes over. Every part is checked
 against the manifest (bytes, rows) before it is used; a damaged cache is rebuilt. The parts are
@@ -92,17 +92,19 @@ class CacheEntry:
 
     def __init__(self, root: str | Path, path: str | Path, kind: str, bad_records: str,
                  sources: list[Path] | None = None, options: dict | None = None, splittable: bool = True,
-                 flat_jsonl: bool = False, root_setting: str = "data.cache_dir"):
+                 flat_jsonl: bool = False, root_setting: str = "data.cache_dir", schema: dict | None = None):
         """`path` as the user named it (a file or a dataset folder); `sources`: every file the format reads
         (default: `path`); `options`: the reading options (format included); `splittable`: whether the
         file holds one record per line on its own, so byte ranges of it can be built in parallel;
         `flat_jsonl`: whether Arrow's JSON reader may try it first (`formats.arrow_json.applies`);
-        `root_setting`: the setting that chose `root`, for messages."""
+        `root_setting`: the setting that chose `root`, for messages; `schema`: the records' Arrow features
+        (as a dict), so a cache of records without a field since added is never reused."""
         self.source = Path(path).resolve()
         self.kind, self.bad_records, self.splittable, self.flat_jsonl = kind, bad_records, splittable, flat_jsonl
         self.size = self.source.stat().st_size
         stamps = [fingerprint(Path(f)) for f in (sources or [self.source])]
-        key = json.dumps([str(self.source), stamps, kind, bad_records, options or {}, FORMAT_VERSION], sort_keys=True)
+        key = json.dumps([str(self.source), stamps, kind, bad_records, options or {}, FORMAT_VERSION,
+                          schema or {}], sort_keys=True)
         name = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.source.stem)[:40]
         self.name = f"{kind}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
         self.root, self.root_setting = Path(root), root_setting

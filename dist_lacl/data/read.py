@@ -49,8 +49,9 @@ def read_records(path: str | Path, kind: str, bad_records: str = "error", skippe
 
 def features(kind: str) -> datasets.Features:
     """The Arrow schema of `kind`'s internal records."""
+    # score: a teacher's score of the passage, null where the source has none (records.scored)
     passage = [{"docid": datasets.Value("string"), "title": datasets.Value("string"),
-                "text": datasets.Value("string")}]
+                "text": datasets.Value("string"), "score": datasets.Value("float64")}]
     return datasets.Features({
         "ir": {"query_id": datasets.Value("string"), "query": datasets.Value("string"),
                "positives": passage, "negatives": passage},
@@ -77,7 +78,7 @@ def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None
     root, setting = cache_root(cache_dir)
     entry = CacheEntry(root, path, kind, bad_records, sources=sources, options=dataclasses.asdict(options),
                        splittable=(kind, fmt) in LINE_SPLITTABLE, flat_jsonl=arrow_json.applies(path, kind, fmt),
-                       root_setting=setting)
+                       root_setting=setting, schema=features(kind).to_dict())
     return entry, options
 
 

@@ -1,6 +1,6 @@
 """English IR training data, one reader per distributed format; each yields (line, internal IR record).
 
-  tevatron       jsonl {query_id, query, positive_passages: [{docid, title, text}], negative_passages}
+  tevatron       jsonl {query_id, query, positive_passages: [{docid, title, text[, score]}], negative_passages}
   tevatron-v2    queries jsonl {query_id, query_text, positive_document_ids, negative_document_ids}
                  + corpus jsonl {docid, title, text} (data.train_corpus, default corpus.jsonl beside it)
   flagembedding  jsonl {query, pos: [str], neg: [str]} (+ pos_scores, neg_scores, prompt, type)
@@ -8,6 +8,8 @@
   dpr            biencoder-nq-train.json: one JSON array of {question, answers, positive_ctxs,
                  negative_ctxs, hard_negative_ctxs}, streamed
 Ids a format lacks are made from the text (`records.text_id`), so they are the same on every read.
+A teacher's scores (Tevatron's passage `score`, FlagEmbedding's pos_scores/neg_scores) become each
+passage's "score"; the other formats carry none (`SCORE_FIELDS`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from pathlib import Path
 
 from ..errors import DataError
 from . import io
-from .records import ident, parse_ir, passage, str_list, text, text_id
+from .records import ident, parse_ir, passage, score, str_list, text, text_id
 from .store import TextStore
+
+SCORE_FIELDS = {"tevatron": ("positive_passages[{i}].score", "negative_passages[{i}].score"),
+                "flagembedding": ("pos_scores", "neg_scores")}
+"""Where each format holds the teacher's score of positive i and of negative i, for messages."""
 
 MAX_TRIPLE_NEGATIVES = 64
 """MS MARCO triples: hard negatives kept per query (the first distinct ones in file order); the full
@@ -41,15 +47,25 @@ def flagembedding(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
         query = prompt + query
         pos = _texts(rec, "pos", where, required=True)
         neg = _texts(rec, "neg", where, required=False)
-        for key, texts in (("pos_scores", pos), ("neg_scores", neg)):
-            scores = rec.get(key)
-            if scores is not None and (not isinstance(scores, list) or len(scores) != len(texts)):
-                raise DataError(path, line_no, key, f"expected a list of {len(texts)} numbers, one per passage")
         return {"query_id": text_id(query), "query": query,
-                "positives": [{"docid": text_id(t), "title": "", "text": t} for t in pos],
-                "negatives": [{"docid": text_id(t), "title": "", "text": t} for t in neg]}
+                "positives": _with_scores(pos, rec, "pos_scores", where),
+                "negatives": _with_scores(neg, rec, "neg_scores", where)}
 
     return io.parsed(io.lines(path), parse, on_error)
+
+
+def _with_scores(texts: list[str], rec: dict, key: str, where) -> list[dict]:
+    """FlagEmbedding passages, each with its teacher's score from rec[key] (one finite number per
+    passage) when the record has that list."""
+    out = [{"docid": text_id(t), "title": "", "text": t} for t in texts]
+    scores = rec.get(key)
+    if scores is None:
+        return out
+    if not isinstance(scores, list) or len(scores) != len(texts):
+        raise DataError(*where, key, f"expected a list of {len(texts)} numbers, one per passage")
+    for i, (p, value) in enumerate(zip(out, scores)):
+        p["score"] = score(value, where, f"{key}[{i}]")
+    return out
 
 
 def _texts(rec: dict, key: str, where, required: bool) -> list[str]:

@@ -1,6 +1,7 @@
 """The internal training records and their validation, shared by every reader of every format.
 
   ir:          {"query_id": str, "query": str, "positives": [{"docid", "title", "text"}], "negatives": [...]}
+               a passage may also carry "score": float, a teacher's score of it for its query (absent: none)
   parallel:    {"en": str, "text": str, "lang": str}   (text = the translation of en into lang)
   monolingual: {"text": str, "lang": str}
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import Counter
 
 from ..errors import DataError
@@ -79,7 +81,25 @@ def passages(rec: dict, key: str, where, required: bool) -> list[dict]:
         raise DataError(*where, key, "expected a list of {docid, title, text} objects")
     if required and not value:
         raise DataError(*where, key, "expected at least one positive passage")
-    return [passage(p, f"{key}[{i}]", where, "docid") for i, p in enumerate(value)]
+    return [scored(passage(p, f"{key}[{i}]", where, "docid"), p, f"{key}[{i}]", where) for i, p in enumerate(value)]
+
+
+def scored(out: dict, p, name: str, where) -> dict:
+    """`out` with the teacher's `score` of source passage `p`, when it has one."""
+    if isinstance(p, dict) and "score" in p:
+        out["score"] = score(p["score"], where, f"{name}.score")
+    return out
+
+
+def score(value, where, key: str) -> float:
+    """A teacher's score of a passage: a finite number (a bool, a string, NaN or an infinity is refused)."""
+    try:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range
+        ok = False
+    if not ok:
+        raise DataError(*where, key, f"expected a finite number (a teacher's score), got {value!r}")
+    return float(value)
 
 
 def passage(p, name: str, where, id_key: str | None) -> dict:
