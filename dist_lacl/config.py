@@ -133,6 +133,12 @@ class LossConfig:
     anchor rows against every gathered candidate (score memory / world size; same loss and gradients)."""
     block_rows: int = 0
     """Score at most this many anchor rows at a time, recomputed in backward (exact); 0: all at once."""
+    distill_weight: float = 0.0
+    """Weight of KL(teacher || student) over each query's group (its positive and hard negatives), from the
+    passages' teacher scores in data.train_ir; the student's scores use loss.temperature. 0: off, scores
+    ignored; > 0: every passage of the training data needs a score (docs/method.md)."""
+    distill_temperature: float = 1.0
+    """The teacher's temperature: its distribution over a group is softmax(score / distill_temperature)."""
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""The paper's three contrastive losses, as pure functions of representation tensors.
+"""The paper's three contrastive losses, and distillation from a teacher's scores, as pure functions of
+representation tensors.
 
 Hu et al., "Language Agnostic Multilingual Information Retrieval with Contrastive Learning",
 Findings of ACL 2023 (arXiv 2210.06633); equations as stated in docs/method.md. Inputs are the
@@ -109,6 +110,29 @@ def language_loss(z_reps: Tensor, e_reps: Tensor, f_reps: Tensor, temperature: f
     return _row_blocks(block_sum, rows, block_rows) / count
 
 
+def distill_loss(q_reps: Tensor, p_reps: Tensor, teacher_scores: Tensor, temperature: float,
+                 teacher_temperature: float, shard: Shard = WHOLE, block_rows: int = 0) -> Tensor:
+    """KL(teacher || student) over each query's own group, averaged over queries (docs/method.md).
+
+    q_reps [B, D], p_reps [B * G, D] laid out as for `ir_loss` (query i's group at rows i*G .. i*G+G-1);
+    teacher_scores [B, G]: a teacher's score of each of those passages. For query i the student's
+    distribution is softmax_j(q_i . p_ij / temperature) over its group alone, the teacher's
+    softmax_j(t_ij / teacher_temperature). A per-query loss: shards and blocks of queries, as in ir_loss.
+    """
+    group_size = p_reps.shape[0] // q_reps.shape[0]
+    rows, first = _slice(q_reps, shard)
+
+    def block_sum(q: Tensor, start: int) -> Tensor:
+        lo = first + start
+        group = _at_least_fp32(p_reps[lo * group_size:(lo + q.shape[0]) * group_size])
+        student = torch.einsum("nd,ngd->ng", _at_least_fp32(q), group.view(q.shape[0], group_size, -1))
+        teacher = teacher_scores[lo:lo + q.shape[0]].to(device=student.device, dtype=student.dtype)
+        return F.kl_div(F.log_softmax(student / temperature, dim=1), F.log_softmax(teacher / teacher_temperature, dim=1),
+                        reduction="sum", log_target=True)
+
+    return _row_blocks(block_sum, rows, block_rows) / q_reps.shape[0]
+
+
 def _slice(anchors: Tensor, shard: Shard) -> tuple[Tensor, int]:
     """Shard `index` of `count` equal row slices of anchors [M, D], and the global index of its first row."""
     index, count = shard
@@ -137,10 +161,12 @@ class LossTerms:
     ir: Tensor
     semantic: Tensor | None = None
     language: Tensor | None = None
+    distill: Tensor | None = None
 
     def scalars(self) -> dict[str, float]:
         out = {"loss/total": self.total, "loss/ir": self.ir, "loss/semantic": self.semantic,
                "loss/language": self.language}
+        out["loss/distill"] = self.distill
         return {k: float(v.detach()) for k, v in out.items() if v is not None}
 
 

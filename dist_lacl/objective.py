@@ -20,6 +20,7 @@ from .losses import (
     WHOLE,
     LossTerms,
     Shard,
+    distill_loss,
     ir_loss,
     language_ids,
     language_loss,
@@ -70,14 +71,16 @@ def step_jobs(batch: dict[str, dict[str, Tensor]], model: ModelConfig) -> dict[J
 
 
 def lacl_loss(reps: dict[Job, Tensor], cfg: LossConfig, shard: Shard = WHOLE,
-              language_mask: Tensor | None = None) -> LossTerms:
+              language_mask: Tensor | None = None, teacher_scores: Tensor | None = None) -> LossTerms:
     """L = L_IR + alpha L_sem + beta L_lang (Hu et al. 2023, Eq. 4) over global representations, or with
     `shard`, that shard's share of every term (the shares of all shards add up to L and its terms).
 
     reps holds QUERY, PASSAGE and, when their weights are > 0, the aux jobs of one or more towers; the
     aux terms are averaged over the towers present. With cfg.language_pairs = "own", `language_mask`
     [K, N] (the global monolingual rows against the global pairs, losses.same_language_mask) selects
-    the pairs each monolingual sentence is compared with, the same for every tower.
+    the pairs each monolingual sentence is compared with, the same for every tower. With
+    cfg.distill_weight > 0, `teacher_scores` [B, G] (the global queries' groups, step_teacher_scores) adds
+    the distillation term.
     """
     own_pairs = cfg.language_pairs == "own"
     if own_pairs and cfg.language_weight > 0 and language_mask is None:
@@ -96,7 +99,14 @@ def lacl_loss(reps: dict[Job, Tensor], cfg: LossConfig, shard: Shard = WHOLE,
                                           language_temperature(cfg), cfg.language_variant, shard, blocks, mask)
                             for t in towers]).mean()
         total = total + cfg.language_weight * lang
-    return LossTerms(total, ir, sem, lang)
+    terms = LossTerms(total, ir, sem, lang)
+    if cfg.distill_weight > 0:
+        if teacher_scores is None:
+            raise ValueError("loss.distill_weight > 0 needs the step's teacher scores (teacher_scores)")
+        terms.distill = distill_loss(reps[QUERY], reps[PASSAGE], teacher_scores, cfg.temperature,
+                                     cfg.distill_temperature, shard, blocks)
+        terms.total = terms.total + cfg.distill_weight * terms.distill
+    return terms
 
 
 @dataclass
@@ -126,22 +136,24 @@ class Objective:
         self.cfg = cfg
 
     def __call__(self, reps: dict[Job, Tensor], language_mask: Tensor | None = None,
-                 keep_reps: bool = False) -> tuple[Tensor, StepLoss]:
+                 keep_reps: bool = False, teacher_scores: Tensor | None = None) -> tuple[Tensor, StepLoss]:
         """*Collective.* reps: this rank's rows of every job; language_mask: the step's
-        (step_language_mask); keep_reps: also return the detached global representations."""
+        (step_language_mask); keep_reps: also return the detached global representations;
+        teacher_scores: the step's (step_teacher_scores)."""
         sharded = self.cfg.sharding == "sharded"
         global_reps = {job: dist.gather_for_loss(r, sharded) for job, r in reps.items()}
         if sharded:
-            terms = global_terms(lacl_loss(global_reps, self.cfg, (dist.rank(), dist.world_size()), language_mask))
+            terms = global_terms(lacl_loss(global_reps, self.cfg, (dist.rank(), dist.world_size()), language_mask,
+                                           teacher_scores))
         else:
-            terms = lacl_loss(global_reps, self.cfg, language_mask=language_mask)
+            terms = lacl_loss(global_reps, self.cfg, language_mask=language_mask, teacher_scores=teacher_scores)
         kept = {job: r.detach() for job, r in global_reps.items()} if keep_reps else None
         return terms.total, StepLoss(terms, kept)
 
 
 def global_terms(shares: LossTerms) -> LossTerms:
     """*Collective.* Every term summed over ranks (one all-reduce), gradients to this rank's shares."""
-    names = [n for n in ("total", "ir", "semantic", "language") if getattr(shares, n) is not None]
+    names = [n for n in ("total", "ir", "semantic", "language", "distill") if getattr(shares, n) is not None]
     summed = dist.sum_shares(torch.stack([getattr(shares, n) for n in names]))
     return LossTerms(**dict(zip(names, summed.unbind())))
 
@@ -158,6 +170,14 @@ def step_language_mask(meta: dict, cfg: LossConfig) -> Tensor | None:
     para, mono = (_gathered(meta[key]) for key in ("para_lang", "mono_lang"))
     vocabulary = sorted(set(para) | set(mono))
     return same_language_mask(language_ids(mono, vocabulary), language_ids(para, vocabulary))
+
+
+def step_teacher_scores(meta: dict, cfg: LossConfig) -> Tensor | None:
+    """*Collective* (gathers scores) with loss.distill_weight > 0, else None at once: the teacher's scores
+    of the global batch's groups [B, G], rows in the order gather_for_loss concatenates the queries."""
+    if cfg.distill_weight == 0:
+        return None
+    return torch.cat(dist.all_gather_objects(meta["teacher_scores"]))
 
 
 def diagnostics(global_reps: dict[Job, Tensor], meta: dict) -> dict[str, float]:

@@ -22,7 +22,7 @@ from .engine import build_engine
 from .errors import NonFiniteError, ResumeRequested
 from .grad_cache import GradCache
 from .model import build_model, check_lengths
-from .objective import Objective, diagnostics, step_jobs, step_language_mask
+from .objective import Objective, diagnostics, step_jobs, step_language_mask, step_teacher_scores
 from .signals import StopSignal
 from .tokenizer import check_vocabulary, load_tokenizer, tokenizer_files
 
@@ -174,7 +174,8 @@ class Trainer:
         batch, meta = self.data.next()
         logged = (self.state.step + 1) % self.cfg.train.log_every == 0
         cache = self.grad_cache.compute_loss(step_jobs(batch, self.cfg.model), keep_reps=logged,
-                                             language_mask=step_language_mask(meta, self.cfg.loss))
+                                             language_mask=step_language_mask(meta, self.cfg.loss),
+                                             teacher_scores=step_teacher_scores(meta, self.cfg.loss))
         finite = math.isfinite(float(cache.loss)) and cache.grads_finite()
         if dist.all_reduce_max(0.0 if finite else 1.0) > 0:
             return self.skip_step(cache)

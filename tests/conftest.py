@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The shared checks report a failing assert in detail, as they did inside the test modules they came from.
 pytest.register_assert_rewrite("equivalence", "helpers_cli", "helpers_reference_step", "helpers_resume")
 
-from helpers_data import write_training_data  # noqa: E402
+from helpers_data import ir_records, with_teacher_scores, write_jsonl, write_training_data  # noqa: E402
 from helpers_tiny import copy_without_dropout, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
 
@@ -51,3 +51,10 @@ def tiny_model_no_dropout(tiny_model_dir, tmp_path_factory) -> Path:
 def training_data(tmp_path_factory) -> dict[str, str]:
     """{train_ir, parallel, monolingual}: small valid files in the documented formats."""
     return write_training_data(tmp_path_factory.mktemp("train-data"))
+
+
+@pytest.fixture(scope="session")
+def training_data_with_scores(training_data, tmp_path_factory) -> dict[str, str]:
+    """training_data whose IR file's passages all carry a teacher's `score` (loss.distill_weight)."""
+    path = tmp_path_factory.mktemp("train-data-scored") / "ir.jsonl"
+    return {**training_data, "train_ir": str(write_jsonl(path, with_teacher_scores(ir_records(32))))}

@@ -31,6 +31,14 @@ def ir_records(n: int, num_negatives: int = 3, seed: int = 0) -> list[dict]:
     return out
 
 
+def with_teacher_scores(records: list[dict]) -> list[dict]:
+    """Tevatron records whose every passage carries a teacher's `score` (varied, deterministic)."""
+    for i, rec in enumerate(records):
+        for j, p in enumerate(rec["positive_passages"] + rec["negative_passages"]):
+            p["score"] = round(3.0 - 1.7 * j + 0.3 * ((i * 7 + j * 3) % 5), 2)
+    return records
+
+
 def parallel_records(n: int) -> list[dict]:
     out = []
     for i in range(n):

@@ -11,16 +11,22 @@ from dist_lacl.objective import Objective, step_jobs
 
 
 def make_step(model_dir, data, tmp_path, **model_overrides):
+    cfg, model, jobs, _ = make_step_and_meta(model_dir, data, tmp_path, **model_overrides)
+    return cfg, model, jobs
+
+
+def make_step_and_meta(model_dir, data, tmp_path, loss=None, **model_overrides):
+    """make_step's config (with `loss` settings over its own), model and jobs, and the step's meta."""
     cfg = config_from_dict({
         "model": {"name_or_path": str(model_dir), **model_overrides},
         "data": {**data, "train_group_size": 3},
-        "loss": {"temperature": 0.1},
+        "loss": {"temperature": 0.1, **(loss or {})},
         "train": {"ir_batch_size": 6, "parallel_batch_size": 5, "monolingual_batch_size": 7, "chunk_size": 2,
                   "output_dir": str(tmp_path)}})
     torch.manual_seed(0)
     model = build_model(cfg.model).train()
-    batch, _ = TrainBatches(cfg, AutoTokenizer.from_pretrained(model_dir), 0, 1, tmp_path / "cache").next()
-    return cfg, model, step_jobs(batch, cfg.model)
+    batch, meta = TrainBatches(cfg, AutoTokenizer.from_pretrained(model_dir), 0, 1, tmp_path / "cache").next()
+    return cfg, model, step_jobs(batch, cfg.model), meta
 
 
 def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0, keep_last_graph=True):
@@ -30,16 +36,16 @@ def grad_cache_for(cfg, model, chunk_size, chunk_tokens=0, keep_last_graph=True)
                      packed=model.padding_free)
 
 
-def cached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0, keep_last_graph=True):
+def cached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0, keep_last_graph=True, **loss_args):
     model.zero_grad(set_to_none=True)
     torch.manual_seed(123)
     gc = grad_cache_for(cfg, model, chunk_size, chunk_tokens, keep_last_graph)
-    cache = gc.compute_loss(jobs)
+    cache = gc.compute_loss(jobs, **loss_args)
     gc.backward(cache)
     return cache.loss.item(), cache.loss_out, grads(model)
 
 
-def uncached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0):
+def uncached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0, **loss_args):
     """The reference: the same chunks forwarded *with* autograd in the same order (hence the same
     dropout masks, drawn from the same RNG stream), one loss, one backward."""
     model.zero_grad(set_to_none=True)
@@ -49,7 +55,7 @@ def uncached_step(cfg, model, jobs, chunk_size=2, chunk_tokens=0):
     for job, x in jobs.items():
         parts, order = gc.split(x)
         reps[job] = torch.cat([model(**c, tower=job.tower) for c in parts])[order.argsort()]
-    loss, terms = Objective(cfg.loss)(reps)
+    loss, terms = Objective(cfg.loss)(reps, **loss_args)
     loss.backward()
     return loss.item(), terms, grads(model)
 

@@ -12,14 +12,15 @@ from dist_lacl.config import config_from_dict
 from dist_lacl.data.batches import TrainBatches
 from dist_lacl.engine import make_scheduler
 from dist_lacl.model import build_model, parameter_groups
-from dist_lacl.objective import Objective, step_jobs
+from dist_lacl.objective import Objective, step_jobs, step_teacher_scores
 
 
-def write_config(tmp_path, model_dir, data, shared_encoder=True, padding_free=False, packed_row_length=0, **train):
+def write_config(tmp_path, model_dir, data, shared_encoder=True, padding_free=False, packed_row_length=0, loss=None,
+                 **train):
     raw = {"model": {"name_or_path": str(model_dir), "pooling": "mean", "shared_encoder": shared_encoder,
                      "padding_free": padding_free, "packed_row_length": packed_row_length},
            "data": {**data, "train_group_size": 3, "cache_dir": str(tmp_path / "cache")},
-           "loss": {"temperature": 0.5, "semantic_weight": 0.7, "language_weight": 0.4},
+           "loss": {"temperature": 0.5, "semantic_weight": 0.7, "language_weight": 0.4, **(loss or {})},
            "train": {"ir_batch_size": 4, "parallel_batch_size": 6, "monolingual_batch_size": 4, "chunk_size": 2,
                      "lr": 1e-3, "warmup_steps": 0, "grad_clip": 1.0, "num_threads": 1,
                      "output_dir": str(tmp_path / "run"), **train}}
@@ -33,9 +34,9 @@ def reference_step(cfg):
     torch.manual_seed(cfg.train.seed)
     model = build_model(dataclasses.replace(cfg.model, padding_free=False)).train()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
-    batch, _ = TrainBatches(cfg, tokenizer, 0, 1, cfg.data.cache_dir).next()
+    batch, meta = TrainBatches(cfg, tokenizer, 0, 1, cfg.data.cache_dir).next()
     reps = {job: model(**x, tower=job.tower) for job, x in step_jobs(batch, cfg.model).items()}
-    loss, _ = Objective(cfg.loss)(reps)
+    loss, _ = Objective(cfg.loss)(reps, teacher_scores=step_teacher_scores(meta, cfg.loss))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     t = cfg.train

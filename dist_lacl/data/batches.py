@@ -27,6 +27,7 @@ from ..formats.records import passage_text
 from .order import KeyedPermutation, LanguageSampler
 from .prefetch import Prefetcher
 from .read import input_content, load_dataset
+from .teacher_scores import check_scores, group_scores
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ class TrainBatches:
     """The per-step inputs of every enabled stream for this rank, with one resumable state.
 
     Each step yields {role: {input_ids, attention_mask}} for roles query, passage, para_en, para_xx,
-    mono (the auxiliary roles only when their losses are on), plus languages for diagnostics.
+    mono (the auxiliary roles only when their losses are on), plus languages for diagnostics and, with
+    loss.distill_weight > 0, the groups' teacher scores [queries, group size] (meta "teacher_scores").
     With data.prefetch = k > 0, the next k steps are planned ahead (the streams advance) and built by
     a Prefetcher; state_dict() is the position after the last step *returned*, so a checkpoint
     never counts a prefetched step as consumed. The batches are the same with or without it.
@@ -228,6 +230,8 @@ class TrainBatches:
         self.ir = load(d.train_ir, "ir", options=formats.options_for(d, "ir"))
         if d.train_group_size > 1:
             check_has_negatives(self.ir, d.train_ir, d.train_group_size)
+        if cfg.loss.distill_weight > 0:
+            check_scores(self.ir, d.train_ir, formats.options_for(d, "ir"))
         self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size,
                                           f"data.train_ir ({d.train_ir})", "train.ir_batch_size")}
         self.parallel = self.monolingual = None
@@ -308,6 +312,8 @@ class TrainBatches:
                  "passage": tokenize([passage_text(p["title"], p["text"]) for g in groups for p in g],
                                      d.passage_max_len, passage)}
         meta = {"epoch": epoch, "draw_step": plan.draw_steps}
+        if self.cfg.loss.distill_weight > 0:
+            meta["teacher_scores"] = group_scores(groups)
         if self.parallel is not None:
             para = self.parallel[plan.indices["parallel"][0]]
             batch["para_en"] = tokenize(para["en"], d.sentence_max_len, query)

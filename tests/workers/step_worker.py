@@ -18,7 +18,7 @@ from dist_lacl.config import load_config
 from dist_lacl.data.batches import TrainBatches
 from dist_lacl.grad_cache import GradCache
 from dist_lacl.model import build_model
-from dist_lacl.objective import Objective, step_jobs
+from dist_lacl.objective import Objective, step_jobs, step_teacher_scores
 from dist_lacl.trainer import Trainer
 
 
@@ -28,8 +28,9 @@ def engine_step(cfg, mode):
     if mode == "naive":
         trainer.grad_cache.chunk_context = lambda is_last: contextlib.nullcontext()
         trainer.grad_cache.backward_context = contextlib.nullcontext
-    batch, _ = trainer.data.next()
-    cache = trainer.grad_cache.compute_loss(step_jobs(batch, cfg.model))
+    batch, meta = trainer.data.next()
+    cache = trainer.grad_cache.compute_loss(step_jobs(batch, cfg.model),
+                                            teacher_scores=step_teacher_scores(meta, cfg.loss))
     trainer.grad_cache.backward(cache)
     # DeepSpeed cannot read full gradients back under round_robin_gradients (its fragment map assumes
     # the plain partition order): there the pre-clipping gradient norm stands in for them.
@@ -45,10 +46,10 @@ def plain_step(cfg):
     model = build_model(cfg.model).train()
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.name_or_path)
     data = TrainBatches(cfg, tokenizer, dist.rank(), dist.world_size(), cfg.data.cache_dir)
-    batch, _ = data.next()
+    batch, meta = data.next()
     gc = GradCache(encode=lambda job, x: model(**x, tower=job.tower), loss_fn=Objective(cfg.loss),
                    backward_fn=lambda loss: loss.backward(), chunk_size=cfg.train.chunk_size)
-    cache = gc.compute_loss(step_jobs(batch, cfg.model))
+    cache = gc.compute_loss(step_jobs(batch, cfg.model), teacher_scores=step_teacher_scores(meta, cfg.loss))
     gc.backward(cache)
     grads = {}
     for name, p in model.named_parameters():
