@@ -53,10 +53,15 @@ def shipped_zero_block(tmp_path, name: str) -> str:
 SHIPPED = sorted(p.name for p in (REPO / "ds_configs").glob("*.json"))
 
 
-@pytest.mark.parametrize("grad_reduction", ["coalesced", "per_chunk"])
-def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data, grad_reduction):
-    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data, backend="deepspeed",
-                               deepspeed_config="ds_configs/zero2_fp32_cpu.json", grad_reduction=grad_reduction)
+@pytest.mark.parametrize("grad_reduction, distill", [("coalesced", False), ("per_chunk", False), ("coalesced", True)],
+                         ids=["coalesced", "per_chunk", "coalesced-distill"])
+def test_zero2_grad_cache_equals_plain_pytorch(tmp_path, tiny_model_no_dropout, training_data,
+                                               training_data_with_scores, grad_reduction, distill):
+    """distill: with loss.distill_weight, the teacher-score KL term in the cached, gathered loss too."""
+    loss = {"distill_weight": 0.6, "distill_temperature": 2.0} if distill else None
+    config, cfg = write_config(tmp_path, tiny_model_no_dropout, training_data_with_scores if distill else training_data,
+                               loss=loss, backend="deepspeed", deepspeed_config="ds_configs/zero2_fp32_cpu.json",
+                               grad_reduction=grad_reduction)
     assert_engine_step_equals_reference(tmp_path, config, cfg)
 
 
