@@ -13,13 +13,13 @@ from helpers_data import ir_records, with_teacher_scores, write_jsonl
 from helpers_grad_cache import cached_step, make_step_and_meta, uncached_step
 from transformers import AutoTokenizer
 
-from dist_lacl.config import config_from_dict
+from dist_lacl.config import LossConfig, config_from_dict
 from dist_lacl.data.batches import TrainBatches, sample_group
 from dist_lacl.data.cache import CacheEntry
 from dist_lacl.data.read import features, load_dataset, read_records
 from dist_lacl.errors import ConfigError, DataError
 from dist_lacl.losses import distill_loss
-from dist_lacl.objective import PASSAGE, QUERY, lacl_loss, step_teacher_scores
+from dist_lacl.objective import PASSAGE, QUERY, Job, lacl_loss, step_teacher_scores
 
 DISTILL = {"distill_weight": 0.5, "distill_temperature": 2.0}
 
@@ -60,6 +60,28 @@ def test_shards_and_blocks_add_up_to_the_whole_loss_and_gradients():
         assert parts.item() == pytest.approx(whole.item(), rel=FP32_LOSS)
         for got, want in zip(torch.autograd.grad(parts, (q, p)), reference):
             torch.testing.assert_close(got, want, **SHARDED_LOSS_GRADS)
+
+
+def test_sharded_objective_equals_the_replicated_one_with_every_term():
+    """lacl_loss's shards (each rank's share, as loss.sharding=sharded scores them) add up to the whole
+    objective, the KL term among the others, in every logged term and every representation's gradient."""
+    gen = torch.Generator().manual_seed(1)
+    reps = {job: torch.randn(rows, 8, generator=gen) for job, rows in
+            ((QUERY, 8), (PASSAGE, 24), (Job("para_en", "query"), 8), (Job("para_xx", "query"), 8),
+             (Job("mono", "query"), 4))}
+    teacher = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    cfg = LossConfig(temperature=0.5, semantic_weight=0.7, language_weight=0.4, block_rows=1, **DISTILL)
+
+    def shares(count):
+        leaves = {k: v.clone().requires_grad_() for k, v in reps.items()}
+        terms = [lacl_loss(leaves, cfg, (i, count), teacher_scores=teacher) for i in range(count)]
+        sum(t.total for t in terms).backward()
+        return {k: sum(t.scalars()[k] for t in terms) for k in terms[0].scalars()}, {k: v.grad for k, v in leaves.items()}
+
+    (whole, whole_grads), (parts, grads) = shares(1), shares(4)
+    assert "loss/distill" in whole and parts == pytest.approx(whole, rel=FP32_LOSS)
+    for job in reps:
+        torch.testing.assert_close(grads[job], whole_grads[job], **SHARDED_LOSS_GRADS)
 
 
 def test_the_objective_adds_the_weighted_term_and_logs_it():
