@@ -13,7 +13,7 @@ import yaml
 from torch import Tensor
 
 from . import distributed as dist
-from . import run_dir
+from . import run_dir, run_facts
 from .checkpoint import Checkpointer, checkpoint_name
 from .config import RunConfig
 from .config_checks import check_world_size
@@ -58,6 +58,8 @@ class Trainer:
         torch.manual_seed(t.seed + dist.rank())  # dropout differs per rank, as it would on separate GPUs
         self.data, self.dev = self.load_data()
         self.lock = run_dir.claim(self.run_dir, cfg)
+        if dist.is_main():  # the model card's data facts (files, records, languages)
+            run_facts.record_data(self.run_dir, cfg.data, self.data)
         self.state = TrainState()
         self.saved_step: int | None = None
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", t.keep_last)
@@ -197,12 +199,15 @@ class Trainer:
 
         self.engine.train(False)
         try:
-            return evaluate_dev(self.engine.module, self.tokenizer, self.dev, metrics=("mrr@10", "recall@100"),
-                                query_max_len=self.cfg.data.query_max_len,
-                                passage_max_len=self.cfg.data.passage_max_len,
-                                dtype=self.cfg.train.precision)
+            metrics = evaluate_dev(self.engine.module, self.tokenizer, self.dev, metrics=("mrr@10", "recall@100"),
+                                   query_max_len=self.cfg.data.query_max_len,
+                                   passage_max_len=self.cfg.data.passage_max_len,
+                                   dtype=self.cfg.train.precision)
         finally:
             self.engine.train(True)
+        if dist.is_main():  # readable without TensorBoard (the model card's dev metrics)
+            run_facts.record_eval(self.run_dir, self.state.step, metrics)
+        return metrics
 
     def skip_step(self, cache) -> dict[str, float]:
         """A non-finite loss or representation gradient on any rank: no update, counted; too many stop."""
