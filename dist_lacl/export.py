@@ -4,8 +4,8 @@ Layout (shared encoder): a `transformers` model folder (config.json, model.safet
 plus `dist_lacl.json` {"pooling", "normalize", "shared_encoder", "prefixes"} and a sentence-transformers
 module config (modules.json, 1_Pooling/config.json, the prefixes as prompts) so `SentenceTransformer(path)`
 gives the same embeddings.
-Separate towers: the same, once per tower, in `query/` and `passage/`, and a README.md at the top saying
-which to load. `loading` reads such folders back.
+Separate towers: the same, once per tower, in `query/` and `passage/`. At the top, README.md: the model
+card (`model_card`), saying which folder to load. `loading` reads such folders back.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pathlib import Path
 from .atomic import discard, new_temp_dir, publish_dir
 from .loading import SETTINGS, find_checkpoint, model_from_checkpoint
 from .model import TOWERS, DualEncoder
+from .model_card import CardFacts, card_facts, write_model_card
 from .outputs import check_output_dir
 
 
-def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
+def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path, facts: CardFacts | None = None) -> Path:
     """Write `model` and `tokenizer` to the folder `path` (checked with `check_export_dir` beforehand),
     built under a temporary name and renamed into place."""
     path = Path(path)
@@ -32,8 +33,7 @@ def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
             model.tower(tower or "query").save_pretrained(folder)
             tokenizer.save_pretrained(folder)
             _write_sentence_transformers_config(folder, model)
-        if not model.shared:
-            (tmp / "README.md").write_text(_TWO_TOWERS_README)
+        write_model_card(tmp, facts)  # README.md: the training facts, how to load, the prompts
         written = sorted(os.listdir(tmp))
         (tmp / SETTINGS).write_text(json.dumps(
             {"pooling": model.pooling, "normalize": model.normalize, "shared_encoder": model.shared,
@@ -42,23 +42,6 @@ def save_dual_encoder(model: DualEncoder, tokenizer, path: str | Path) -> Path:
     except BaseException:
         discard(tmp)
         raise
-
-
-_TWO_TOWERS_README = """# A dual encoder with two towers
-
-This folder holds two models: `query/` encodes queries and `passage/` encodes passages. Load each one
-with sentence-transformers, as below (with plain transformers, `AutoModel.from_pretrained` each folder
-and pool as its `1_Pooling/config.json` says). If `config_sentence_transformers.json` lists prompts,
-pass `prompt_name="query"` / `prompt_name="passage"` to `encode`.
-
-```python
-from sentence_transformers import SentenceTransformer
-query_model, passage_model = SentenceTransformer("THIS_FOLDER/query"), SentenceTransformer("THIS_FOLDER/passage")
-scores = query_model.encode(["a question"]) @ passage_model.encode(["a passage"]).T
-```
-
-dist-lacl commands (`encode`, `mine`) take this top folder as `--model`.
-"""
 
 
 def check_export_dir(path: str | Path, inputs=(), overwrite: bool = False) -> Path:
@@ -87,4 +70,4 @@ def run_export(args) -> None:
     checkpoint = find_checkpoint(args.checkpoint)
     out = check_export_dir(args.output, inputs=[args.checkpoint, checkpoint], overwrite=args.overwrite)
     model, tokenizer = model_from_checkpoint(checkpoint)
-    print(f"exported to {save_dual_encoder(model, tokenizer, out)}")
+    print(f"exported to {save_dual_encoder(model, tokenizer, out, card_facts(checkpoint))}")
