@@ -1,4 +1,4 @@
-"""Command line: `dist-lacl train|export|mine|encode|search|evaluate|data ...`; user errors exit cleanly.
+"""Command line: `dist-lacl train|export|push|mine|encode|search|evaluate|data ...`; user errors exit cleanly.
 
 Building the parser imports no torch, transformers or datasets: a handler imports its module when its
 command runs, so `--help` and a refused option or config answer in well under a second.
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=run_train)
 
     _add_export_parser(sub)
+    _add_push_parser(sub)
     _add_mine_parser(sub)
     for add_parsers in _subpackage_parsers():
         add_parsers(sub)
@@ -83,6 +84,17 @@ def _add_export_parser(subparsers) -> None:
                         help="the model folder to write (new, empty, or a previous export with --overwrite)")
     export.add_argument("--overwrite", action="store_true", help="replace a previous export in --output")
     export.set_defaults(func=handler(".export", "run_export"))
+
+
+def _add_push_parser(subparsers) -> None:
+    push = subparsers.add_parser("push", help="upload an exported model folder to the Hugging Face Hub")
+    push.add_argument("folder", help="a folder written by dist-lacl export (with its model card)")
+    push.add_argument("repo", help="the Hub model repository, owner/name (created if it does not exist)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", help="the branch to commit to (created if needed; default main)")
+    push.add_argument("--message", default="Upload a dist-lacl export", help="the commit message")
+    push.add_argument("--dry-run", action="store_true", help="list the files and sizes it would send, and stop")
+    push.set_defaults(func=handler(".push", "run_push"))
 
 
 def _add_mine_parser(subparsers) -> None:
@@ -138,9 +150,10 @@ _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if args.command != "push":  # the one command that goes online; it refuses if the user set offline mode
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.basicConfig(level=logging.INFO if _env_rank() == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {_env_rank()}] %(levelname)s %(name)s: %(message)s")
     # faiss, imported later by a handler, says at INFO which CPU build it loaded: noise for the user.
