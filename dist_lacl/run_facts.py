@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from .atomic import write_text
+from .checkpoint import has_complete_checkpoint
 
 DATA = "data.json"
 METRICS = "metrics.jsonl"
@@ -22,7 +23,10 @@ _PATHS = {"ir": "train_ir", "parallel": "parallel", "monolingual": "monolingual"
 
 def record_data(run_dir: Path, data_cfg, data) -> None:
     """Write `run_dir`/data.json: for each of `data`'s streams (a data.batches.TrainBatches), {files,
-    records, languages (where the data has a lang column)}."""
+    records, languages (where the data has a lang column)}. A run starting afresh also drops the
+    evaluations of an attempt that left no checkpoint (they were not this run's)."""
+    if not has_complete_checkpoint(Path(run_dir) / "checkpoints"):
+        (Path(run_dir) / METRICS).unlink(missing_ok=True)
     summary = {}
     for name, stream in data.streams.items():
         paths = getattr(data_cfg, _PATHS.get(name, name), None)

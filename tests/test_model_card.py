@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from helpers_data import write_dev_set
 from helpers_launch import run
 from helpers_train import scalars, train_args
 
+from dist_lacl import run_facts
 from dist_lacl.export import save_dual_encoder
 from dist_lacl.loading import SETTINGS, load_dual_encoder
 from dist_lacl.model_card import card_facts, render
@@ -129,6 +131,22 @@ def test_a_hub_base_model_is_named_in_the_header(run_and_export):
     header, body = split_card(render(model, facts))
     assert header["base_model"] == "FacebookAI/xlm-roberta-base"
     assert "fine-tuned from FacebookAI/xlm-roberta-base" in body
+
+
+def test_a_fresh_start_drops_the_evaluations_of_an_attempt_without_a_checkpoint(tmp_path):
+    stream = SimpleNamespace(num_examples=3)
+    data = SimpleNamespace(streams={"ir": stream, "parallel": stream}, ir=None, parallel=None)
+    data_cfg = SimpleNamespace(train_ir="/data/ir.jsonl", parallel=["/data/a.tsv", "/data/b.tsv"])
+    run_facts.record_eval(tmp_path, 2, {"eval/mrr@10/de": 0.5})
+    run_facts.record_data(tmp_path, data_cfg, data)
+    assert run_facts.read_evals(tmp_path) == {}
+    assert run_facts.read_data(tmp_path) == {"ir": {"files": ["ir.jsonl"], "records": 3},
+                                             "parallel": {"files": ["a.tsv", "b.tsv"], "records": 3}}
+    run_facts.record_eval(tmp_path, 2, {"eval/mrr@10/de": 0.5})
+    run_facts.record_eval(tmp_path, 2, {"eval/mrr@10/de": 0.25})  # the same step again after a resume
+    with open(tmp_path / run_facts.METRICS, "a") as f:
+        f.write('{"step": 4, "metr')  # torn by a crash
+    assert run_facts.read_evals(tmp_path) == {2: {"eval/mrr@10/de": 0.25}}
 
 
 def test_an_export_without_a_run_states_only_what_its_files_say(tiny_model_dir, tmp_path):
