@@ -124,10 +124,12 @@ def _method(facts: CardFacts) -> str:
            if (_get(facts, "loss", key) or 0) > 0]
     how = (f", while {' and '.join(aux)} make its representations language-agnostic, so that retrieval "
            "transfers to languages without IR training data" if aux else "")
+    negatives = "in-batch and hard negatives" if (_get(facts, "data", "train_group_size") or 1) > 1 else \
+        "in-batch negatives"
     return ("Trained with dist-lacl after LACL (Hu et al. 2023, *Language Agnostic "
             "Multilingual Information Retrieval with Contrastive Learning*): a dual encoder learns retrieval "
-            f"from IR training data with in-batch and hard negatives{how}. Every number below is read from "
-            "the training run's config and logs.\n")
+            f"from IR training data with {negatives}{how}. Every number below is read from the training run's "
+            "config and logs.\n")
 
 
 def _training(facts: CardFacts) -> str:
@@ -174,17 +176,25 @@ def _loss_formula(facts: CardFacts) -> str:
     return " + ".join(terms)
 
 
+_STREAMS = (("ir", "train_ir", "ir_batch_size", "queries"),
+            ("parallel", "parallel", "parallel_batch_size", "parallel pairs"),
+            ("monolingual", "monolingual", "monolingual_batch_size", "monolingual sentences"))
+"""Each training stream: its data.* file setting, its train.* batch size, what it holds."""
+
+
+def _streams(facts: CardFacts) -> list[tuple[str, str, str, str]]:
+    """The streams trained on: those data.json lists, else those the loss weights switch on (as
+    trainer.load_data does)."""
+    if facts.data is not None:
+        return [s for s in _STREAMS if s[0] in facts.data]
+    semantic, language = ((_get(facts, "loss", k) or 0) > 0 for k in ("semantic_weight", "language_weight"))
+    return [_STREAMS[0]] + [_STREAMS[1]] * (semantic or language) + [_STREAMS[2]] * language
+
+
 def _batches(facts: CardFacts) -> list[str]:
     """Global batch sizes of the streams trained on, and per device where the world size is recorded."""
-    streams = (("ir", "ir_batch_size", "queries"), ("parallel", "parallel_batch_size", "parallel pairs"),
-               ("monolingual", "monolingual_batch_size", "monolingual sentences"))
-    if facts.data is not None:
-        active = [s for s in streams if s[0] in facts.data]
-    else:  # the streams the loss weights switch on (trainer.load_data)
-        semantic, language = ((_get(facts, "loss", k) or 0) > 0 for k in ("semantic_weight", "language_weight"))
-        active = streams[:1] + streams[1:2] * (semantic or language) + streams[2:] * language
     lines = []
-    for _, key, what in active:
+    for _, _, key, what in _streams(facts):
         size, n = _get(facts, "train", key), facts.world_size
         if size is None:
             continue
@@ -203,9 +213,11 @@ def _data(facts: CardFacts) -> str:
             rows.append(f"| {name} | {', '.join(f'`{f}`' for f in s.get('files', []))} | {s.get('records', '')} | "
                         f"{', '.join(s.get('languages') or [])} |")
     else:  # only the names the config gives
-        rows += [f"| {name} | `{Path(p).name}` |  |  |" for name, p in
-                 (("ir", _get(facts, "data", "train_ir")), ("parallel", _get(facts, "data", "parallel")),
-                  ("monolingual", _get(facts, "data", "monolingual"))) if isinstance(p, str) and p]
+        for name, key, _, _ in _streams(facts):
+            paths = _get(facts, "data", key)
+            paths = [paths] if isinstance(paths, str) else paths if isinstance(paths, list) else []
+            if any(paths):
+                rows.append(f"| {name} | {', '.join(f'`{Path(p).name}`' for p in paths if p)} |  |  |")
     dev = [Path(p).name for p in (_get(facts, "data", k) for k in ("dev_queries", "dev_corpus", "dev_qrels")) if p]
     if dev:
         rows.append(f"| dev | {', '.join(f'`{f}`' for f in dev)} |  |  |")
