@@ -87,3 +87,27 @@ def test_align_diagnostics_for_every_tower_layout(towers):
     scalars = diagnostics(reps, meta)
     assert set(scalars) == {"align/pair_cos", "align/nonpair_cos", "align/gap", "align/lang_id_acc"}
     assert all(v == v for v in scalars.values())  # no NaN: every language appears twice
+
+
+def test_held_out_language_id_keeps_translation_groups_whole():
+    from dist_lacl.diagnostics import _split_by_group, held_out_language_id
+
+    groups = [i % 10 for i in range(30)]  # ten meanings, three languages each
+    train, test = _split_by_group(groups, 0.3, seed=5)
+    assert sorted(train + test) == list(range(30)) and len(test) == 9
+    assert not {groups[i] for i in train} & {groups[i] for i in test}
+    # Translations identical: a held-out sentence's twins are not in training, so neither rule beats chance.
+    reps = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))[groups]
+    langs = [("en", "de", "fr")[i // 10] for i in range(30)]
+    found = held_out_language_id(reps, langs, groups=groups)
+    assert found.names == ["de", "en", "fr"] and found.chance() == pytest.approx(1 / 3)
+    assert found.accuracy(found.centroid) == found.accuracy(found.linear) == pytest.approx(1 / 3)
+
+
+def test_translation_retrieval_by_hand():
+    from dist_lacl.diagnostics import translation_retrieval
+
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert translation_retrieval(e, e) == {"en_to_xx": 1.0, "xx_to_en": 1.0}
+    swapped = e[[1, 0, 2]]  # the first two translations swapped: only the third is found
+    assert translation_retrieval(e, swapped) == {"en_to_xx": pytest.approx(1 / 3), "xx_to_en": pytest.approx(1 / 3)}
