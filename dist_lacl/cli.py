@@ -1,4 +1,4 @@
-"""Command line: `dist-lacl train|export|push|mine|encode|search|evaluate|data ...`; user errors exit cleanly.
+"""Command line: `dist-lacl train|export|push|mine|probe|encode|search|evaluate|data ...`; user errors exit cleanly.
 
 Building the parser imports no torch, transformers or datasets: a handler imports its module when its
 command runs, so `--help` and a refused option or config answer in well under a second.
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_parser(sub)
     _add_push_parser(sub)
     _add_mine_parser(sub)
+    _add_probe_parser(sub)
     for add_parsers in _subpackage_parsers():
         add_parsers(sub)
     return parser
@@ -131,6 +132,35 @@ def _add_mine_parser(subparsers) -> None:
     p.add_argument("--query-batch", type=int, default=4096, help="queries per faiss search call")
     p.add_argument("--dist-timeout-s", type=int, default=1800, help="collective timeout in seconds")
     p.set_defaults(func=handler(".mine", "run_mine"))
+
+
+def _add_probe_parser(subparsers) -> None:
+    p = subparsers.add_parser("probe", help="how much language identity is left in models' embeddings of "
+                                            "parallel or multilingual text (models side by side)")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="exported, sentence-transformers or transformers model folder, or a training run / checkpoint")
+    p.add_argument("--texts", nargs="+", required=True, metavar="FILE",
+                   help="parallel pairs (jsonl, tsv, Moses) and/or multilingual text (jsonl, .txt); see docs/formats.md")
+    p.add_argument("--format", default="auto", choices=("auto", "jsonl", "tsv", "moses", "text"),
+                   help="the files' format (default: detected from names and first records)")
+    p.add_argument("--lang", help="the non-English language of parallel files, or the language of plain text, "
+                                  "where file names do not say")
+    p.add_argument("--max-per-lang", type=int, default=1000, help="pairs (or texts) per language (default 1000)")
+    p.add_argument("--held-out", type=float, default=0.3,
+                   help="share of translation groups held out for language ID (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="draws the sample and the held-out split (default 0)")
+    p.add_argument("--tower", default="passage", choices=("passage", "query"),
+                   help="separate towers: which one encodes the sentences (default passage)")
+    p.add_argument("--prompt", default="none", choices=("none", "query", "passage"),
+                   help="the model's prefix to put before every sentence (default none)")
+    p.add_argument("--max-len", type=int, default=128, help="tokens per sentence (default 128)")
+    p.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass (default 64)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="auto: bf16 (else fp16) on GPU, fp32 on CPU")
+    p.add_argument("--names", nargs="+", help="the models' names in the table (default: their folder names)")
+    p.add_argument("--output", "-o", help="folder for probe.md, probe.json and probe.png (default: print only)")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous probe output in --output")
+    p.set_defaults(func=handler(".probe", "run_probe"))
 
 
 def _env_rank() -> int:
