@@ -154,11 +154,15 @@ def embed(model_path: str, texts: list[str], tower: str = "passage", prompt: str
     its `prompt` prefix or none; the settings used)."""
     from .evaluation.encode import encode_texts, resolve_dtype
     from .loading import load_model
+    from .model import max_tokens
 
     if not Path(model_path).exists():
         raise UserError(f"MODEL {model_path}: not found; expected an exported, sentence-transformers or "
                         "transformers model folder, or a training run / checkpoint")
     model, tokenizer = load_model(model_path)
+    limit = max_tokens(model.tower(tower))
+    if limit is not None and max_len > limit:
+        raise UserError(f"--max-len: {max_len} tokens, but {model_path}'s position embeddings allow at most {limit}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(dtype, device)
     prefix = "" if prompt == "none" else model.prefixes.get(prompt, "")
@@ -176,6 +180,9 @@ def run_probe(args) -> None:
 
     if not 0 < args.held_out < 1:
         raise UserError(f"--held-out {args.held_out}: expected a fraction between 0 and 1")
+    for option, value, least in (("--max-len", args.max_len, 2), ("--batch-size", args.batch_size, 1)):
+        if value < least:
+            raise UserError(f"{option} {value}: expected at least {least}")
     if args.max_per_lang < 4:
         raise UserError(f"--max-per-lang {args.max_per_lang}: expected at least 4 (a held-out split per language)")
     inputs = [("MODEL", m) for m in args.models] + [("--texts", t) for t in args.texts]

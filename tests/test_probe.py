@@ -114,6 +114,8 @@ def test_a_real_model_folder(tiny_model_dir, tmp_path, capsys):
     for value in (*(result["language_id"][k] for k in ("centroid", "linear", "chance")),
                   result["pairs"]["p1_en_to_xx"], result["pairs"]["p1_xx_to_en"]):
         assert 0.0 <= value <= 1.0
+    assert_clean_failure(run([tiny_model_dir, "--texts", path, "--max-len", 999], capsys),
+                         "--max-len: 999 tokens, but")
 
 
 def test_misuse(stub_encoder, parallel_file, tmp_path, capsys):
@@ -127,6 +129,7 @@ def test_misuse(stub_encoder, parallel_file, tmp_path, capsys):
     assert_clean_failure(run(["a", "b", "--texts", parallel_file, "--names", "x"], capsys),
                          "expected 2 different names")
     assert_clean_failure(run(["a", "--texts", parallel_file, "--held-out", 1.5], capsys), "--held-out 1.5")
+    assert_clean_failure(run(["a", "--texts", parallel_file, "--batch-size", 0], capsys), "--batch-size 0")
     users = tmp_path / "users"
     users.mkdir()
     (users / "notes.txt").write_text("mine")
