@@ -58,36 +58,54 @@ def text_kind(path: Path, fmt: str) -> str:
 
 def read_sentences(paths: list[str], fmt: str = "auto", lang: str | None = None, max_per_lang: int = 1000,
                    seed: int = 0) -> Sentences:
-    """Every file's pairs and texts, each language's first occurrence of a sentence only, at most
-    `max_per_lang` pairs (or texts) per language, drawn with `seed` and kept in file order."""
-    pairs: dict[str, list[tuple[str, str]]] = {}
-    mono: dict[str, list[str]] = {}
+    """Every file's pairs and texts: per language a uniform sample of at most `max_per_lang` pairs (or
+    texts), drawn with `seed` while reading (a file of millions of pairs is never held whole) and kept in
+    file order, then each sentence's first occurrence in its language only."""
+    pairs: dict[str, _Reservoir] = {}
+    mono: dict[str, _Reservoir] = {}
     for name in paths:
         path = Path(name)
         kind = text_kind(path, fmt)
         _, records = formats.read(path, kind, ReadOptions(fmt, lang=lang))
         for _, rec in records:
             if kind == "parallel":
-                pairs.setdefault(rec["lang"], []).append((rec["en"], rec["text"]))
+                pairs.setdefault(rec["lang"], _Reservoir(max_per_lang, seed, rec["lang"])).add((rec["en"], rec["text"]))
             else:
-                mono.setdefault(rec["lang"], []).append(rec["text"])
-    rng = random.Random(seed)
+                mono.setdefault(rec["lang"], _Reservoir(max_per_lang, seed, rec["lang"])).add(rec["text"])
     out = Sentences()
     english: dict[str, int] = {}
     for xx in sorted(pairs):
-        kept = _sample(_unique_pairs(pairs[xx]), max_per_lang, rng)
-        for en, text in kept:
+        for en, text in _unique_pairs(pairs[xx].sample()):
             if en not in english:
                 english[en] = out.add(en, ENGLISH)
             out.pairs.setdefault(xx, []).append((english[en], out.add(text, xx, english[en])))
     for code in sorted(mono):
-        for text in _sample(list(dict.fromkeys(mono[code])), max_per_lang, rng):
+        for text in dict.fromkeys(mono[code].sample()):
             out.add(text, code)
-    out.lid_rows = _balanced_rows(out.langs, rng)
+    out.lid_rows = _balanced_rows(out.langs, random.Random(f"{seed}-lid"))
     if len(set(out.langs)) < 2:
         raise UserError(f"--texts {' '.join(paths)}: expected sentences in at least two languages (parallel "
                         f"pairs, or multilingual text), got {', '.join(sorted(set(out.langs))) or 'none'}")
     return out
+
+
+class _Reservoir:
+    """A uniform sample of at most k items of a stream (algorithm R), drawn by a generator seeded with
+    (seed, language), so that a language's sample does not depend on the other languages in the files."""
+
+    def __init__(self, k: int, seed: int, lang: str):
+        self.k, self.rng, self.seen, self.items = k, random.Random(f"{seed}-{lang}"), 0, []
+
+    def add(self, item) -> None:
+        self.seen += 1
+        if len(self.items) < self.k:
+            self.items.append((self.seen, item))
+        elif (j := self.rng.randrange(self.seen)) < self.k:
+            self.items[j] = (self.seen, item)
+
+    def sample(self) -> list:
+        """The sampled items in stream order."""
+        return [item for _, item in sorted(self.items, key=lambda x: x[0])]
 
 
 def _unique_pairs(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:

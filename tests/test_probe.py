@@ -141,3 +141,19 @@ def test_misuse(stub_encoder, parallel_file, tmp_path, capsys):
 
 def test_a_model_that_is_not_there(parallel_file, tmp_path, capsys):
     assert_clean_failure(run([tmp_path / "nope", "--texts", parallel_file], capsys), "MODEL")
+
+
+def test_sentences_sampled_per_language_without_duplicates(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"en": f"en {i}", "text": f"{xx} {i}", "lang": xx} for xx in LANGS for i in range(200)]
+    rows += [{"en": "en 0", "text": "de again", "lang": "de"}, {"en": "en again", "text": "de 1", "lang": "de"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    everything = probe.read_sentences([path], max_per_lang=1000)
+    assert {xx: len(p) for xx, p in everything.pairs.items()} == {"de": 200, "fr": 200}  # repeats left out
+    assert everything.langs.count("en") == 200 and len(everything.lid_rows) == 600
+    sample = probe.read_sentences([path], max_per_lang=20, seed=1)
+    assert {xx: len(p) for xx, p in sample.pairs.items()} == {"de": 20, "fr": 20}
+    assert sample == probe.read_sentences([path], max_per_lang=20, seed=1)
+    assert sample.texts != probe.read_sentences([path], max_per_lang=20, seed=2).texts
+    # English: one row per distinct English sentence, drawn down to the largest other language's count.
+    assert [sample.langs[i] for i in sample.lid_rows].count("en") == 20
