@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 from helpers_launch import run, torchrun
+from helpers_mine import mine_args, read_jsonl
 from helpers_tiny import MAX_LEN, make_tiny_tokenizer
 from helpers_train import train_args
-from test_mine import mine_args, mining_data, read_jsonl, spread_model  # noqa: F401 (fixtures)
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -53,7 +53,7 @@ def cross_encoder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def scored_run(mining_data, spread_model, cross_encoder, tmp_path_factory):  # noqa: F811
+def scored_run(mining_data, spread_model, cross_encoder, tmp_path_factory):
     folder = tmp_path_factory.mktemp("scored")
     out, work = folder / "scored.jsonl", folder / "work"
     assert main(mine_args(mining_data, spread_model, out, work, "--score-with", str(cross_encoder), *CHUNK)) == 0
@@ -84,7 +84,7 @@ def without_scores(records):
 
 
 def test_every_passage_gets_the_models_logit_and_the_mined_records_are_unchanged(
-        scored_run, mining_data, spread_model, cross_encoder, tmp_path):  # noqa: F811
+        scored_run, mining_data, spread_model, cross_encoder, tmp_path):
     out, work = scored_run
     records = read_jsonl(out)
     scores = written_scores(records)
@@ -100,7 +100,7 @@ def test_every_passage_gets_the_models_logit_and_the_mined_records_are_unchanged
     assert without_scores(records) == read_jsonl(plain)
 
 
-def test_a_rerun_reuses_the_scores_and_another_scorer_does_not(scored_run, mining_data, spread_model,  # noqa: F811
+def test_a_rerun_reuses_the_scores_and_another_scorer_does_not(scored_run, mining_data, spread_model,
                                                                cross_encoder, tmp_path):
     out, first_work = scored_run
     work, model = tmp_path / "work", tmp_path / "cross"
@@ -131,7 +131,7 @@ def test_a_rerun_reuses_the_scores_and_another_scorer_does_not(scored_run, minin
 
 
 def test_the_margin_filter_drops_exactly_the_negatives_near_the_lowest_positive(
-        scored_run, mining_data, spread_model, cross_encoder, tmp_path, caplog):  # noqa: F811
+        scored_run, mining_data, spread_model, cross_encoder, tmp_path, caplog):
     out, first_work = scored_run
     records = read_jsonl(out)
     gaps = sorted(min(p["score"] for p in r["positive_passages"]) - n["score"]
@@ -159,7 +159,7 @@ def test_the_margin_filter_drops_exactly_the_negatives_near_the_lowest_positive(
     ("missing", "no such folder"),
     ("margin-alone", "--drop-negatives-above-margin: needs --score-with MODEL"),
 ])
-def test_a_folder_that_is_no_cross_encoder_is_one_line_and_exit_2(what, expected, mining_data, spread_model,  # noqa: F811
+def test_a_folder_that_is_no_cross_encoder_is_one_line_and_exit_2(what, expected, mining_data, spread_model,
                                                                   tiny_model_dir, tmp_path):
     extra = {"bi-encoder": ["--score-with", str(tiny_model_dir)],
              "missing": ["--score-with", str(tmp_path / "nothing")],
@@ -173,7 +173,7 @@ def test_a_folder_that_is_no_cross_encoder_is_one_line_and_exit_2(what, expected
 
 
 @pytest.mark.slow
-def test_two_ranks_score_the_same_file_as_one(scored_run, mining_data, spread_model, cross_encoder,  # noqa: F811
+def test_two_ranks_score_the_same_file_as_one(scored_run, mining_data, spread_model, cross_encoder,
                                               tmp_path):
     out, _ = scored_run
     two = tmp_path / "two.jsonl"
