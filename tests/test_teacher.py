@@ -1,9 +1,11 @@
 """`mine --score-with`: every passage gets the cross-encoder's logit as `score` (the same on 1 and 2 ranks),
 the scores resume from the work directory only for the same scorer, the margin filter drops exactly the
-negatives it should, a folder that is no cross-encoder is one line and exit 2, and the scored file trains."""
+negatives it should, a folder that is no cross-encoder is one line and exit 2, and the scored file trains
+with distillation."""
 
 import json
 import logging
+import math
 import shutil
 import sys
 
@@ -12,7 +14,7 @@ import torch
 from helpers_launch import run, torchrun
 from helpers_mine import mine_args, read_jsonl
 from helpers_tiny import MAX_LEN, make_tiny_tokenizer
-from helpers_train import train_args
+from helpers_train import scalars, train_args
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -187,11 +189,12 @@ def test_two_ranks_score_the_same_file_as_one(scored_run, mining_data, spread_mo
     assert written_scores(twos) == pytest.approx(written_scores(ones), abs=1e-5)
 
 
-def test_the_scored_file_trains(scored_run, tiny_model_dir, training_data, tmp_path):
-    """End to end: mine --score-with -> train. TODO(lead, after distill merges): add loss.distill_weight=0.5
-    so the scores reach the loss; until then the scored file is read and trained on with the defaults."""
+def test_the_scored_file_trains_with_distillation(scored_run, tiny_model_dir, training_data, tmp_path):
+    """End to end: mine --score-with -> train with loss.distill_weight > 0, the KL term logged and finite."""
     out, _ = scored_run
     data = dict(training_data, train_ir=str(out))
-    run([sys.executable, *train_args(tiny_model_dir, data, tmp_path / "run", "train.max_steps=3",
-                                     "train.backend=ddp")], timeout=600)
-    assert (tmp_path / "run").is_dir()
+    run_dir = tmp_path / "run"
+    run([sys.executable, *train_args(tiny_model_dir, data, run_dir, "train.max_steps=3", "train.backend=ddp",
+                                     "loss.distill_weight=0.5", "loss.distill_temperature=2.0")], timeout=600)
+    distill = scalars(run_dir)["loss/distill"]
+    assert len(distill) >= 1 and all(math.isfinite(v) and v >= 0 for v in distill)
