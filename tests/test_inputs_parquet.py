@@ -19,9 +19,12 @@ PASSAGES = [{"docid": f"d{i}", "title": f"title {i}" if i % 2 else "", "text": f
 # Records as users write them: optional keys present in some rows only (a table stores them as nulls).
 STREAMS = {
     "tevatron": ("ir", [{"query_id": f"q{i}", "query": f"query {i}", "positive_passages": PASSAGES[i:i + 1],
-                         "negative_passages": PASSAGES[i + 1:i + 3]} for i in range(3)]),
+                         "negative_passages": PASSAGES[i + 1:i + 3]} for i in range(2)] + [
+                        {"query_id": "q2", "query": "scored", "positive_passages": [dict(PASSAGES[2], score=2.5)],
+                         "negative_passages": [dict(PASSAGES[3], score=-1.0)]}]),  # teacher scores too
     "flagembedding": ("ir", [{"query": "what is one", "pos": ["one"], "neg": ["two", "three"]},
-                             {"query": "what is two", "pos": ["two"], "neg": ["one"], "prompt": "Find: "}]),
+                             {"query": "what is two", "pos": ["two"], "neg": ["one"], "prompt": "Find: ",
+                              "pos_scores": [0.9], "neg_scores": [0.1]}]),
     "tevatron-v2": ("ir", [{"query_id": f"q{i}", "query_text": f"query {i}", "positive_document_ids": [f"d{i}"],
                             "negative_document_ids": [f"d{i + 1}", f"d{i + 2}"]} for i in range(3)]),
     "parallel": ("parallel", [{"en": "Hello", "text": "Hallo", "lang": "de"},
@@ -75,6 +78,8 @@ def test_parquet_and_save_to_disk_give_the_records_of_their_jsonl_twin(stream, t
         if expected is None:
             expected = records
             assert len(records) == len(rows)
+            if stream in ("tevatron", "flagembedding"):
+                assert records[-1]["positives"][0]["score"] in (2.5, 0.9)
         assert records == expected, how
         assert cached == load_dataset(inputs["jsonl"], kind, cache_dir=tmp_path / "cache", options=ReadOptions(
             corpus=str(corpora["jsonl"])) if corpora else None, num_proc=1).to_list(), how
