@@ -46,7 +46,7 @@ _OURS = {MARKER, "corpus", "queries", FolderLock.NAME, MINED, SCORES}
 def mine_inputs(args) -> list[tuple[str, str | None]]:
     """The input files and folders of `mine`, by option, for the output rule (`outputs`)."""
     return [("--model", args.model), ("--corpus", args.corpus), ("--train-ir", args.train_ir),
-            ("--queries", args.queries), ("--qrels", args.qrels)]
+            ("--queries", args.queries), ("--qrels", args.qrels), ("--score-with", args.score_with)]
 
 
 def check_paths(args) -> tuple[Path, Path]:

@@ -71,7 +71,7 @@ def load_teacher(args) -> Teacher | None:
                         "--score-chunk-queries": args.score_chunk_queries}.items():
         if value < 1:
             raise UserError(f"{name}: expected a positive integer, got {value}")
-    if args.score_max_len is not None and not 2 <= args.score_max_len:
+    if args.score_max_len is not None and args.score_max_len < 2:
         raise UserError(f"--score-max-len: expected at least 2 tokens, got {args.score_max_len}")
     path = Path(args.score_with).expanduser()
     config = _sequence_classification_config(path)
