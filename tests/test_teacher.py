@@ -3,6 +3,7 @@ the scores resume from the work directory only for the same scorer, the margin f
 negatives it should, a folder that is no cross-encoder is one line and exit 2, and the scored file trains
 with distillation."""
 
+import argparse
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ import pytest
 import torch
 from helpers_launch import run, torchrun
 from helpers_mine import mine_args, read_jsonl
-from helpers_tiny import MAX_LEN, make_tiny_tokenizer
+from helpers_tiny import MAX_LEN, TEXTS, make_tiny_tokenizer
 from helpers_train import scalars, train_args
 from transformers import (
     AutoModelForSequenceClassification,
@@ -26,6 +27,7 @@ from transformers import (
 
 from dist_lacl.cli import main
 from dist_lacl.formats.records import passage_text
+from dist_lacl.teacher import load_teacher, score_records
 
 CHUNK = ["--score-chunk-queries", "5"]  # 16 queries: chunks of 5, 5, 5, 1
 
@@ -153,6 +155,20 @@ def test_the_margin_filter_drops_exactly_the_negatives_near_the_lowest_positive(
                           f"--drop-negatives-above-margin={margin!r}")) == 0
     assert read_jsonl(filtered) == expected
     assert f"dropped {dropped} negatives" in caplog.text
+
+
+def test_a_one_label_bert_cross_encoder_scores_its_single_logit(tmp_path):
+    """The usual cross-encoder (one label): its logit, batched and sorted by length, as scored one by one."""
+    path = make_cross_encoder(tmp_path / "bert", "bert", num_labels=1)
+    args = argparse.Namespace(score_with=str(path), score_batch_size=3, score_chunk_queries=4, score_max_len=None,
+                              drop_negatives_above_margin=None)
+    teacher = load_teacher(args)
+    assert teacher.max_len == MAX_LEN and teacher.identity()["label"] == 0
+    records = [{"query": q, "positive_passages": [{"title": "", "text": t}],
+                "negative_passages": [{"title": "A title", "text": u} for u in TEXTS[i + 1:i + 3]]}
+               for i, (q, t) in enumerate(zip(TEXTS[::2], TEXTS[1::2]))]
+    scores = score_records(records, teacher, torch.device("cpu"), "fp32")
+    assert [s for pos, neg in scores for s in pos + neg] == pytest.approx(direct_scores(path, records), abs=1e-4)
 
 
 @pytest.mark.parametrize("what, expected", [
