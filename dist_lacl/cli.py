@@ -130,7 +130,9 @@ def _add_mine_parser(subparsers) -> None:
     p.add_argument("--block-rows", type=int, help="corpus rows per search block (default: what fits in GPU "
                                                   "memory; on CPU one block per shard)")
     p.add_argument("--query-batch", type=int, default=4096, help="queries per faiss search call")
-    p.add_argument("--dist-timeout-s", type=int, default=1800, help="collective timeout in seconds")
+    p.add_argument("--dist-timeout-s", type=int, default=1800,
+                   help="collective timeout in seconds (with --score-with it must cover rank 0's search)")
+    _add_score_options(p)
     p.set_defaults(func=handler(".mine", "run_mine"))
 
 
@@ -161,6 +163,21 @@ def _add_probe_parser(subparsers) -> None:
     p.add_argument("--output", "-o", help="folder for probe.md, probe.json and probe.png (default: print only)")
     p.add_argument("--overwrite", action="store_true", help="replace a previous probe output in --output")
     p.set_defaults(func=handler(".probe", "run_probe"))
+
+
+def _add_score_options(p) -> None:
+    p.add_argument("--score-with", metavar="MODEL",
+                   help="a local cross-encoder folder (transformers AutoModelForSequenceClassification): every "
+                        "passage written gets its logit for (query, passage) as 'score', for distillation "
+                        "(the last label's logit for a model of several labels); scored on every rank, resumable")
+    p.add_argument("--score-batch-size", type=int, default=64, help="pairs per cross-encoder forward pass (default 64)")
+    p.add_argument("--score-max-len", type=int,
+                   help="tokens per (query, passage) pair (default: what the model and its tokenizer take, at most 512)")
+    p.add_argument("--score-chunk-queries", type=int, default=1024,
+                   help="queries per scored chunk: the unit of resume and of sharding over ranks (default 1024)")
+    p.add_argument("--drop-negatives-above-margin", type=float, metavar="M",
+                   help="with --score-with: drop each negative scoring above (its query's positive score - M); "
+                        "with several positives, the lowest positive score counts; the number dropped is logged")
 
 
 def _env_rank() -> int:

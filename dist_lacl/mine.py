@@ -36,6 +36,7 @@ from .evaluation.inputs import TextSet, read_qrels, read_queries
 from .evaluation.shards import write_file
 from .formats.records import passage_text
 from .mine_work import check_paths, claim_work_dir, corpus_chunks, encode_all, fingerprint, search_top_k
+from .teacher import MINED, load_teacher, score_mined
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +287,8 @@ def check_rank_range(settings: MineSettings, num_passages: int, corpus: Path) ->
 
 
 def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpus: CorpusFile,
-                settings: MineSettings, row_of: dict[str, int]) -> dict:
-    """Write Tevatron jsonl to `out` atomically (`shards.write_file`) -> counts for the log. `row_of`:
+                settings: MineSettings, row_of: dict[str, int]) -> None:
+    """Write Tevatron jsonl to `out` atomically (`shards.write_file`), its counts logged. `row_of`:
     `positive_rows`."""
     stats = {"queries": len(queries), "negatives": 0, "short": 0, "positives_in_top_k": 0, "positives": 0}
 
@@ -313,7 +314,10 @@ def write_mined(out: Path, queries: list[TrainingQuery], rows: np.ndarray, corpu
         text.detach()  # leave `f` open for the fsync
 
     write_file(out, write)
-    return stats
+    log.info("wrote %s: %d queries, %.1f negatives each from ranks %d-%d (%d with fewer than %d); "
+             "%d of %d positives retrieved in the top %d", out, stats["queries"],
+             stats["negatives"] / max(stats["queries"], 1), settings.rank_lo, settings.rank_hi, stats["short"],
+             settings.num_negatives, stats["positives_in_top_k"], stats["positives"], settings.k)
 
 
 # --- the command ---------------------------------------------------------------------------------
@@ -323,6 +327,7 @@ def run_mine(args) -> None:
     """*Collective* under a launcher: every rank encodes; rank 0 searches and writes."""
     settings = check_args(args)
     out, work = check_paths(args)
+    teacher = load_teacher(args)  # None without --score-with
     dist.init_process_group(args.dist_timeout_s)
     queries = read_training_set(args.train_ir, args.queries, args.qrels, args.min_relevance, args.skip_unjudged)
     corpus = CorpusFile(args.corpus)
@@ -331,16 +336,17 @@ def run_mine(args) -> None:
     from .loading import load_model  # after the quick checks: it imports the engines' libraries
 
     model, tokenizer = load_model(args.model)
-    lock = claim_work_dir(work, fingerprint(args, corpus.path, model, tokenizer))  # noqa: F841 (held to the end)
+    lock = claim_work_dir(work, fingerprint(args, corpus.path, model, tokenizer, teacher))  # noqa: F841 (held)
     chunks = corpus_chunks(corpus, work, args)
     query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))
     encode_all(args, model, tokenizer, chunks + [(query_set, work / "queries", "query", args.query_max_len)])
     log.info("rank %d: encoding done", dist.rank())
-    if not dist.is_main():
-        return  # searching and writing happen in one process
-    rows = search_top_k(work, chunks, query_set.ids, settings.k, args)
-    stats = write_mined(out, queries, rows, corpus, settings, row_of)
-    log.info("wrote %s: %d queries, %.1f negatives each from ranks %d-%d (%d with fewer than %d); "
-             "%d of %d positives retrieved in the top %d", out, stats["queries"],
-             stats["negatives"] / max(stats["queries"], 1), settings.rank_lo, settings.rank_hi, stats["short"],
-             settings.num_negatives, stats["positives_in_top_k"], stats["positives"], settings.k)
+    def search_and_write() -> None:
+        rows = search_top_k(work, chunks, query_set.ids, settings.k, args)
+        write_mined(work / MINED if teacher else out, queries, rows, corpus, settings, row_of)
+
+    if teacher:  # rank 0 searches and writes the records, then every rank scores its share
+        dist.main_decides(search_and_write)
+        score_mined(teacher, work, out, args.dtype)
+    elif dist.is_main():  # searching and writing happen in one process
+        search_and_write()

@@ -31,6 +31,7 @@ from .evaluation.index import IndexSpec, search
 from .evaluation.inputs import TextSet
 from .evaluation.shards import existing_provenance
 from .outputs import FolderLock, check_not_an_input, check_output_file
+from .teacher import MINED, SCORES
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +39,14 @@ log = logging.getLogger(__name__)
 MARKER = "mine.json"
 """The work directory's marker: `mine` created the folder, and what its embeddings were made from."""
 
-_OURS = {MARKER, "corpus", "queries", FolderLock.NAME}
+_OURS = {MARKER, "corpus", "queries", FolderLock.NAME, MINED, SCORES}
 """Everything `mine` writes into a work directory."""
 
 
 def mine_inputs(args) -> list[tuple[str, str | None]]:
     """The input files and folders of `mine`, by option, for the output rule (`outputs`)."""
     return [("--model", args.model), ("--corpus", args.corpus), ("--train-ir", args.train_ir),
-            ("--queries", args.queries), ("--qrels", args.qrels)]
+            ("--queries", args.queries), ("--qrels", args.qrels), ("--score-with", args.score_with)]
 
 
 def check_paths(args) -> tuple[Path, Path]:
@@ -65,10 +66,11 @@ def check_paths(args) -> tuple[Path, Path]:
     return out, work
 
 
-def fingerprint(args, corpus: Path, model, tokenizer) -> dict:
+def fingerprint(args, corpus: Path, model, tokenizer, teacher=None) -> dict:
     """What the embeddings in the work directory were made from: the model's weights (as `encode`'s shards
-    record them), its settings and the inputs. Written for the reader; every embedding set is also checked
-    on its own (`encode_all`)."""
+    record them), its settings and the inputs; and the scorer of `--score-with` (a `teacher.Teacher`).
+    Written for the reader; every embedding set and every chunk of scores is also checked on its own
+    (`encode_all`, `teacher.score_mined`)."""
     def file_key(path):
         if not path:
             return None
@@ -80,7 +82,7 @@ def fingerprint(args, corpus: Path, model, tokenizer) -> dict:
             "prefixes": model.prefixes, "corpus": file_key(corpus), "train_ir": file_key(args.train_ir),
             "queries": file_key(args.queries), "qrels": file_key(args.qrels), "min_relevance": args.min_relevance,
             "query_max_len": args.query_max_len, "passage_max_len": args.passage_max_len, "dtype": args.dtype,
-            "chunk_passages": args.chunk_passages}
+            "chunk_passages": args.chunk_passages, "scorer": teacher.identity() if teacher else None}
 
 
 def claim_work_dir(work: Path, fingerprint: dict) -> FolderLock | None:

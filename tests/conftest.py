@@ -14,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest.register_assert_rewrite("equivalence", "helpers_cli", "helpers_reference_step", "helpers_resume")
 
 from helpers_data import ir_records, with_teacher_scores, write_jsonl, write_training_data  # noqa: E402
+from helpers_mine import mining_data, spread_model  # noqa: E402, F401 (mining's fixtures: test_mine, test_teacher)
 from helpers_tiny import copy_without_dropout, make_tiny_model, make_tiny_tokenizer  # noqa: E402
 
 

@@ -73,11 +73,13 @@ def cache_entry(path: str | Path, kind: str, cache_dir: str | Path | None = None
     fmt = formats.resolve(path, kind, options)
     sources = formats.files(path, kind, fmt, options)
     path = formats.data_file(path, fmt, options)  # a Moses prefix is no file to stat
+    table = formats.tables.is_table(path)  # parquet or save_to_disk: read whole, never as byte ranges
     options = dataclasses.replace(options, format=fmt)  # the parts are read as the whole was detected
     log.info("%s: %s data in the %s format", path, kind, fmt)
     root, setting = cache_root(cache_dir)
     entry = CacheEntry(root, path, kind, bad_records, sources=sources, options=dataclasses.asdict(options),
-                       splittable=(kind, fmt) in LINE_SPLITTABLE, flat_jsonl=arrow_json.applies(path, kind, fmt),
+                       splittable=(kind, fmt) in LINE_SPLITTABLE and not table,
+                       flat_jsonl=arrow_json.applies(path, kind, fmt) and not table,
                        root_setting=setting, schema=features(kind).to_dict())
     return entry, options
 

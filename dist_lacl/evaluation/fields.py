@@ -15,17 +15,23 @@ from ..formats.languages import is_language_code, normal_lang
 
 def nonblank_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, text) of the non-blank lines; raises on a missing, non-UTF-8 or empty file."""
+    return _not_empty(io.lines(path), path)
+
+
+def _not_empty(rows: Iterator, path) -> Iterator:
+    """`rows`, or a DataError at their end if there were none."""
     found = False
-    for line_no, text in io.lines(path):
+    for row in rows:
         found = True
-        yield line_no, text
+        yield row
     if not found:
         raise DataError(path, None, None, "expected at least one record, the file is empty")
 
 
 def json_records(path) -> Iterator[tuple[int, dict]]:
-    """(line, object) of every non-blank line, each a JSON object."""
-    for line_no, text in nonblank_lines(path):
+    """(line, object) of every non-blank line, each a JSON object; or (row, object) of a parquet file or
+    `save_to_disk` folder (`formats.tables`)."""
+    for line_no, text in _not_empty(io.records(path), path):
         yield line_no, io.json_object(text, path, line_no)
 
 

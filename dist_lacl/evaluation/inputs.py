@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from ..formats import io
+from ..formats import io, tables
 from ..formats.records import passage_text
 from .fields import (
     id_field,
@@ -102,7 +102,7 @@ def corpus_records(path: str | Path, format: str = "auto", default_lang: str = D
 
 def _corpus_files(path: Path) -> list[Path]:
     """A file as it is; a directory: Mr.TyDi's collection/, BEIR's corpus.jsonl, or MIRACL's docs-*.jsonl*."""
-    if not path.is_dir():
+    if not path.is_dir() or tables.is_table(path):
         return [path]
     if (path / "collection").is_dir():
         path = path / "collection"
@@ -130,14 +130,14 @@ NOT_CORPUS = ("queries", "topics", "topic.", "qrels", "questions")
 def _corpus_format(path: Path) -> str:
     if io.is_ext(path, ".tsv") or _tab_separated(path):
         return "tsv"
-    keys = set(io.first_record(path) or ()) if path.is_file() else set()
+    keys = set(io.first_record(path) or ()) if path.is_file() or tables.is_table(path) else set()
     return "beir" if "_id" in keys else "pyserini" if "contents" in keys else "jsonl"
 
 
 def _tab_separated(path: Path) -> bool:
     """A first line that is no JSON object but holds a tab: TSV under another suffix (anserini's
     `topics.*.txt`, MS MARCO's and Mr.TyDi's topic files)."""
-    if not path.is_file() or io.is_ext(path, ".jsonl", ".json"):
+    if not path.is_file() or io.is_ext(path, ".jsonl", ".json") or tables.is_table(path):
         return False
     first = next(io.lines(path), None)
     return first is not None and "\t" in first[1] and io.first_record(path) is None
@@ -173,7 +173,7 @@ def query_records(path: str | Path, format: str = "auto", default_lang: str = DE
 def _query_format(path: Path) -> str:
     if io.is_ext(path, ".tsv") or _tab_separated(path):
         return "tsv"
-    keys = set(io.first_record(path) or ()) if path.is_file() else set()
+    keys = set(io.first_record(path) or ()) if path.is_file() or tables.is_table(path) else set()
     return "beir" if "_id" in keys else "xor" if "question" in keys else "jsonl"
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
-from . import io, ir, monolingual, parallel
+from . import io, ir, monolingual, parallel, tables
 
 READERS = {
     "ir": {"tevatron": ir.tevatron, "tevatron-v2": ir.tevatron_v2, "flagembedding": ir.flagembedding,
@@ -22,6 +22,10 @@ READERS = {
     "monolingual": {"jsonl": monolingual.jsonl, "text": monolingual.text},
 }
 """Formats by kind of training data; the first is each kind's documented jsonl."""
+
+TABLE_FORMATS = {"ir": ("tevatron", "tevatron-v2", "flagembedding"), "parallel": ("jsonl",),
+                 "monolingual": ("jsonl",)}
+"""The formats whose records a table input (parquet, `save_to_disk`: `tables`) may hold, as columns."""
 
 FORMAT_KEYS = {"ir": "data.train_ir_format", "parallel": "data.parallel_format",
                "monolingual": "data.monolingual_format"}
@@ -57,6 +61,9 @@ def resolve(path: str | Path, kind: str, opts: ReadOptions) -> str:
         if opts.format not in names:
             raise DataError(path, None, FORMAT_KEYS[kind], f"expected one of auto, {', '.join(names)}, "
                             f"got {opts.format!r}")
+        if opts.format not in TABLE_FORMATS[kind] and tables.is_table(path):
+            raise DataError(path, None, FORMAT_KEYS[kind], f"a parquet or save_to_disk input holds the columns of "
+                            f"{', '.join(TABLE_FORMATS[kind])}; got {opts.format!r}")
         return opts.format
     found = _detect(path, kind)
     if found is None:
@@ -68,6 +75,8 @@ def resolve(path: str | Path, kind: str, opts: ReadOptions) -> str:
 
 
 def _detect(path: Path, kind: str) -> str | None:
+    if tables.is_table(path):
+        return _by_keys(kind, set(io.first_record(path) or ()))
     name = io.stem(path)
     if kind == "ir":
         if path.is_dir():
@@ -79,8 +88,7 @@ def _detect(path: Path, kind: str) -> str | None:
         keys = _first_keys(path)
         if not keys and name.endswith(".jsonl") and path.is_file():
             return "tevatron"  # first line empty, malformed or not an object: the reader says which, and where
-        return ("tevatron" if "positive_passages" in keys else "tevatron-v2" if "positive_document_ids" in keys
-                else "flagembedding" if "pos" in keys else None)
+        return _by_keys(kind, keys)
     if kind == "parallel":
         if name.endswith(".tsv"):
             return "tsv"
@@ -88,10 +96,19 @@ def _detect(path: Path, kind: str) -> str | None:
                 name.rsplit(".", 1)[-1] in codes or not path.exists()):
             return "moses"
         # A .jsonl name is this kind's jsonl: its reader then names the line and field of any fault.
-        return "jsonl" if name.endswith(".jsonl") or {"en", "text"} <= _first_keys(path) else None
+        return "jsonl" if name.endswith(".jsonl") else _by_keys(kind, _first_keys(path))
     if name.endswith(".txt"):
         return "text"
-    return "jsonl" if name.endswith(".jsonl") or "text" in _first_keys(path) else None
+    return "jsonl" if name.endswith(".jsonl") else _by_keys(kind, _first_keys(path))
+
+
+def _by_keys(kind: str, keys: set) -> str | None:
+    """The jsonl family of `kind` whose records have `keys` (a jsonl file's first line, a table's first row)."""
+    if kind == "ir":
+        return ("tevatron" if "positive_passages" in keys else "tevatron-v2" if "positive_document_ids" in keys
+                else "flagembedding" if "pos" in keys else None)
+    return "jsonl" if (kind == "parallel" and {"en", "text"} <= keys) or (kind == "monolingual" and "text" in keys) \
+        else None
 
 
 def _starts_array(path: Path) -> bool:
@@ -119,6 +136,8 @@ def files(path: str | Path, kind: str, fmt: str, opts: ReadOptions) -> list[Path
         found = list(parallel.moses_files(path, opts)[:2])
     else:
         found = [path]
+    found = [f for table_or_file in found
+             for f in (tables.files(table_or_file) if tables.is_table(table_or_file) else [table_or_file])]
     for f in found:
         if not f.is_file():
             raise DataError(f, None, None, f"file not found (given as {path_key(kind)})" if not f.is_dir()

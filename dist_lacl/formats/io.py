@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import DataError
+from . import tables
 
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
@@ -82,8 +83,16 @@ def lines(path: str | Path, keep_blank: bool = False) -> Iterator[tuple[int, str
             raise DataError(path, None, None, f"cannot decompress ({e})") from None
 
 
-def json_object(text: str, path, line_no: int) -> dict:
-    """One JSON object of a jsonl line; DataError otherwise."""
+def records(path: str | Path) -> Iterator[tuple[int, str | dict]]:
+    """(line, the text of a jsonl line) of a jsonl file, or (row, the row as a dict) of a table input
+    (parquet, `save_to_disk`: `tables`); `json_object` makes either one object."""
+    return tables.rows(path) if tables.is_table(path) else lines(path)
+
+
+def json_object(text: str | dict, path, line_no: int) -> dict:
+    """One JSON object of a jsonl line (a table's row is one already); DataError otherwise."""
+    if isinstance(text, dict):
+        return text
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:
@@ -95,8 +104,9 @@ def json_object(text: str, path, line_no: int) -> dict:
 
 
 def first_record(path: str | Path) -> dict | None:
-    """The first line of a jsonl file as an object (None if it is not one): what detection looks at."""
-    for line_no, text in lines(path):
+    """The first line of a jsonl file (or row of a table) as an object (None if it is not one): what
+    detection looks at."""
+    for line_no, text in records(path):
         try:
             return json_object(text, path, line_no)
         except DataError:

@@ -33,7 +33,7 @@ triples file has 397M rows, about 1,000 per query."""
 
 
 def tevatron(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
-    return io.parsed(io.lines(path), lambda t, n: parse_ir(io.json_object(t, path, n), (path, n)), on_error)
+    return io.parsed(io.records(path), lambda t, n: parse_ir(io.json_object(t, path, n), (path, n)), on_error)
 
 
 def flagembedding(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
@@ -51,7 +51,7 @@ def flagembedding(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
                 "positives": _with_scores(pos, rec, "pos_scores", where),
                 "negatives": _with_scores(neg, rec, "neg_scores", where)}
 
-    return io.parsed(io.lines(path), parse, on_error)
+    return io.parsed(io.records(path), parse, on_error)
 
 
 def _with_scores(texts: list[str], rec: dict, key: str, where) -> list[dict]:
@@ -118,7 +118,7 @@ def tevatron_v2(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
                 "negatives": [_id(v, "negative_document_ids", i, where)
                               for i, v in enumerate(str_list(rec, "negative_document_ids", where, False))]}
 
-    queries = list(io.parsed(io.lines(path), parse, on_error))
+    queries = list(io.parsed(io.records(path), parse, on_error))
     store = _corpus_store(files["corpus"], _needed(queries))
     yield from _resolve(queries, store, path, files["corpus"], on_error)
 
@@ -135,7 +135,7 @@ def _needed(queries) -> set[str]:
 
 def _corpus_store(corpus: Path, needed: set[str]) -> TextStore:
     store = TextStore()
-    for line_no, line in io.lines(corpus):
+    for line_no, line in io.records(corpus):
         rec, where = io.json_object(line, corpus, line_no), (corpus, line_no)
         docid = ident(rec, "docid", where)
         if docid in needed:

@@ -17,7 +17,7 @@ from .records import lang, parse_monolingual
 
 
 def jsonl(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
-    return io.parsed(io.lines(path), lambda t, n: parse_monolingual(io.json_object(t, path, n), (path, n)),
+    return io.parsed(io.records(path), lambda t, n: parse_monolingual(io.json_object(t, path, n), (path, n)),
                      on_error)
 
 

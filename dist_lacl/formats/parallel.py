@@ -36,7 +36,7 @@ def name_pair(path: Path) -> tuple[str, str] | None:
 
 
 def jsonl(path: Path, opts, on_error) -> Iterator[tuple[int, dict]]:
-    return io.parsed(io.lines(path), lambda t, n: parse_parallel(io.json_object(t, path, n), (path, n)), on_error)
+    return io.parsed(io.records(path), lambda t, n: parse_parallel(io.json_object(t, path, n), (path, n)), on_error)
 
 
 def _other_lang(path: Path, opts, pair: tuple[str, str] | None) -> tuple[str, bool]:
