@@ -29,7 +29,7 @@ def stable_key(value: str, namespace: str = "") -> int:
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
-@dataclass
+@dataclass(eq=False)
 class BatchKeys:
     """The keys of one batch (a rank's rows, or the global batch once gathered).
 
@@ -44,6 +44,15 @@ class BatchKeys:
     positives: Tensor
     para_en: Tensor | None = None
     para_xx: Tensor | None = None
+
+    def __eq__(self, other) -> bool:  # tensors compared whole (a batch's meta is compared in tests)
+        if not isinstance(other, BatchKeys):
+            return NotImplemented
+        return all(a is b or (a is not None and b is not None and torch.equal(a, b))
+                   for a, b in zip(self._fields(), other._fields()))
+
+    def _fields(self) -> tuple:
+        return self.passages, self.positives, self.para_en, self.para_xx
 
     def to(self, device) -> BatchKeys:
         move = (lambda t: None if t is None else t.to(device))

@@ -116,7 +116,7 @@ def lacl_loss(reps: dict[Job, Tensor], cfg: LossConfig, shard: Shard = WHOLE,
 @dataclass
 class StepLoss:
     """What the objective hands back besides the loss: the terms, the false negatives masked
-    ({mask/ir, mask/semantic} over the global batch; empty when none are masked), and (when asked) a
+    ({mask/ir, mask/semantic} over the global batch; empty with masking off or no keys), and (when asked) a
     detached copy of the global representations, for diagnostics."""
 
     terms: LossTerms
