@@ -4,14 +4,23 @@ reference: loops over anchor rows with each denominator's candidates listed expl
 One process: whole loss, shards (2, 4) and row blocks; the gradient cache against no cache; masking off
 (or nothing to mask) gives today's numbers bit for bit; the counts logged equal the masks' sizes; the
 batches carry keys that agree with their passages. Two gloo ranks (slow): every sharding mode, the
-planted case of tests/workers/loss_sharding_worker.py, against this reference.
+planted case of tests/workers/loss_sharding_worker.py, through the objective and through the gradient
+cache's loss step, against this reference.
 """
 
 import importlib.util
 
 import pytest
 import torch
-from equivalence import BY_HAND, FP32_GRADS, FP32_LOSS, SHARDED_LOSS_GRADS, assert_close_tensors
+from equivalence import (
+    BY_HAND,
+    FP32_GRADS,
+    FP32_LOSS,
+    RANK_REPS_GRADS,
+    REORDERED_LOSS,
+    SHARDED_LOSS_GRADS,
+    assert_close_tensors,
+)
 from helpers_launch import WORKERS, torchrun
 
 from dist_lacl.config import LossConfig
@@ -226,9 +235,16 @@ def test_two_ranks_masked_losses_equal_the_reference(tmp_path):
     assert result["world_size"] == 2
     check_loss_cases(result)
     case = result["losses"]["masked"]
-    ir_ref, sem_ref = reference_terms(case["reps"], case["keys"])
-    for mode in (m for m in case if isinstance(m, tuple)):
-        for scalars in case[mode]["scalars"]:
-            assert scalars["loss/ir"] == pytest.approx(ir_ref.item(), rel=1e-5)
-            assert scalars["loss/semantic"] == pytest.approx(sem_ref.item(), rel=1e-5)
+    leaves = {k: v.double().requires_grad_() for k, v in case["reps"].items()}
+    ir_ref, sem_ref = reference_terms(leaves, case["keys"])
+    reference_total(leaves, case["keys"]).backward()
+    modes = [m for m in case if isinstance(m, tuple) or str(m).startswith("cached-")]
+    assert len(modes) == 6
+    for mode in modes:
+        for scalars in case[mode]["scalars"]:  # every rank: the global terms and counts
+            assert scalars["loss/ir"] == pytest.approx(ir_ref.item(), rel=REORDERED_LOSS)
+            assert scalars["loss/semantic"] == pytest.approx(sem_ref.item(), rel=REORDERED_LOSS)
             assert scalars["mask/ir"] == 5 and scalars["mask/semantic"] == 10
+        for k, g in case[mode]["grads"].items():  # each rank's rows: world_size x dL/d(rows)
+            ref = 2 * leaves[k].grad.float()
+            torch.testing.assert_close(g, ref, rtol=RANK_REPS_GRADS, atol=RANK_REPS_GRADS * float(ref.abs().max()))

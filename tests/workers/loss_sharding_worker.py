@@ -103,6 +103,24 @@ def loss_cases() -> dict:
             grads = {k: torch.cat(dist.all_gather_objects(v.grad)) for k, v in leaves.items()}
             out[name][(sharding, block_rows)] = {
                 "scalars": dist.all_gather_objects(terms.scalars()), "grads": grads}
+        if keys is not None:
+            out[name].update(cached_cases(case, reps, keys))
+    return out
+
+
+def cached_cases(case: dict, reps: dict, keys: BatchKeys) -> dict:
+    """The gradient cache's loss step (loss on the cached representations, gradients into them) with
+    the masks, replicated and sharded: {"cached-<sharding>": scalars of every rank, gradients}."""
+    from dist_lacl.grad_cache import GradCache
+
+    out = {}
+    for sharding in ("replicated", "sharded"):
+        cache = GradCache(lambda job, x: None, Objective(loss_config(case, sharding, 1)), lambda loss: None,
+                          chunk_size=1)
+        _, terms, grads = cache.build_cache({k: local_slice(v).detach() for k, v in reps.items()},
+                                            keys=local_keys(keys))
+        out[f"cached-{sharding}"] = {"scalars": dist.all_gather_objects(terms.scalars()),
+                                     "grads": {k: torch.cat(dist.all_gather_objects(g)) for k, g in grads.items()}}
     return out
 
 
