@@ -83,6 +83,14 @@ def ir_keys(positive_docids: list[list[str]], passage_docids: list[str], namespa
                      torch.tensor(rows, dtype=torch.long))
 
 
+def group_keys(records: list[dict], groups: list[list[dict]], namespace: str = "") -> BatchKeys:
+    """ir_keys of a step's IR records and their sampled groups (positive first): each query's sampled
+    positive, then its record's other positives."""
+    positives = [[g[0]["docid"]] + [p["docid"] for p in r["positives"] if p["docid"] != g[0]["docid"]]
+                 for r, g in zip(records, groups)]
+    return ir_keys(positives, [p["docid"] for g in groups for p in g], namespace)
+
+
 def text_keys(texts: list[str]) -> Tensor:
     """[N] int64 keys of texts, equal exactly when the strings are equal."""
     return torch.tensor([stable_key(t, "text") for t in texts], dtype=torch.long)

@@ -23,7 +23,7 @@ import torch
 
 from .. import formats
 from ..errors import UserError
-from ..false_negatives import ir_keys, text_keys
+from ..false_negatives import group_keys, text_keys
 from ..formats.records import passage_text
 from .order import KeyedPermutation, LanguageSampler
 from .prefetch import Prefetcher
@@ -313,9 +313,7 @@ class TrainBatches:
         batch = {"query": tokenize([r["query"] for r in rows], d.query_max_len, query),
                  "passage": tokenize([passage_text(p["title"], p["text"]) for g in groups for p in g],
                                      d.passage_max_len, passage)}
-        # The sampled positive's docid first, then the record's other positives (false_negatives.BatchKeys).
-        keys = ir_keys([[g[0]["docid"]] + [p["docid"] for p in r["positives"] if p["docid"] != g[0]["docid"]]
-                        for r, g in zip(rows, groups)], [p["docid"] for g in groups for p in g], self.ir_namespace)
+        keys = group_keys(rows, groups, self.ir_namespace)
         meta = {"epoch": epoch, "draw_step": plan.draw_steps, "keys": keys}
         if self.cfg.loss.distill_weight > 0:
             meta["teacher_scores"] = group_scores(groups)
