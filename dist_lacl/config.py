@@ -139,6 +139,10 @@ class LossConfig:
     ignored; > 0: every passage of the training data needs a score (docs/method.md)."""
     distill_temperature: float = 1.0
     """The teacher's temperature: its distribution over a group is softmax(score / distill_temperature)."""
+    mask_false_negatives: bool = True
+    """Switch: leave false negatives out of the IR and semantic denominators (a passage with the docid of
+    one of the query's positives; a pair sharing the anchor's English text or translation); false: score
+    every candidate, as the paper does. Counts logged as mask/ir and mask/semantic."""
 
 
 @dataclass

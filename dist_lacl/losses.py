@@ -13,6 +13,10 @@ terms, so the `count` shares add up to the loss exactly. The default (0, 1) is t
 `block_rows` > 0 scores that many anchor rows at a time and recomputes each block's scores in the
 backward pass (checkpointing), so only one block's [block_rows, N] matrices are alive at once; every
 row still sees all its candidates, so its log-sum-exp is exact.
+False negatives (`keys`, false_negatives.BatchKeys of the global batch): the IR and semantic losses drop
+the candidates their masks select from each anchor row's denominator (-inf before the log-sum-exp). The
+mask is computed per anchor row from the keys, so shards, row blocks and cached representations see the
+same denominators; the language loss has no negatives to mask (docs/method.md).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+from .false_negatives import BatchKeys, ir_mask, pair_mask
 
 Shard = tuple[int, int]  # (index, count): score anchor slice `index` of `count` equal slices
 WHOLE: Shard = (0, 1)
@@ -38,38 +44,58 @@ def _at_least_fp32(t: Tensor) -> Tensor:
 
 
 def ir_loss(q_reps: Tensor, p_reps: Tensor, temperature: float, shard: Shard = WHOLE,
-            block_rows: int = 0) -> Tensor:
+            block_rows: int = 0, keys: BatchKeys | None = None) -> Tensor:
     """Eq. 1, DPR contrastive loss with in-batch and hard negatives.
 
     q_reps [B, D]; p_reps [B * G, D] laid out query by query: rows i*G .. i*G+G-1 are query i's group,
     positive first. Every passage of the batch is a candidate for every query. With a shard, only that
     slice of the queries is scored (global query i's positive stays at passage row i*G).
+    With `keys`, the passages sharing a positive's docid (false_negatives.ir_mask) leave query i's denominator.
     """
     group_size = p_reps.shape[0] // q_reps.shape[0]
     rows, first = _slice(q_reps, shard)
-    return _row_blocks(lambda q, start: _cross_entropy_sum(q, p_reps, (first + start) * group_size, group_size,
-                                                           temperature), rows, block_rows) / q_reps.shape[0]
+
+    def block_sum(q: Tensor, start: int) -> Tensor:
+        mask = None if keys is None else ir_mask(keys, _rows(first + start, q), group_size)
+        return _cross_entropy_sum(q, p_reps, (first + start) * group_size, group_size, temperature, mask)
+
+    return _row_blocks(block_sum, rows, block_rows) / q_reps.shape[0]
 
 
-def _cross_entropy_sum(a: Tensor, b: Tensor, first_target: int, stride: int, temperature: float) -> Tensor:
-    """Sum over rows i of -log softmax_j sim(a_i, b_j)[first_target + i * stride]."""
+def _rows(first: int, block: Tensor) -> Tensor:
+    """The global row numbers of an anchor block whose first row is global row `first`."""
+    return first + torch.arange(block.shape[0], device=block.device)
+
+
+def _cross_entropy_sum(a: Tensor, b: Tensor, first_target: int, stride: int, temperature: float,
+                       mask: Tensor | None = None) -> Tensor:
+    """Sum over rows i of -log softmax_j sim(a_i, b_j)[first_target + i * stride], the candidates j where
+    mask[i, j] (never the target) left out of row i's softmax."""
     target = first_target + torch.arange(a.shape[0], device=a.device) * stride
-    return F.cross_entropy(similarity(a, b, temperature), target, reduction="sum")
+    scores = similarity(a, b, temperature)
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    return F.cross_entropy(scores, target, reduction="sum")
 
 
 def semantic_loss(e_reps: Tensor, f_reps: Tensor, temperature: float, symmetric: bool = True,
-                  shard: Shard = WHOLE, block_rows: int = 0) -> Tensor:
+                  shard: Shard = WHOLE, block_rows: int = 0, keys: BatchKeys | None = None) -> Tensor:
     """Eq. 2, contrastive alignment of N parallel pairs: e_reps [N, D] English, f_reps [N, D] translations.
 
     Row i's positive is its own translation; the other N-1 translations are its negatives.
     `symmetric` averages the e->f and f->e directions. With a shard, that slice of the English rows is
     scored against every translation and (symmetric) the same slice of the translations against every
-    English row.
+    English row. With `keys`, the pairs sharing row i's English text or translation
+    (false_negatives.pair_mask) leave its denominator, in both directions.
     """
     def direction(anchors: Tensor, candidates: Tensor) -> Tensor:
         rows, first = _slice(anchors, shard)
-        return _row_blocks(lambda a, start: _cross_entropy_sum(a, candidates, first + start, 1, temperature),
-                           rows, block_rows) / anchors.shape[0]
+
+        def block_sum(a: Tensor, start: int) -> Tensor:
+            mask = None if keys is None else pair_mask(keys, _rows(first + start, a))
+            return _cross_entropy_sum(a, candidates, first + start, 1, temperature, mask)
+
+        return _row_blocks(block_sum, rows, block_rows) / anchors.shape[0]
 
     e_to_f = direction(e_reps, f_reps)
     if not symmetric:

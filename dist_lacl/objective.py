@@ -8,7 +8,7 @@ then averaged over those towers), or once when the encoder is shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from torch import Tensor
 from . import distributed as dist
 from .config import LossConfig, ModelConfig
 from .diagnostics import language_centroid_accuracy, parallel_similarity
+from .false_negatives import BatchKeys, mask_counts
 from .losses import (
     WHOLE,
     LossTerms,
@@ -71,7 +72,8 @@ def step_jobs(batch: dict[str, dict[str, Tensor]], model: ModelConfig) -> dict[J
 
 
 def lacl_loss(reps: dict[Job, Tensor], cfg: LossConfig, shard: Shard = WHOLE,
-              language_mask: Tensor | None = None, teacher_scores: Tensor | None = None) -> LossTerms:
+              language_mask: Tensor | None = None, teacher_scores: Tensor | None = None,
+              keys: BatchKeys | None = None) -> LossTerms:
     """L = L_IR + alpha L_sem + beta L_lang (Hu et al. 2023, Eq. 4) over global representations, or with
     `shard`, that shard's share of every term (the shares of all shards add up to L and its terms).
 
@@ -80,19 +82,21 @@ def lacl_loss(reps: dict[Job, Tensor], cfg: LossConfig, shard: Shard = WHOLE,
     [K, N] (the global monolingual rows against the global pairs, losses.same_language_mask) selects
     the pairs each monolingual sentence is compared with, the same for every tower. With
     cfg.distill_weight > 0, `teacher_scores` [B, G] (the global queries' groups, step_teacher_scores) adds
-    the distillation term.
+    the distillation term. With cfg.mask_false_negatives, `keys` (the global batch's,
+    false_negatives.BatchKeys) masks the IR and semantic false negatives; without keys nothing is masked.
     """
     own_pairs = cfg.language_pairs == "own"
     if own_pairs and cfg.language_weight > 0 and language_mask is None:
         raise ValueError("loss.language_pairs=own needs the step's language mask (language_mask)")
     mask = language_mask.to(reps[QUERY].device) if own_pairs and language_mask is not None else None
     blocks = cfg.block_rows
-    ir = ir_loss(reps[QUERY], reps[PASSAGE], cfg.temperature, shard, blocks)
+    keys = keys.to(reps[QUERY].device) if cfg.mask_false_negatives and keys is not None else None
+    ir = ir_loss(reps[QUERY], reps[PASSAGE], cfg.temperature, shard, blocks, keys)
     total, sem, lang = ir, None, None
     towers = sorted(job.tower for job in reps if job.role == "para_en")
     if cfg.semantic_weight > 0:
         sem = torch.stack([semantic_loss(reps[Job("para_en", t)], reps[Job("para_xx", t)], cfg.temperature,
-                                         cfg.semantic_symmetric, shard, blocks) for t in towers]).mean()
+                                         cfg.semantic_symmetric, shard, blocks, keys) for t in towers]).mean()
         total = total + cfg.semantic_weight * sem
     if cfg.language_weight > 0:
         lang = torch.stack([language_loss(reps[Job("mono", t)], reps[Job("para_en", t)], reps[Job("para_xx", t)],
@@ -111,14 +115,16 @@ def lacl_loss(reps: dict[Job, Tensor], cfg: LossConfig, shard: Shard = WHOLE,
 
 @dataclass
 class StepLoss:
-    """What the objective hands back besides the loss: the terms, and (when asked) a detached copy of
-    the global representations, for diagnostics."""
+    """What the objective hands back besides the loss: the terms, the false negatives masked
+    ({mask/ir, mask/semantic} over the global batch; empty with masking off or no keys), and (when asked) a
+    detached copy of the global representations, for diagnostics."""
 
     terms: LossTerms
     reps: dict[Job, Tensor] | None = None
+    masked: dict[str, float] = field(default_factory=dict)
 
     def scalars(self) -> dict[str, float]:
-        return self.terms.scalars()
+        return {**self.terms.scalars(), **self.masked}
 
 
 class Objective:
@@ -136,19 +142,29 @@ class Objective:
         self.cfg = cfg
 
     def __call__(self, reps: dict[Job, Tensor], language_mask: Tensor | None = None,
-                 keep_reps: bool = False, teacher_scores: Tensor | None = None) -> tuple[Tensor, StepLoss]:
+                 keep_reps: bool = False, teacher_scores: Tensor | None = None,
+                 keys: BatchKeys | None = None) -> tuple[Tensor, StepLoss]:
         """*Collective.* reps: this rank's rows of every job; language_mask: the step's
         (step_language_mask); keep_reps: also return the detached global representations;
-        teacher_scores: the step's (step_teacher_scores)."""
+        teacher_scores: the step's (step_teacher_scores); keys: this rank's false-negative keys (the
+        batch's meta["keys"]), gathered here like the rows they name."""
         sharded = self.cfg.sharding == "sharded"
         global_reps = {job: dist.gather_for_loss(r, sharded) for job, r in reps.items()}
+        masking = self.cfg.mask_false_negatives and keys is not None
+        keys = BatchKeys.concat(dist.all_gather_objects(keys)) if masking else None
+        shard = (dist.rank(), dist.world_size()) if sharded else WHOLE
+        terms = lacl_loss(global_reps, self.cfg, shard, language_mask, teacher_scores, keys)
         if sharded:
-            terms = global_terms(lacl_loss(global_reps, self.cfg, (dist.rank(), dist.world_size()), language_mask,
-                                           teacher_scores))
-        else:
-            terms = lacl_loss(global_reps, self.cfg, language_mask=language_mask, teacher_scores=teacher_scores)
+            terms = global_terms(terms)
         kept = {job: r.detach() for job, r in global_reps.items()} if keep_reps else None
-        return terms.total, StepLoss(terms, kept)
+        return terms.total, StepLoss(terms, kept, self.masked(keys))
+
+    def masked(self, keys: BatchKeys | None) -> dict[str, float]:
+        """The false negatives the step's losses masked (mask/semantic only when that loss is on)."""
+        counts = mask_counts(keys) if keys is not None else {}
+        if self.cfg.semantic_weight == 0:
+            counts.pop("mask/semantic", None)
+        return counts
 
 
 def global_terms(shares: LossTerms) -> LossTerms:

@@ -177,7 +177,8 @@ class Trainer:
         logged = (self.state.step + 1) % self.cfg.train.log_every == 0
         cache = self.grad_cache.compute_loss(step_jobs(batch, self.cfg.model), keep_reps=logged,
                                              language_mask=step_language_mask(meta, self.cfg.loss),
-                                             teacher_scores=step_teacher_scores(meta, self.cfg.loss))
+                                             teacher_scores=step_teacher_scores(meta, self.cfg.loss),
+                                             keys=meta["keys"])
         finite = math.isfinite(float(cache.loss)) and cache.grads_finite()
         if dist.all_reduce_max(0.0 if finite else 1.0) > 0:
             return self.skip_step(cache)

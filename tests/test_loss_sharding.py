@@ -25,6 +25,7 @@ from helpers_launch import WORKERS, torchrun
 from helpers_reference_step import reference_step, write_config
 
 from dist_lacl.config import LossConfig, config_from_dict
+from dist_lacl.false_negatives import mask_counts
 from dist_lacl.losses import ir_loss, language_loss, semantic_loss
 from dist_lacl.objective import PASSAGE, QUERY, Job, lacl_loss
 
@@ -38,9 +39,9 @@ def random_reps(seed=0, b=8, g=3, n=8, k=4, d=16, towers=("query",)):
     return reps
 
 
-def loss_and_grads(reps, cfg, shards=1):
+def loss_and_grads(reps, cfg, shards=1, keys=None):
     leaves = {k: v.clone().requires_grad_() for k, v in reps.items()}
-    terms = [lacl_loss(leaves, cfg, (i, shards)) for i in range(shards)]
+    terms = [lacl_loss(leaves, cfg, (i, shards), keys=keys) for i in range(shards)]
     total = sum(t.total for t in terms)
     total.backward()
     scalars = {key: sum(t.scalars()[key] for t in terms) for key in terms[0].scalars()}
@@ -110,8 +111,10 @@ def check_loss_cases(result):
     for name, case in result["losses"].items():
         cfg = LossConfig(temperature=0.5, semantic_weight=case["case"]["weights"][0],
                          language_weight=case["case"]["weights"][1],
-                         **{k: v for k, v in case["case"].items() if k not in ("weights", "towers")})
-        scalars, grads = loss_and_grads(case["reps"], cfg)
+                         **{k: v for k, v in case["case"].items() if k not in ("weights", "towers", "planted")})
+        scalars, grads = loss_and_grads(case["reps"], cfg, keys=case.get("keys"))
+        if case.get("keys") is not None:  # what the objective logs besides the terms
+            scalars.update(mask_counts(case["keys"]))
         modes = [m for m in case if isinstance(m, tuple)]
         assert len(modes) == 4
         for mode in modes:

@@ -23,6 +23,7 @@ import torch
 
 from .. import formats
 from ..errors import UserError
+from ..false_negatives import group_keys, text_keys
 from ..formats.records import passage_text
 from .order import KeyedPermutation, LanguageSampler
 from .prefetch import Prefetcher
@@ -249,6 +250,7 @@ class TrainBatches:
         paths = {"ir": d.train_ir, "parallel": d.parallel, "monolingual": d.monolingual}
         self.content = {kind: input_content(paths[kind], kind, formats.options_for(d, kind)) for kind in self.streams}
         self.depth = d.prefetch
+        self.ir_namespace = ""  # the namespace of the IR docids' false-negative keys: one dataset
         # Its own tokenizer: a fast tokenizer's padding/truncation settings are mutable state, which the
         # training loop's own use (evaluation) must not share with the thread.
         self.prefetcher = Prefetcher(functools.partial(self.make, tokenize=Tokenize(copy.deepcopy(tokenizer)))) \
@@ -311,7 +313,8 @@ class TrainBatches:
         batch = {"query": tokenize([r["query"] for r in rows], d.query_max_len, query),
                  "passage": tokenize([passage_text(p["title"], p["text"]) for g in groups for p in g],
                                      d.passage_max_len, passage)}
-        meta = {"epoch": epoch, "draw_step": plan.draw_steps}
+        keys = group_keys(rows, groups, self.ir_namespace)
+        meta = {"epoch": epoch, "draw_step": plan.draw_steps, "keys": keys}
         if self.cfg.loss.distill_weight > 0:
             meta["teacher_scores"] = group_scores(groups)
         if self.parallel is not None:
@@ -319,6 +322,7 @@ class TrainBatches:
             batch["para_en"] = tokenize(para["en"], d.sentence_max_len, query)
             batch["para_xx"] = tokenize(para["text"], d.sentence_max_len, query)
             meta["para_lang"] = para["lang"]
+            keys.para_en, keys.para_xx = text_keys(para["en"]), text_keys(para["text"])
         if self.monolingual is not None:
             mono = self.monolingual[plan.indices["monolingual"][0]]
             batch["mono"] = tokenize(mono["text"], d.sentence_max_len, query)
