@@ -49,7 +49,7 @@ def count(data: Path, steps: int, model: str) -> dict:
     from dist_lacl.false_negatives import ir_count, pair_count
 
     ir, sem, cfg = [], [], None
-    for keys, cfg in batches(data, steps, model):
+    for keys, cfg in batches(data, steps, model):  # noqa: B007 (the last cfg is read below)
         ir.append(ir_count(keys))
         sem.append(pair_count(keys))
     t, g = cfg.train, cfg.data.train_group_size

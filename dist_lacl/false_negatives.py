@@ -25,7 +25,7 @@ def stable_key(value: str, namespace: str = "") -> int:
     datasets whose docids may collide, "" for a single dataset. blake2b, never Python's hash() (salted
     per process, so ranks would disagree)."""
     # Dataset names hold no NUL, so the first NUL ends the namespace: no two (namespace, value) share a string.
-    digest = hashlib.blake2b(f"{namespace}\0{value}".encode("utf-8"), digest_size=8)
+    digest = hashlib.blake2b(f"{namespace}\0{value}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "little", signed=True)
 
 
@@ -55,8 +55,7 @@ class BatchKeys:
         return self.passages, self.positives, self.para_en, self.para_xx
 
     def to(self, device) -> BatchKeys:
-        move = (lambda t: None if t is None else t.to(device))
-        return BatchKeys(move(self.passages), move(self.positives), move(self.para_en), move(self.para_xx))
+        return BatchKeys(*(None if t is None else t.to(device) for t in self._fields()))
 
     @staticmethod
     def concat(parts: list[BatchKeys]) -> BatchKeys:

@@ -24,8 +24,16 @@ from equivalence import (
 from helpers_launch import WORKERS, torchrun
 
 from dist_lacl.config import LossConfig
-from dist_lacl.false_negatives import BatchKeys, ir_count, ir_keys, ir_mask, pair_count, pair_mask, stable_key, \
-    text_keys
+from dist_lacl.false_negatives import (
+    BatchKeys,
+    ir_count,
+    ir_keys,
+    ir_mask,
+    pair_count,
+    pair_mask,
+    stable_key,
+    text_keys,
+)
 from dist_lacl.grad_cache import GradCache
 from dist_lacl.losses import language_loss
 from dist_lacl.objective import PASSAGE, QUERY, Job, Objective, lacl_loss
