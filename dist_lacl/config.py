@@ -197,6 +197,9 @@ class TrainConfig:
     """Steps between checkpoints; 0 saves only at the end."""
     keep_last: int = 2
     """Complete checkpoints to keep."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where rank 0 writes the logged scalars: tensorboard (<output_dir>/tensorboard) and/or wandb (the
+    wandb extra, `pip install dist-lacl[wandb]`; project from $WANDB_PROJECT, default dist-lacl)."""
     max_nonfinite_steps: int = 3
     """Consecutive steps with a non-finite loss or gradient (skipped) before training stops."""
     dist_timeout_s: int = 600
@@ -294,6 +297,12 @@ def _coerce(value, hint, name: str):
             return None
         hint = next(t for t in options if t is not type(None))
         origin = typing.get_origin(hint)
+    if origin is list:  # a YAML list, or one item for a list of one
+        value = [value] if isinstance(value, str) else value
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"{name}: expected a list of {item.__name__}, got {value!r}")
+        return list(value)
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

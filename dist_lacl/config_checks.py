@@ -26,6 +26,10 @@ _CHOICES = {
 }
 
 
+REPORTERS = ("tensorboard", "wandb")
+"""The scalar writers of train.report_to (see reporting.py)."""
+
+
 def validate(cfg) -> None:
     """Raise ConfigError naming the field for any value the trainer cannot honour."""
     for dotted, choices in _CHOICES.items():
@@ -81,6 +85,8 @@ def validate(cfg) -> None:
          "dev_queries, dev_corpus and dev_qrels when train.eval_every > 0"),
         (t.save_every >= 0, "train.save_every", "an integer >= 0"),
         (t.keep_last >= 1, "train.keep_last", "an integer >= 1"),
+        (set(t.report_to) <= set(REPORTERS) and len(set(t.report_to)) == len(t.report_to), "train.report_to",
+         f"a list of distinct names from {', '.join(REPORTERS)}, got {t.report_to!r}"),
         (t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "an integer >= 1"),
         (t.dist_timeout_s > 0, "train.dist_timeout_s", "a positive integer"),
         (data.train_group_size >= 1, "data.train_group_size", "an integer >= 1"),
@@ -115,7 +121,7 @@ def check_world_size(cfg, world_size: int) -> None:
 # exact), how the loss is split over ranks and blocks (exact too), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
 # model, the data order or the optimisation, and would silently produce a different run.
 # train.output_dir: a run directory moved or copied elsewhere is still that run.
-RESUMABLE_CHANGES = {"train.output_dir", "train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
+RESUMABLE_CHANGES = {"train.output_dir", "train.report_to", "train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
                      "train.chunk_size", "train.chunk_tokens", "train.keep_last_graph", "train.grad_reduction", "train.eval_every",
                      "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",

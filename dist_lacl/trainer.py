@@ -13,7 +13,7 @@ import yaml
 from torch import Tensor
 
 from . import distributed as dist
-from . import run_dir, run_facts
+from . import reporting, run_dir, run_facts
 from .checkpoint import Checkpointer, checkpoint_name
 from .config import RunConfig
 from .config_checks import check_world_size
@@ -47,6 +47,7 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         torch.manual_seed(t.seed)  # identical initial weights on every rank for any new heads
         self.run_dir = Path(t.output_dir)
+        reporting.check_available(t.report_to)
         run_dir.check_output_dir(self.run_dir, cfg)  # read-only: a refused run leaves the directory untouched
         self.tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path,
                                         "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path")
@@ -70,7 +71,7 @@ class Trainer:
             row_length=cfg.model.packed_row_length,
             chunk_context=self.engine.chunk_context, backward_context=self.engine.backward_context,
             keep_last_graph=t.keep_last_graph)
-        self.writer = None
+        self.reporter = reporting.Reporter([])
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -98,15 +99,6 @@ class Trainer:
         if self.state.step >= self.cfg.train.max_steps:
             log.info("already at step %d, train.max_steps is %d: nothing to train", self.state.step,
                      self.cfg.train.max_steps)
-
-    def open_writer(self) -> None:
-        """TensorBoard on rank 0. After a resume, events a crashed run logged past its last checkpoint
-        are marked stale (purge_step), so the curve shows each step once."""
-        if dist.is_main():
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"),
-                                        purge_step=self.state.step + 1 if self.state.step else None)
 
     def trainer_state(self) -> dict:
         return {"train": asdict(self.state), "data": self.data.state_dict(), "world_size": dist.world_size()}
@@ -137,14 +129,23 @@ class Trainer:
 
     def train(self) -> dict[str, float]:
         """Train to train.max_steps; returns the last step's logged scalars."""
-        t = self.cfg.train
         self.resume()
-        self.open_writer()
-        if self.writer and self.state.step == 0:
+        self.reporter = reporting.open_reporter(self.cfg, self.run_dir, self.state.step)
+        if self.state.step == 0:
             # The mix the sampler aims at, once: step 0 of the mix/ curves (the observed ones start at 1).
-            for name, p in self.data.expected_language_mix().items():
-                self.writer.add_scalar(name, p, 0)
+            self.reporter.write(self.data.expected_language_mix(), 0)
         self.engine.train()
+        try:
+            scalars = self.run_steps()
+            self.save()
+        finally:
+            self.reporter.close()
+        return scalars
+
+    def run_steps(self) -> dict[str, float]:
+        """Steps to train.max_steps, evaluating, logging and checkpointing as configured; returns the last
+        step's scalars."""
+        t = self.cfg.train
         scalars: dict[str, float] = {}
         progress = _progress(t.max_steps, self.state.step)
         try:
@@ -165,9 +166,6 @@ class Trainer:
                     raise ResumeRequested(f"stopped by signal at step {self.state.step}; run again to resume")
         finally:
             progress.close()  # an error message then starts on a line of its own
-        self.save()
-        if self.writer:
-            self.writer.close()
         return scalars
 
     def train_step(self) -> dict[str, float]:
@@ -235,9 +233,7 @@ class Trainer:
     def log(self, scalars: dict[str, float]) -> None:
         if not dist.is_main():
             return
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, self.state.step)
-        self.writer.flush()
+        self.reporter.write(scalars, self.state.step)
         terms = " ".join(f"{k.split('/')[1]}={v:.4f}" for k, v in scalars.items() if k.startswith("loss/"))
         log.info("step %d %s lr=%.3g", self.state.step, terms, scalars.get("train/lr", math.nan))
 
