@@ -97,14 +97,21 @@ def has_complete_checkpoint(root: Path) -> bool:
                                  for p in root.iterdir())
 
 
+def read_trainer_state(directory: Path) -> dict:
+    """One process: a checkpoint's trainer state (step, counters, best checkpoint, data position)."""
+    return json.loads((Path(directory) / "trainer_state.json").read_text())
+
+
 class Checkpointer:
-    """Saves and finds complete checkpoints in `root`; keeps the newest `keep_last`."""
+    """Saves and finds complete checkpoints in `root`; keeps the newest `keep_last` and the best one."""
 
     def __init__(self, root: Path, keep_last: int):
         self.root, self.keep_last = Path(root), keep_last
 
-    def save(self, engine, step: int, trainer_state: dict, extra_files: dict[str, bytes]) -> Path:
-        """*Collective.* Write checkpoint `step` atomically; returns its final path."""
+    def save(self, engine, step: int, trainer_state: dict, extra_files: dict[str, bytes],
+             best_step: int | None = None) -> Path:
+        """*Collective.* Write checkpoint `step` atomically; returns its final path. Pruning keeps the
+        newest `keep_last` and checkpoint `best_step`."""
         final = self.root / checkpoint_name(step)
         tmp = self.root / f".tmp-{checkpoint_name(step)}"
         if dist.is_main():
@@ -115,7 +122,7 @@ class Checkpointer:
             tmp.mkdir()
         dist.barrier()
         try:
-            self._write(engine, tmp, final, step, trainer_state, extra_files)
+            self._write(engine, tmp, final, step, trainer_state, extra_files, best_step)
         except (OSError, RuntimeError) as e:
             failure = write_failure(e, self.root, f"checkpoint {final.name}",
                                     "; the newest complete checkpoint is intact")
@@ -127,7 +134,7 @@ class Checkpointer:
         return final
 
     def _write(self, engine, tmp: Path, final: Path, step: int, trainer_state: dict,
-               extra_files: dict[str, bytes]) -> None:
+               extra_files: dict[str, bytes], best_step: int | None) -> None:
         engine.save(tmp, client_state={"trainer_state": trainer_state})
         torch.save(rng_state(), tmp / f"rng-rank{dist.rank()}.pt")
         # Each rank lists what it sees (its own files at least); on a network filesystem rank 0's view
@@ -147,12 +154,14 @@ class Checkpointer:
                             "scans for complete checkpoints and is unaffected", self.root / "latest", final.name)
             else:
                 write_bytes(self.root / "latest", final.name.encode())
-            self._prune()
+            self._prune(best_step)
 
-    def _prune(self) -> None:
+    def _prune(self, best_step: int | None) -> None:
         complete = [p for p in self._candidates() if verify(p) is None]
+        best = checkpoint_name(best_step) if best_step is not None else None
         for old in complete[self.keep_last:]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name != best:
+                shutil.rmtree(old, ignore_errors=True)
 
     def _candidates(self) -> list[Path]:
         """Checkpoint directories, newest first."""
@@ -188,7 +197,7 @@ class Checkpointer:
 
         On another world size, ranks that have no saved RNG keep their fresh (seed + rank) streams.
         """
-        state = json.loads((directory / "trainer_state.json").read_text())
+        state = read_trainer_state(directory)
         engine.load(directory, load_optimizer=load_optimizer, saved_world_size=state.get("world_size"))
         rng_file = directory / f"rng-rank{dist.rank()}.pt"
         if state.get("world_size") == dist.world_size() and rng_file.is_file():

@@ -84,6 +84,8 @@ def _add_export_parser(subparsers) -> None:
     export.add_argument("--output", "-o", "--out", dest="output", required=True,
                         help="the model folder to write (new, empty, or a previous export with --overwrite)")
     export.add_argument("--overwrite", action="store_true", help="replace a previous export in --output")
+    export.add_argument("--best", action="store_true",
+                        help="export the run's best checkpoint (train.keep_best) instead of its newest")
     export.set_defaults(func=handler(".export", "run_export"))
 
 

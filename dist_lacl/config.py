@@ -192,11 +192,16 @@ class TrainConfig:
     log_every: int = 1
     """Steps between TensorBoard/console log lines."""
     eval_every: int = 0
-    """Steps between dev-set evaluations (MRR@10, Recall@100 per language, to TensorBoard); 0: never."""
+    """Steps between dev-set evaluations (MRR@10, Recall@100, nDCG@10 per language and averaged, logged as
+    eval/<metric>/<lang|macro|all>); 0: never."""
     save_every: int = 0
     """Steps between checkpoints; 0 saves only at the end."""
     keep_last: int = 2
-    """Complete checkpoints to keep."""
+    """Complete checkpoints to keep (the newest ones; the best one of train.keep_best is kept beside them)."""
+    keep_best: str | None = None
+    """Keep the checkpoint that scores best on this dev metric (higher is better), never deleted: ndcg@10
+    (its mean over the dev languages), ndcg@10/all, ndcg@10/<lang>, likewise mrr@10 or recall@100. Needs
+    train.eval_every; a new best is checkpointed at once. `export --best RUN_DIR` exports it."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """Where rank 0 writes the logged scalars: tensorboard (<output_dir>/tensorboard) and/or wandb (the
     wandb extra, `pip install dist-lacl[wandb]`; project from $WANDB_PROJECT, default dist-lacl)."""

@@ -7,6 +7,7 @@ imports run one way).
 
 from __future__ import annotations
 
+from .best import best_scalar
 from .errors import ConfigError
 
 _CHOICES = {
@@ -32,6 +33,8 @@ REPORTERS = ("tensorboard", "wandb")
 
 def validate(cfg) -> None:
     """Raise ConfigError naming the field for any value the trainer cannot honour."""
+    if cfg.train.keep_best:
+        best_scalar(cfg.train.keep_best)
     for dotted, choices in _CHOICES.items():
         section, name = dotted.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -85,6 +88,8 @@ def validate(cfg) -> None:
          "dev_queries, dev_corpus and dev_qrels when train.eval_every > 0"),
         (t.save_every >= 0, "train.save_every", "an integer >= 0"),
         (t.keep_last >= 1, "train.keep_last", "an integer >= 1"),
+        (not t.keep_best or t.eval_every > 0, "train.eval_every",
+         "a positive integer with train.keep_best (the best checkpoint is chosen at dev evaluations)"),
         (set(t.report_to) <= set(REPORTERS) and len(set(t.report_to)) == len(t.report_to), "train.report_to",
          f"a list of distinct names from {', '.join(REPORTERS)}, got {t.report_to!r}"),
         (t.max_nonfinite_steps >= 1, "train.max_nonfinite_steps", "an integer >= 1"),

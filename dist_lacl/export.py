@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .atomic import discard, new_temp_dir, publish_dir
-from .loading import SETTINGS, find_checkpoint, model_from_checkpoint
+from .loading import SETTINGS, find_best_checkpoint, find_checkpoint, model_from_checkpoint
 from .model import TOWERS, DualEncoder
 from .model_card import CardFacts, card_facts, write_model_card
 from .outputs import check_output_dir
@@ -67,7 +67,7 @@ def _write_sentence_transformers_config(folder: Path, model: DualEncoder) -> Non
 
 
 def run_export(args) -> None:
-    checkpoint = find_checkpoint(args.checkpoint)
+    checkpoint = find_best_checkpoint(args.checkpoint) if args.best else find_checkpoint(args.checkpoint)
     out = check_export_dir(args.output, inputs=[args.checkpoint, checkpoint], overwrite=args.overwrite)
     model, tokenizer = model_from_checkpoint(checkpoint)
     print(f"exported to {save_dual_encoder(model, tokenizer, out, card_facts(checkpoint))}")

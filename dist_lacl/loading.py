@@ -17,7 +17,14 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoint import MANIFEST, Checkpointer, consolidated_weights, verify
+from .checkpoint import (
+    MANIFEST,
+    Checkpointer,
+    checkpoint_name,
+    consolidated_weights,
+    read_trainer_state,
+    verify,
+)
 from .config import config_from_dict
 from .errors import UserError
 from .model import DualEncoder, load_encoder, prefixes_of
@@ -150,6 +157,21 @@ def find_checkpoint(path: str | Path) -> Path:
     if latest is None:
         raise UserError(f"{path}: no complete checkpoint found (expected a run directory or a step-* folder)")
     return latest
+
+
+def find_best_checkpoint(path: str | Path) -> Path:
+    """One process. The best checkpoint of a run directory (or checkpoints folder) as its newest complete
+    checkpoint records it; given a checkpoint, the best one up to that checkpoint's step."""
+    newest = find_checkpoint(path)
+    step = read_trainer_state(newest)["train"].get("best_step")
+    if step is None:
+        raise UserError(f"{path}: the run has no best checkpoint (train.keep_best was not set, or no dev "
+                        "evaluation had run by its newest checkpoint)")
+    best = newest.parent / checkpoint_name(step)
+    problem = verify(best) if best.is_dir() else "it is missing"
+    if problem:
+        raise UserError(f"{best}: the run's best checkpoint is not complete ({problem})")
+    return best
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:

@@ -14,12 +14,13 @@ from torch import Tensor
 
 from . import distributed as dist
 from . import reporting, run_dir, run_facts
+from .best import DEV_METRICS, best_scalar, check_group, improves
 from .checkpoint import Checkpointer, checkpoint_name
 from .config import RunConfig
 from .config_checks import check_world_size
 from .data.batches import TrainBatches
 from .engine import build_engine
-from .errors import NonFiniteError, ResumeRequested
+from .errors import NonFiniteError, ResumeRequested, UserError
 from .grad_cache import GradCache
 from .model import build_model, check_lengths
 from .objective import Objective, diagnostics, step_jobs, step_language_mask, step_teacher_scores
@@ -36,6 +37,9 @@ class TrainState:
     step: int = 0
     skipped_steps: int = 0
     nonfinite_in_a_row: int = 0
+    best_step: int | None = None
+    """With train.keep_best: the step of the best-scoring checkpoint so far, and its score."""
+    best_value: float | None = None
 
 
 class Trainer:
@@ -58,6 +62,8 @@ class Trainer:
         check_world_size(cfg, dist.world_size())
         torch.manual_seed(t.seed + dist.rank())  # dropout differs per rank, as it would on separate GPUs
         self.data, self.dev = self.load_data()
+        if t.keep_best:
+            check_group(t.keep_best, self.dev.queries.langs)
         self.lock = run_dir.claim(self.run_dir, cfg)
         if dist.is_main():  # the model card's data facts (files, records, languages)
             run_facts.record_data(self.run_dir, cfg.data, self.data)
@@ -115,7 +121,8 @@ class Trainer:
         extra = {"config.yaml": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).encode(),
                  "model/config.json": self.engine.module.tower("query").config.to_json_string().encode(),
                  **tokenizer_files(self.tokenizer)}
-        path = self.checkpointer.save(self.engine, self.state.step, self.trainer_state(), extra)
+        path = self.checkpointer.save(self.engine, self.state.step, self.trainer_state(), extra,
+                                      best_step=self.state.best_step)
         self.saved_step = self.state.step
         log.info("saved %s", path)
         return path
@@ -154,11 +161,13 @@ class Trainer:
                 self.state.step += 1
                 progress.update(1)
                 progress.set_postfix(loss=f"{scalars.get('loss/total', math.nan):.4f}")
+                new_best = False
                 if t.eval_every and self.state.step % t.eval_every == 0:
                     scalars.update(self.evaluate())
+                    new_best = self.note_best(scalars)
                 if self.state.step % t.log_every == 0 or t.eval_every and self.state.step % t.eval_every == 0:
                     self.log(scalars)
-                if t.save_every and self.state.step % t.save_every == 0:
+                if new_best or t.save_every and self.state.step % t.save_every == 0:
                     self.save()
                 # A signal after the last step is no reason to run again: the run finishes below.
                 if self.stop.requested() and self.state.step < t.max_steps:
@@ -198,7 +207,7 @@ class Trainer:
 
         self.engine.train(False)
         try:
-            metrics = evaluate_dev(self.engine.module, self.tokenizer, self.dev, metrics=("mrr@10", "recall@100"),
+            metrics = evaluate_dev(self.engine.module, self.tokenizer, self.dev, metrics=DEV_METRICS,
                                    query_max_len=self.cfg.data.query_max_len,
                                    passage_max_len=self.cfg.data.passage_max_len,
                                    dtype=self.cfg.train.precision)
@@ -207,6 +216,21 @@ class Trainer:
         if dist.is_main():  # readable without TensorBoard (the model card's dev metrics)
             run_facts.record_eval(self.run_dir, self.state.step, metrics)
         return metrics
+
+    def note_best(self, scalars: dict[str, float]) -> bool:
+        """With train.keep_best: whether this step's dev score is a new best (then recorded in the state).
+        evaluate_dev broadcasts its result, so every rank decides the same without a collective."""
+        if not self.cfg.train.keep_best:
+            return False
+        name = best_scalar(self.cfg.train.keep_best)
+        if name not in scalars:
+            raise UserError(f"train.keep_best: the dev evaluation reported no {name} (no judged query of that "
+                            "language?)")
+        if not improves(scalars[name], self.state.best_value):
+            return False
+        self.state.best_step, self.state.best_value = self.state.step, scalars[name]
+        log.info("step %d: new best %s = %.4f", self.state.step, name, scalars[name])
+        return True
 
     def skip_step(self, cache) -> dict[str, float]:
         """A non-finite loss or representation gradient on any rank: no update, counted; too many stop."""
