@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from . import distributed as dist
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 
 WANDB_EXTRA = "pip install 'dist-lacl[wandb]'"
 
@@ -43,11 +43,16 @@ class Reporter:
 
 
 def open_reporter(cfg, run_dir: Path, resumed_step: int) -> Reporter:
-    """The Reporter of `cfg` (a config.RunConfig), continuing at `resumed_step` (0: a new run)."""
-    if not dist.is_main():
-        return Reporter([])
+    """*Collective.* The Reporter of `cfg` (a config.RunConfig), continuing at `resumed_step` (0: a new
+    run). Rank 0 opens the writers; a writer that cannot start stops every rank, not rank 0 alone."""
     kinds = {"tensorboard": TensorBoardWriter, "wandb": WandbWriter}
-    return Reporter([kinds[name](cfg, run_dir, resumed_step) for name in cfg.train.report_to])
+    writers = []
+
+    def start() -> None:
+        writers.extend(kinds[name](cfg, run_dir, resumed_step) for name in cfg.train.report_to)
+
+    dist.main_decides(start)
+    return Reporter(writers)
 
 
 class TensorBoardWriter:
@@ -75,10 +80,14 @@ class WandbWriter:
     def __init__(self, cfg, run_dir: Path, resumed_step: int):
         import wandb
 
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "dist-lacl", name=run_dir.name,
-                              dir=str(run_dir), config=cfg.to_dict(),
-                              # The trainer logs to the console itself; wandb's capture would wrap tqdm.
-                              settings=wandb.Settings(console="off"))
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or "dist-lacl", name=run_dir.name,
+                                  dir=str(run_dir), config=cfg.to_dict(),
+                                  # The trainer logs to the console itself; wandb's capture would wrap tqdm.
+                                  settings=wandb.Settings(console="off"))
+        except wandb.errors.Error as e:  # not logged in, no network, a bad setting
+            raise UserError(f"train.report_to: wandb could not start a run ({e}); WANDB_MODE=offline logs "
+                            "locally, to sync later") from None
 
     def write(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(dict(scalars), step=step)

@@ -45,3 +45,19 @@ def test_missing_wandb_is_one_line_naming_the_extra(monkeypatch):
                                           r"\(pip install 'dist-lacl\[wandb\]'\)"):
         reporting.check_available(["tensorboard", "wandb"])
     reporting.check_available(["tensorboard"])
+
+
+def test_wandb_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+    import wandb
+
+    from dist_lacl.config import load_config
+    from dist_lacl.errors import UserError
+
+    def refuse(**kwargs):
+        raise wandb.errors.UsageError("api_key not configured (no-tty)")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    cfg = load_config(None, ["data.train_ir=x", "loss.semantic_weight=0", "loss.language_weight=0",
+                             "train.report_to=[wandb]"])
+    with pytest.raises(UserError, match=r"train\.report_to: wandb could not start a run \(api_key not configured"):
+        reporting.open_reporter(cfg, tmp_path, 0)
