@@ -38,7 +38,7 @@ def main():
         if phase == "rng" and is_crash_write(path) and "rng-rank" in str(path):
             die()
 
-    def patched_save(self, engine, step, trainer_state, extra_files):
+    def patched_save(self, engine, step, trainer_state, extra_files, **options):
         if phase == "shards" and step == int(crash_step):
             original = engine.save
 
@@ -46,7 +46,7 @@ def main():
                 original(directory, client_state)
                 die()
             engine.save = save_then_die
-        return save(self, engine, step, trainer_state, extra_files)
+        return save(self, engine, step, trainer_state, extra_files, **options)
 
     ckpt.write_bytes, ckpt.torch.save, ckpt.Checkpointer.save = patched_write_bytes, patched_torch_save, patched_save
     sys.exit(cli.main(args))
