@@ -126,13 +126,13 @@ def check_world_size(cfg, world_size: int) -> None:
 # exact), how the loss is split over ranks and blocks (exact too), threads, timeouts, bad-record policy and where the cache lives. Anything else changes the
 # model, the data order or the optimisation, and would silently produce a different run.
 # train.output_dir: a run directory moved or copied elsewhere is still that run.
-RESUMABLE_CHANGES = {"train.output_dir", "train.report_to", "train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
+RESUMABLE_CHANGES = {"train.output_dir", "train.max_steps", "train.log_every", "train.save_every", "train.keep_last",
                      "train.chunk_size", "train.chunk_tokens", "train.keep_last_graph", "train.grad_reduction", "train.eval_every",
                      "data.dev_queries", "data.dev_corpus", "data.dev_qrels", "train.num_threads", "train.dist_timeout_s",
                      "train.max_nonfinite_steps", "train.deepspeed_config", "data.bad_records",
                      "data.cache_dir", "data.cache_build_procs", "data.prefetch", "model.gradient_checkpointing",
                      "model.packed_row_length",
-                     "loss.sharding", "loss.block_rows"}
+                     "loss.sharding", "loss.block_rows", "train.report_to"}
 
 
 def check_resume_compatible(previous, current, source: str) -> None:
