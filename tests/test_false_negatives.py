@@ -22,6 +22,7 @@ from equivalence import (
     assert_close_tensors,
 )
 from helpers_launch import WORKERS, torchrun
+from helpers_loss_sharding import check_loss_cases
 
 from dist_lacl.config import LossConfig
 from dist_lacl.false_negatives import (
@@ -233,10 +234,8 @@ def test_batches_carry_keys_of_their_passages(tiny_model_dir, training_data, tmp
 @pytest.mark.slow
 def test_two_ranks_masked_losses_equal_the_reference(tmp_path):
     """Every sharding mode on 2 gloo ranks (row blocks too): the global masked loss on every rank and each
-    rank's gradients, against one process (test_loss_sharding.check_loss_cases) and against the hand
+    rank's gradients, against one process (helpers_loss_sharding.check_loss_cases) and against the hand
     reference."""
-    from test_loss_sharding import check_loss_cases
-
     out = tmp_path / "w2.pt"
     torchrun(WORKERS / "loss_sharding_worker.py", out, nproc=2, timeout=600)
     result = torch.load(out, weights_only=False)
