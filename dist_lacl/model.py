@@ -24,11 +24,14 @@ class DualEncoder(nn.Module):
     `padding_free`: each batch's sequences go through the encoder packed without padding (dist_lacl.packing):
     one row through flash-attention's varlen kernel where the encoder runs flash-attention, else rows as
     long as the batch's longest sequence, shorter ones sharing a row, under a block-diagonal mask.
+    `max_lengths`: the tokens per input each tower was trained with ({tower: int or None}, None: unknown),
+    the default length of whoever encodes with it; `max_lengths_from` says where they were read.
     """
 
     def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None = None,
                  pooling: str = "cls", normalize: bool = False, prefixes: dict[str, str] | None = None,
-                 padding_free: bool = False, packed_row_length: int = 0):
+                 padding_free: bool = False, packed_row_length: int = 0,
+                 max_lengths: dict[str, int | None] | None = None, max_lengths_from: str = ""):
         super().__init__()
         self.query_encoder = query_encoder
         # Registered only when separate, so a shared encoder is saved and optimised once.
@@ -38,6 +41,8 @@ class DualEncoder(nn.Module):
         self.prefixes = {"query": "", "passage": "", **(prefixes or {})}
         self.padding_free = padding_free
         self.packed_row_length = packed_row_length  # 0: rows as long as each chunk's longest sequence
+        self.max_lengths = {"query": None, "passage": None, **(max_lengths or {})}
+        self.max_lengths_from = max_lengths_from
 
     @property
     def shared(self) -> bool:

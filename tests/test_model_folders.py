@@ -82,7 +82,8 @@ def _st_folder(tiny_model_dir, path, pooling_config, normalize=True):
 def test_a_sentence_transformers_folder_is_read(tiny_model_dir, corpus, tmp_path, capsys):
     folder = _st_folder(tiny_model_dir, tmp_path / "st", {"pooling_mode": "cls"})
     settings = model_settings(folder)
-    assert (settings.pooling, settings.normalize, settings.max_seq_length) == ("cls", True, 77)
+    assert (settings.pooling, settings.normalize, settings.query_max_len, settings.passage_max_len) == \
+        ("cls", True, 77, 77)
     assert settings.prefixes == {"query": "q: ", "passage": "d: "}  # "document", sentence-transformers' name
     legacy = _st_folder(tiny_model_dir, tmp_path / "legacy", {"pooling_mode_cls_token": False,
                                                              "pooling_mode_mean_tokens": True}, normalize=False)
