@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -155,7 +157,7 @@ def prefixes_of(cfg) -> dict[str, str]:
 
 
 # BERT-like models carry a pooler the dual encoder never uses; left in, its parameters get no gradient.
-_HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
+HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
 
 
 def load_encoder(name_or_path: str, random_init: bool = False, attn_implementation: str | None = None,
@@ -165,7 +167,11 @@ def load_encoder(name_or_path: str, random_init: bool = False, attn_implementati
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model.name_or_path: {name_or_path}: not a loadable model folder or id ({first})") from None
-    kwargs = {"add_pooling_layer": False} if config.model_type in _HAS_UNUSED_POOLER else {}
+    unused_pooler = config.model_type in HAS_UNUSED_POOLER
+    # A folder holding pooler weights (a base model, an export) is loaded with its pooler, dropped afterwards,
+    # so that transformers reports no unexpected weights; one without them is built without (nothing missing).
+    pooler_on_disk = unused_pooler and not random_init and has_pooler_weights(name_or_path)
+    kwargs = {"add_pooling_layer": False} if unused_pooler and not pooler_on_disk else {}
     if (padding_free or attn_implementation in FLASH_IMPLEMENTATIONS) and config.model_type not in _PADDING_FREE_TYPES:
         raise UserError(f"model.padding_free: supported for model types {', '.join(sorted(_PADDING_FREE_TYPES))}; "
                         f"{name_or_path} is {config.model_type!r}. Set model.padding_free: false")
@@ -173,7 +179,27 @@ def load_encoder(name_or_path: str, random_init: bool = False, attn_implementati
         kwargs["attn_implementation"] = attn_implementation
     if random_init:
         return AutoModel.from_config(config, **kwargs)
-    return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    encoder = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    if pooler_on_disk:
+        encoder.pooler = None  # its forward then returns no pooler_output; the state dict loses pooler.*
+    return encoder
+
+
+def has_pooler_weights(name_or_path: str) -> bool:
+    """Whether the local weights in `name_or_path` hold `pooler.*` tensors (a hub id: False, as before)."""
+    folder = Path(name_or_path)
+    index = next((folder / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                  if (folder / n).is_file()), None)
+    if index is not None:
+        names = json.loads(index.read_text()).get("weight_map", {})
+    elif (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            names = list(f.keys())
+    else:
+        return False
+    return any(n.startswith("pooler.") or ".pooler." in n for n in names)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
