@@ -167,5 +167,7 @@ def test_mteb_and_sentence_transformers_score_an_export_as_dist_lacl_evaluate(ex
         {q: set(docs) for q, docs in qrels.items()}, mrr_at_k=[10], ndcg_at_k=[10], accuracy_at_k=[1],
         precision_recall_at_k=[10], map_at_k=[10], batch_size=64, name="faq")
     st_scores = evaluator(model)
+    print(f"{exported.name}: InformationRetrievalEvaluator nDCG@10 {st_scores['faq_cosine_ndcg@10']:.4f} "
+          f"MRR@10 {st_scores['faq_cosine_mrr@10']:.4f}")
     assert st_scores["faq_cosine_ndcg@10"] == pytest.approx(ours["ndcg@10"], abs=1e-3)
     assert st_scores["faq_cosine_mrr@10"] == pytest.approx(ours["mrr@10"], abs=1e-3)
