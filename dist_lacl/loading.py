@@ -106,7 +106,7 @@ def model_settings(path: str | Path) -> ModelSettings:
         raw = _read_json(config)
         settings.query_max_len = raw.get("query_length") or raw.get("max_seq_length")
         settings.passage_max_len = raw.get("document_length") or raw.get("max_seq_length")
-        settings.lengths_from = str(config)
+        settings.lengths_from = str(config) if settings.query_max_len or settings.passage_max_len else ""
     return settings
 
 
