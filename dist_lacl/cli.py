@@ -121,8 +121,10 @@ def _add_mine_parser(subparsers) -> None:
     p.add_argument("--min-relevance", type=int, default=1, help="qrels relevance that makes a positive (default 1)")
     p.add_argument("--skip-unjudged", action="store_true",
                    help="leave out queries without a positive instead of stopping (MS MARCO's queries.train)")
-    p.add_argument("--query-max-len", type=int, default=32, help="tokens per query (default 32)")
-    p.add_argument("--passage-max-len", type=int, default=128, help="tokens per passage (default 128)")
+    p.add_argument("--query-max-len", type=int,
+                   help="tokens per query (default: the model's trained length, as recorded; else 32)")
+    p.add_argument("--passage-max-len", type=int,
+                   help="tokens per passage (default: the model's trained length, as recorded; else 128)")
     p.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default 128)")
     p.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="auto: bf16 (else fp16) on GPU, fp32 on CPU")

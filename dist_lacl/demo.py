@@ -52,12 +52,19 @@ def load_for_eval(model_path: str, settings: dict):
 
 
 def evaluate(model_path: str, eval_dir: Path, settings: dict) -> dict[str, float]:
-    """MRR@10 per query language on `eval_dir` (queries, corpus, qrels), one process."""
+    """MRR@10 per query language on `eval_dir` (queries, corpus, qrels), one process, at the input lengths the
+    model records (the base model's max_seq_length; the run's data.query_max_len / passage_max_len)."""
     from .evaluation.evaluate import evaluate_dev, load_dev_set
+    from .loading import input_length
 
     model, tokenizer = load_for_eval(model_path, settings)
     dev = load_dev_set(eval_dir / "queries.jsonl", eval_dir / "corpus.jsonl", eval_dir / "qrels.txt")
-    scores = evaluate_dev(model, tokenizer, dev, metrics=("mrr@10",), query_max_len=64, passage_max_len=256)
+    query_len, passage_len = (input_length(model, tower, None, "the demo", default)
+                              for tower, default in (("query", 64), ("passage", 256)))
+    print(f"evaluate {model_path}: queries {query_len}, passages {passage_len} tokens "
+          f"({model.max_lengths_from or 'the model records none'})", flush=True)
+    scores = evaluate_dev(model, tokenizer, dev, metrics=("mrr@10",), query_max_len=query_len,
+                          passage_max_len=passage_len)
     return {key.split("/")[-1]: value for key, value in scores.items() if key.startswith("eval/mrr@10/")}
 
 

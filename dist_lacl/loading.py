@@ -2,16 +2,18 @@
 training checkpoint.
 
 The one loader of export, evaluation, mining and the demo. A folder's settings (pooling, normalize,
-towers, prefixes) come from, in this order: `dist_lacl.json` (written by `export`); else the
-sentence-transformers files (modules.json, the Pooling module's config.json, a Normalize module,
-config_sentence_transformers.json's prompts, sentence_bert_config.json's max_seq_length); else plain
-transformers: CLS pooling, no normalisation, no prefixes. A checkpoint is rebuilt from its config.yaml,
-the encoder's config and the engine's fp32 weights.
+towers, prefixes, input lengths) come from, in this order: `dist_lacl.json` (written by `export`); else
+the sentence-transformers files (modules.json, the Pooling module's config.json, a Normalize module,
+config_sentence_transformers.json's prompts, sentence_bert_config.json's max_seq_length /
+query_length / document_length); else plain transformers: CLS pooling, no normalisation, no prefixes,
+no lengths. A checkpoint is rebuilt from its config.yaml (lengths: data.query_max_len /
+passage_max_len), the encoder's config and the engine's fp32 weights.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,8 @@ from .config import config_from_dict
 from .errors import UserError
 from .model import DualEncoder, load_encoder, prefixes_of
 from .tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 SETTINGS = "dist_lacl.json"
 """An exported folder's dist-lacl settings (and the list of what the export wrote)."""
@@ -51,8 +55,11 @@ class ModelSettings:
     normalize: bool = False
     shared_encoder: bool = True
     prefixes: dict[str, str] = field(default_factory=dict)
-    max_seq_length: int | None = None
-    """sentence-transformers' max_seq_length, when the folder states one (commands keep their own defaults)."""
+    query_max_len: int | None = None
+    """Tokens per query the model was trained with (None: the folder records none)."""
+    passage_max_len: int | None = None
+    lengths_from: str = ""
+    """The file the lengths were read from."""
     encoder_dir: str = ""
     """The encoder's subfolder (an older sentence-transformers layout: `0_Transformer/`); "" the folder itself."""
 
@@ -75,24 +82,49 @@ def load_dual_encoder(path: str | Path) -> tuple[DualEncoder, object]:
     else:
         query, passage, tok_dir = _load_weights(path / "query"), _load_weights(path / "passage"), path / "query"
     model = DualEncoder(query, passage, pooling=settings.pooling, normalize=settings.normalize,
-                        prefixes=settings.prefixes)
+                        prefixes=settings.prefixes, max_lengths_from=settings.lengths_from,
+                        max_lengths={"query": settings.query_max_len, "passage": settings.passage_max_len})
     return model.eval(), load_tokenizer(tok_dir, "--model")
 
 
 def model_settings(path: str | Path) -> ModelSettings:
     """The settings of a model folder: `dist_lacl.json`, else sentence-transformers' files, else CLS."""
     path = Path(path)
-    max_len = _st_max_seq_length(path)
     if (path / SETTINGS).is_file():
         raw = _read_json(path / SETTINGS)
-        return ModelSettings(raw["pooling"], raw["normalize"], raw["shared_encoder"], raw.get("prefixes") or {},
-                             max_len)
-    if (path / _ST_MODULES).is_file():
-        return _st_settings(path, max_len)
-    return ModelSettings(max_seq_length=max_len)
+        prefixes = raw.get("prefixes") or {}
+        # Exports since prompts were keyed as clients ask for them say `document`; older ones `passage`.
+        prefixes = {"query": prefixes.get("query", ""), "passage": prefixes.get("document", prefixes.get("passage", ""))}
+        settings = ModelSettings(raw["pooling"], raw["normalize"], raw["shared_encoder"], prefixes)
+        if raw.get("query_max_len") or raw.get("passage_max_len"):
+            settings.query_max_len, settings.passage_max_len = raw.get("query_max_len"), raw.get("passage_max_len")
+            settings.lengths_from = str(path / SETTINGS)
+        return settings
+    settings = _st_settings(path) if (path / _ST_MODULES).is_file() else ModelSettings()
+    config = path / settings.encoder_dir / "sentence_bert_config.json"
+    if config.is_file():
+        raw = _read_json(config)
+        settings.query_max_len = raw.get("query_length") or raw.get("max_seq_length")
+        settings.passage_max_len = raw.get("document_length") or raw.get("max_seq_length")
+        settings.lengths_from = str(config) if settings.query_max_len or settings.passage_max_len else ""
+    return settings
 
 
-def _st_settings(path: Path, max_len: int | None) -> ModelSettings:
+def input_length(model: DualEncoder, tower: str, given: int | None, option: str, fallback: int) -> int:
+    """Tokens per input of `tower`: `given` (the command's `option`), else the length the model records,
+    else `fallback`; logged with where it came from."""
+    recorded = model.max_lengths[tower]
+    if given is not None:
+        log.info("%s inputs: %d tokens, from %s (the model records %s)", tower, given, option, recorded or "none")
+        return given
+    if recorded is not None:
+        log.info("%s inputs: %d tokens, as the model was trained (%s)", tower, recorded, model.max_lengths_from)
+        return recorded
+    log.info("%s inputs: %d tokens, %s's default (the model records no length)", tower, fallback, option)
+    return fallback
+
+
+def _st_settings(path: Path) -> ModelSettings:
     """A sentence-transformers folder: Transformer -> Pooling (cls or mean) -> optional Normalize."""
     modules = _read_json(path / _ST_MODULES)
     kinds = {str(m.get("type", "")).rsplit(".", 1)[-1]: m.get("path", "") for m in modules}
@@ -116,13 +148,8 @@ def _st_settings(path: Path, max_len: int | None) -> ModelSettings:
         raise UserError(f"{path}/config_sentence_transformers.json: prompts 'passage' and 'document' differ; "
                         "expected one passage prompt")
     prefixes = {"query": prompts.get("query") or "", "passage": prompts.get("passage", prompts.get("document")) or ""}
-    return ModelSettings(_ST_POOLING[modes[0]], "Normalize" in kinds, True, prefixes, max_len,
-                         kinds.get("Transformer", ""))
-
-
-def _st_max_seq_length(path: Path) -> int | None:
-    config = path / "sentence_bert_config.json"
-    return _read_json(config).get("max_seq_length") if config.is_file() else None
+    return ModelSettings(_ST_POOLING[modes[0]], "Normalize" in kinds, True, prefixes,
+                         encoder_dir=kinds.get("Transformer", ""))
 
 
 def _read_json(path: Path):
@@ -183,7 +210,8 @@ def model_from_checkpoint(path: str | Path) -> tuple[DualEncoder, object]:
     query = load_encoder(arch, random_init=True)
     passage = None if cfg.model.shared_encoder else load_encoder(arch, random_init=True)
     model = DualEncoder(query, passage, pooling=cfg.model.pooling, normalize=cfg.model.normalize,
-                        prefixes=prefixes_of(cfg.model))
+                        prefixes=prefixes_of(cfg.model), max_lengths_from=f"{checkpoint}/config.yaml",
+                        max_lengths={"query": cfg.data.query_max_len, "passage": cfg.data.passage_max_len})
     missing, unexpected = model.load_state_dict(consolidated_weights(checkpoint), strict=False)
     if missing or unexpected:
         raise UserError(f"{checkpoint}: weights do not fit {cfg.model.name_or_path} "

@@ -40,6 +40,8 @@ from .teacher import MINED, load_teacher, score_mined
 
 log = logging.getLogger(__name__)
 
+DEFAULT_QUERY_MAX_LEN, DEFAULT_PASSAGE_MAX_LEN = 32, 128
+"""Tokens per query / passage for a model that records no trained lengths."""
 _WRITE_BATCH = 10_000
 """Queries whose passages are read and written together (bounds the passage texts held in RAM)."""
 
@@ -227,7 +229,7 @@ def check_args(args) -> MineSettings:
         if value < 1:
             raise UserError(f"{name}: expected a positive integer, got {value}")
     for name, value in {"--query-max-len": args.query_max_len, "--passage-max-len": args.passage_max_len}.items():
-        if value < 2:
+        if value is not None and value < 2:
             raise UserError(f"{name}: expected at least 2 tokens, got {value}")
     if args.seed < 0:
         raise UserError(f"--seed: expected an integer >= 0, got {args.seed}")
@@ -333,9 +335,12 @@ def run_mine(args) -> None:
     corpus = CorpusFile(args.corpus)
     row_of = positive_rows(queries, corpus, args.qrels)
     check_rank_range(settings, len(corpus), corpus.path)
-    from .loading import load_model  # after the quick checks: it imports the engines' libraries
+    from .loading import input_length, load_model  # after the quick checks: it imports the engines' libraries
 
     model, tokenizer = load_model(args.model)
+    args.query_max_len = input_length(model, "query", args.query_max_len, "--query-max-len", DEFAULT_QUERY_MAX_LEN)
+    args.passage_max_len = input_length(model, "passage", args.passage_max_len, "--passage-max-len",
+                                        DEFAULT_PASSAGE_MAX_LEN)
     lock = claim_work_dir(work, fingerprint(args, corpus.path, model, tokenizer, teacher))  # noqa: F841 (held)
     chunks = corpus_chunks(corpus, work, args)
     query_set = TextSet([q.query_id for q in queries], [q.query for q in queries], ["und"] * len(queries))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +26,14 @@ class DualEncoder(nn.Module):
     `padding_free`: each batch's sequences go through the encoder packed without padding (dist_lacl.packing):
     one row through flash-attention's varlen kernel where the encoder runs flash-attention, else rows as
     long as the batch's longest sequence, shorter ones sharing a row, under a block-diagonal mask.
+    `max_lengths`: the tokens per input each tower was trained with ({tower: int or None}, None: unknown),
+    the default length of whoever encodes with it; `max_lengths_from` says where they were read.
     """
 
     def __init__(self, query_encoder: nn.Module, passage_encoder: nn.Module | None = None,
                  pooling: str = "cls", normalize: bool = False, prefixes: dict[str, str] | None = None,
-                 padding_free: bool = False, packed_row_length: int = 0):
+                 padding_free: bool = False, packed_row_length: int = 0,
+                 max_lengths: dict[str, int | None] | None = None, max_lengths_from: str = ""):
         super().__init__()
         self.query_encoder = query_encoder
         # Registered only when separate, so a shared encoder is saved and optimised once.
@@ -38,6 +43,8 @@ class DualEncoder(nn.Module):
         self.prefixes = {"query": "", "passage": "", **(prefixes or {})}
         self.padding_free = padding_free
         self.packed_row_length = packed_row_length  # 0: rows as long as each chunk's longest sequence
+        self.max_lengths = {"query": None, "passage": None, **(max_lengths or {})}
+        self.max_lengths_from = max_lengths_from
 
     @property
     def shared(self) -> bool:
@@ -150,7 +157,7 @@ def prefixes_of(cfg) -> dict[str, str]:
 
 
 # BERT-like models carry a pooler the dual encoder never uses; left in, its parameters get no gradient.
-_HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
+HAS_UNUSED_POOLER = {"bert", "roberta", "xlm-roberta"}
 
 
 def load_encoder(name_or_path: str, random_init: bool = False, attn_implementation: str | None = None,
@@ -160,7 +167,11 @@ def load_encoder(name_or_path: str, random_init: bool = False, attn_implementati
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"model.name_or_path: {name_or_path}: not a loadable model folder or id ({first})") from None
-    kwargs = {"add_pooling_layer": False} if config.model_type in _HAS_UNUSED_POOLER else {}
+    unused_pooler = config.model_type in HAS_UNUSED_POOLER
+    # A folder holding pooler weights (a base model, an export) is loaded with its pooler, dropped afterwards,
+    # so that transformers reports no unexpected weights; one without them is built without (nothing missing).
+    pooler_on_disk = unused_pooler and not random_init and has_pooler_weights(name_or_path)
+    kwargs = {"add_pooling_layer": False} if unused_pooler and not pooler_on_disk else {}
     if (padding_free or attn_implementation in FLASH_IMPLEMENTATIONS) and config.model_type not in _PADDING_FREE_TYPES:
         raise UserError(f"model.padding_free: supported for model types {', '.join(sorted(_PADDING_FREE_TYPES))}; "
                         f"{name_or_path} is {config.model_type!r}. Set model.padding_free: false")
@@ -168,7 +179,27 @@ def load_encoder(name_or_path: str, random_init: bool = False, attn_implementati
         kwargs["attn_implementation"] = attn_implementation
     if random_init:
         return AutoModel.from_config(config, **kwargs)
-    return AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    encoder = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    if pooler_on_disk:
+        encoder.pooler = None  # its forward then returns no pooler_output; the state dict loses pooler.*
+    return encoder
+
+
+def has_pooler_weights(name_or_path: str) -> bool:
+    """Whether the local weights in `name_or_path` hold `pooler.*` tensors (a hub id: False, as before)."""
+    folder = Path(name_or_path)
+    index = next((folder / n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+                  if (folder / n).is_file()), None)
+    if index is not None:
+        names = json.loads(index.read_text()).get("weight_map", {})
+    elif (folder / "model.safetensors").is_file():
+        from safetensors import safe_open
+
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            names = list(f.keys())
+    else:
+        return False
+    return any(n.startswith("pooler.") or ".pooler." in n for n in names)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -252,16 +252,19 @@ def _document_prompt(folder: Path) -> str:
 
 def _usage(towers: bool, settings, document_prompt: str) -> str:
     if towers:
-        prompted = any(settings.prefixes.values())
-        return _TOWERS_USAGE.format(query=', prompt_name="query"' if prompted else "",
-                                    passage=', prompt_name="passage"' if prompted else "")
+        return _TOWERS_USAGE
     pool = ("reps = hidden[:, 0]  # CLS pooling" if settings.pooling == "cls" else
             "mask = batch[\"attention_mask\"].unsqueeze(-1).to(hidden.dtype)\n"
             "    reps = (hidden * mask).sum(1) / mask.sum(1)  # mean pooling")
     norm = "\n    reps = torch.nn.functional.normalize(reps, dim=-1)" if settings.normalize else ""
     return _SHARED_USAGE.format(pool=pool, norm=norm, document_prompt=document_prompt,
-                                query=json.dumps(settings.prefixes.get("query", "")),
-                                passage=json.dumps(settings.prefixes.get("passage", "")))
+                                query=_embed_args(settings.prefixes.get("query", ""), settings.query_max_len),
+                                passage=_embed_args(settings.prefixes.get("passage", ""), settings.passage_max_len))
+
+
+def _embed_args(prompt: str, max_length: int | None) -> str:
+    """The snippet's `embed` arguments after the texts: the prompt, and the trained length if recorded."""
+    return json.dumps(prompt) + (f", {max_length}" if max_length else "")
 
 
 def _prompts(prefixes: dict[str, str]) -> str:
@@ -305,8 +308,9 @@ from transformers import AutoModel, AutoTokenizer
 tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")
 model = AutoModel.from_pretrained("THIS_FOLDER").eval()
 
-def embed(texts, prompt):
-    batch = tokenizer([prompt + t for t in texts], padding=True, truncation=True, return_tensors="pt")
+def embed(texts, prompt, max_length=None):  # max_length: the tokens per text the model was trained with
+    batch = tokenizer([prompt + t for t in texts], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt")
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
     {pool}{norm}
@@ -320,16 +324,16 @@ dist-lacl commands (`encode`, `mine`, `evaluate`) take this folder as `--model`.
 
 _TOWERS_USAGE = """## Usage
 
-This folder holds two models: `query/` encodes queries and `passage/` encodes passages. Load each one
-with sentence-transformers, as below (with plain transformers, `AutoModel.from_pretrained` each folder
-and pool as its `1_Pooling/config.json` says; prompts below).
+`query/` encodes queries and `passage/` encodes passages. sentence-transformers (5.0 or later) and MTEB
+load this folder as one model (a Router: queries to `query/`, documents to `passage/`), with its prompts
+and the lengths it was trained with. With plain transformers, `AutoModel.from_pretrained` each folder
+and pool as its `1_Pooling/config.json` says (prompts below).
 
 ```python
 from sentence_transformers import SentenceTransformer
 
-query_model = SentenceTransformer("THIS_FOLDER/query")
-passage_model = SentenceTransformer("THIS_FOLDER/passage")
-scores = query_model.encode(["a question"]{query}) @ passage_model.encode(["a passage"]{passage}).T
+model = SentenceTransformer("THIS_FOLDER")
+scores = model.encode_query(["a question"]) @ model.encode_document(["a passage"]).T
 ```
 
 dist-lacl commands (`encode`, `mine`, `evaluate`) take this top folder as `--model`.

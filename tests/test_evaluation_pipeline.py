@@ -76,7 +76,7 @@ def test_encode_uses_the_requested_tower_and_restores_train_mode(tiny_model_dir,
 
 def test_encode_puts_each_towers_prefix_before_its_texts(tiny_model_dir, setup, tmp_path):
     """e5-style prefixes: encoding "x" with the query prefix "query: " is encoding "query: x"; the
-    prefixes survive an export (and become sentence-transformers prompts)."""
+    prefixes survive an export (and become sentence-transformers prompts `query` and `document`)."""
     from dist_lacl.export import save_dual_encoder
     from dist_lacl.loading import load_dual_encoder
 
@@ -92,7 +92,9 @@ def test_encode_puts_each_towers_prefix_before_its_texts(tiny_model_dir, setup, 
                                atol=ENCODINGS_DIFFER)
     folder = save_dual_encoder(prefixed, tok, tmp_path / "exported")
     assert load_dual_encoder(folder)[0].prefixes == prefixed.prefixes
-    assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == prefixed.prefixes
+    # keyed as sentence-transformers' encode_document and MTEB ask for the passage prompt
+    assert json.loads((folder / "config_sentence_transformers.json").read_text())["prompts"] == \
+        {"query": "query: ", "document": "passage: "}
 
 
 def test_encode_bf16_on_cpu_is_close_and_fp16_is_refused(setup):

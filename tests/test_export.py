@@ -1,6 +1,7 @@
 """`dist-lacl export` consolidates ZeRO shards into a folder that plain transformers (and
 sentence-transformers) load, giving the embeddings of the training-time model."""
 
+import json
 import sys
 
 import pytest
@@ -30,6 +31,13 @@ def test_export_reloads_with_transformers_and_reproduces_embeddings(tmp_path, ti
     trained.load_state_dict(state)
     assert not torch.equal(state["query_encoder.embeddings.word_embeddings.weight"],
                            build_model(cfg.model).state_dict()["query_encoder.embeddings.word_embeddings.weight"])
+
+    # The lengths the run trained with are the export's (dist-lacl's and sentence-transformers' settings).
+    settings = json.loads((tmp_path / "exported" / "dist_lacl.json").read_text())
+    assert (settings["query_max_len"], settings["passage_max_len"]) == (cfg.data.query_max_len,
+                                                                        cfg.data.passage_max_len)
+    st_config = json.loads((tmp_path / "exported" / "sentence_bert_config.json").read_text())
+    assert st_config["max_seq_length"] == cfg.data.passage_max_len
 
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "exported")
     batch = tokenizer(TEXTS, padding=True, return_tensors="pt")

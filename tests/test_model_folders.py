@@ -82,7 +82,8 @@ def _st_folder(tiny_model_dir, path, pooling_config, normalize=True):
 def test_a_sentence_transformers_folder_is_read(tiny_model_dir, corpus, tmp_path, capsys):
     folder = _st_folder(tiny_model_dir, tmp_path / "st", {"pooling_mode": "cls"})
     settings = model_settings(folder)
-    assert (settings.pooling, settings.normalize, settings.max_seq_length) == ("cls", True, 77)
+    assert (settings.pooling, settings.normalize, settings.query_max_len, settings.passage_max_len) == \
+        ("cls", True, 77, 77)
     assert settings.prefixes == {"query": "q: ", "passage": "d: "}  # "document", sentence-transformers' name
     legacy = _st_folder(tiny_model_dir, tmp_path / "legacy", {"pooling_mode_cls_token": False,
                                                              "pooling_mode_mean_tokens": True}, normalize=False)
@@ -118,3 +119,41 @@ def test_encode_output_that_is_or_contains_an_input_is_refused(two_towers, corpu
         code, err = encode(capsys, two_towers, corpus, output)
         assert code == 2 and f"--output {output}: {says} (" in err.strip().splitlines()[-1]
     assert corpus.read_bytes() == before and sorted(p.name for p in corpus.parent.iterdir()) == ["corpus.jsonl"]
+
+
+def test_encode_defaults_to_the_lengths_an_export_records_and_an_option_wins(tiny_model_no_dropout, corpus,
+                                                                             tmp_path, capsys, caplog):
+    model = DualEncoder(load_encoder(str(tiny_model_no_dropout)), prefixes={"query": "q: ", "passage": "p: "},
+                        max_lengths={"query": 5, "passage": 7})
+    folder = save_dual_encoder(model, load_tokenizer(tiny_model_no_dropout, "model"), tmp_path / "export")
+    settings = json.loads((folder / SETTINGS).read_text())
+    assert (settings["query_max_len"], settings["passage_max_len"], settings["prefixes"]) == \
+        (5, 7, {"query": "q: ", "document": "p: "})
+    assert json.loads((folder / "sentence_bert_config.json").read_text()) == \
+        {"max_seq_length": 7, "query_length": 5, "document_length": 7}
+
+    def max_len(out, *option) -> int:
+        capsys.readouterr()
+        with caplog.at_level("INFO"):
+            assert main(["encode", "--model", str(folder), "--input", str(corpus), "--kind", "corpus",
+                         "--output", str(out), *option]) == 0
+        return json.loads((out / "meta-0-of-1.json").read_text())["provenance"]["max_len"]
+
+    assert max_len(tmp_path / "recorded") == 7 and f"as the model was trained ({folder / SETTINGS})" in caplog.text
+    assert max_len(tmp_path / "given", "--max-len", "9") == 9 and "from --max-len (the model records 7)" in caplog.text
+    # An export written before lengths were recorded and prompts keyed `document` still loads.
+    (folder / "sentence_bert_config.json").unlink()
+    settings.update(prefixes={"query": "q: ", "passage": "p: "})
+    del settings["query_max_len"], settings["passage_max_len"]
+    (folder / SETTINGS).write_text(json.dumps(settings))
+    assert model_settings(folder).prefixes == {"query": "q: ", "passage": "p: "}
+    assert max_len(tmp_path / "old") == 128 and "--max-len's default (the model records no length)" in caplog.text
+
+
+def test_a_separate_tower_export_is_one_sentence_transformers_model(two_towers):
+    modules = json.loads((two_towers / "modules.json").read_text())
+    assert [m["type"].rsplit(".", 1)[-1] for m in modules] == ["Router", "Pooling", "Normalize"]
+    router = json.loads((two_towers / "router_config.json").read_text())
+    assert router["structure"] == {"query": ["query"], "document": ["passage"]}
+    for tower in ("query", "passage"):  # each tower still a plain transformers folder
+        assert (two_towers / tower / "config.json").is_file() and (two_towers / tower / "model.safetensors").is_file()

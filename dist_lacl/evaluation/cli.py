@@ -42,7 +42,9 @@ def add_parsers(subparsers) -> None:
     encode.add_argument("--output", required=True,
                         help="directory for the shards (emb-/ids-/meta-<rank>-of-<world>); a directory holding "
                              "embeddings of another model or settings is refused")
-    encode.add_argument("--max-len", type=int, help="tokens per text (default 32 for queries, 128 for a corpus)")
+    encode.add_argument("--max-len", type=int,
+                        help="tokens per text (default: the length the model was trained with for the tower, as its "
+                             "export or checkpoint records; else 32 for queries, 128 for a corpus)")
     encode.add_argument("--batch-size", type=int, default=128, help="texts per forward pass (default 128)")
     encode.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto: bf16 (else fp16) on GPU, fp32 on CPU")
@@ -110,7 +112,7 @@ def _index_spec(args) -> IndexSpec:
 def run_encode(args) -> None:
     """*Collective* under a launcher: every rank encodes its shard of `--input`."""
     from .. import distributed as dist
-    from ..loading import load_model
+    from ..loading import input_length, load_model
     from ..model import max_tokens
     from .encode import encode_to_shards, resolve_dtype
 
@@ -130,7 +132,7 @@ def run_encode(args) -> None:
     records = read_queries(args.input) if args.kind == "queries" else read_corpus(args.input)
     tower, default_len = ("query", 32) if args.kind == "queries" else ("passage", 128)
     model, tokenizer = load_model(args.model)
-    max_len = args.max_len or default_len
+    max_len = input_length(model, tower, args.max_len, "--max-len", default_len)
     limit = max_tokens(model.tower(tower))
     if limit is not None and max_len > limit:
         raise UserError(f"--max-len: {max_len} tokens, but the model's position embeddings allow at most {limit}")
