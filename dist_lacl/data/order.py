@@ -117,6 +117,21 @@ def _uniforms(seed: int, positions: np.ndarray, stream: int) -> np.ndarray:
     return (_splitmix64(key ^ positions.astype(np.uint64)) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
+class Categorical:
+    """Draw k's category (0 .. len(probabilities) - 1), a pure function of (seed, k, stream): the language
+    of a language sampler's draw, the dataset of a step of several IR datasets (`mixture`)."""
+
+    def __init__(self, probabilities: Sequence[float], seed: int, stream: int = 0):
+        self.seed, self.stream = seed, stream
+        self._cumulative = np.cumsum(probabilities)
+        self._cumulative[-1] = 1.0  # rounding must never leave a uniform above the last bin
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """The category of each draw position (an int64 array of the positions' shape)."""
+        u = _uniforms(self.seed, np.asarray(positions, dtype=np.uint64), self.stream)
+        return np.searchsorted(self._cumulative, u, side="right")
+
+
 class LanguageSampler:
     """Deterministic, resumable draws of example indices with language probabilities n_l^alpha / sum."""
 
@@ -151,8 +166,7 @@ class LanguageSampler:
         probs = language_probabilities(counts, alpha)
         self._sizes = np.array([counts[lang] for lang in self.languages], np.int64)
         self._starts = starts
-        self._cumulative = np.cumsum([probs[lang] for lang in self.languages])
-        self._cumulative[-1] = 1.0  # rounding must never leave a uniform above the last bin
+        self._language = Categorical([probs[lang] for lang in self.languages], seed, stream=0)
 
     def expected_mix(self) -> dict[str, float]:
         """The probability of each language per draw (for logging beside the observed mix)."""
@@ -163,7 +177,7 @@ class LanguageSampler:
         if position < 0 or count < 0:
             raise ValueError(f"position {position}, count {count}: expected numbers >= 0")
         k = np.arange(position, position + count, dtype=np.uint64)
-        lang = np.searchsorted(self._cumulative, _uniforms(self.seed, k, 0), side="right")
+        lang = self._language(k)
         within = np.minimum((_uniforms(self.seed, k, 1) * self._sizes[lang]).astype(np.int64), self._sizes[lang] - 1)
         flat = self._starts[lang] + within
         return (flat if self._order is None else self._order[flat]).tolist()
