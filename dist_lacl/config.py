@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .config_checks import validate
+from .config_ir import IRSource
 from .config_paths import resolve_paths
 from .errors import ConfigError
 
@@ -60,14 +61,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train_ir: str = ""
+    train_ir: str | list[IRSource] = ""
     """English IR training data: Tevatron jsonl (query_id, query, positive_passages, negative_passages) or
-    another format of docs/formats.md (a file, or MS MARCO's directory)."""
+    another format of docs/formats.md (a file, or MS MARCO's directory); or a list of datasets, each
+    {path, format, name, weight, corpus} or a path, mixed by data.ir_batches."""
     train_ir_format: str = "auto"
     """Format of train_ir: auto (detected), tevatron, tevatron-v2, flagembedding, msmarco or dpr."""
     train_corpus: str | None = None
     """Corpus that train_ir names passages from: Tevatron v2 corpus jsonl, MS MARCO collection.tsv
     (default: corpus.jsonl / collection.tsv beside train_ir)."""
+    ir_batches: str = "one"
+    """With several train_ir datasets: `one` draws each global batch from one dataset, `mixed` each query."""
+    ir_alpha: float = 1.0
+    """With several train_ir datasets and no weights: p(dataset) ~ its size^alpha (1: by size, 0: uniform)."""
     parallel: str | None = None
     """Parallel sentences jsonl (en, text, lang), TSV or an OPUS Moses pair; required when
     loss.semantic_weight or language_weight > 0."""
@@ -108,6 +114,10 @@ class DataConfig:
     language_alpha: float | None = None
     """Draw the parallel and monolingual streams by language, p(lang) ~ n_lang^alpha (XLM-R: 0.3; 0: uniform
     over languages; with replacement, see sampling.py); None: every example once per epoch, as before."""
+
+    def ir_sources(self) -> list[IRSource]:
+        """train_ir as a list: a path is one dataset, read with train_ir_format and train_corpus."""
+        return IRSource.listed(self.train_ir, self.train_ir_format, self.train_corpus)
 
 
 @dataclass
@@ -300,11 +310,15 @@ def _coerce(value, hint, name: str):
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        hint = next(t for t in options if t is not type(None))
+        # `str | list[X]`: a list is the list; anything else the first type's.
+        hint = next((t for t in options if typing.get_origin(t) is list and isinstance(value, list)),
+                    next(t for t in options if t is not type(None)))
         origin = typing.get_origin(hint)
     if origin is list:  # a YAML list, or one item for a list of one
-        value = [value] if isinstance(value, str) else value
         (item,) = typing.get_args(hint)
+        if dataclasses.is_dataclass(item) and isinstance(value, list):  # data.train_ir's entries
+            return [_entry(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+        value = [value] if isinstance(value, str) else value
         if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
             raise ConfigError(f"{name}: expected a list of {item.__name__}, got {value!r}")
         return list(value)
@@ -320,6 +334,18 @@ def _coerce(value, hint, name: str):
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{name}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _entry(value, cls, name: str):
+    """A list entry of dataclass `cls`: a mapping of its fields, or the text of its first one (a path)."""
+    fields, first = typing.get_type_hints(cls), dataclasses.fields(cls)[0].name
+    value = {first: value} if isinstance(value, str) else value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a {first} or a mapping ({', '.join(fields)}), got {value!r}")
+    for key in value:
+        if key not in fields:
+            raise ConfigError(f"{name}: unknown key '{key}'{_suggest(str(key), fields)}")
+    return cls(**{key: _coerce(v, fields[key], f"{name}.{key}") for key, v in value.items()})
 
 
 def _finite_float(value, name: str) -> float:

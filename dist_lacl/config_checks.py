@@ -7,15 +7,19 @@ imports run one way).
 
 from __future__ import annotations
 
+import re
+
 from .best import best_scalar
 from .errors import ConfigError
 
+IR_FORMATS = ("auto", "tevatron", "tevatron-v2", "flagembedding", "msmarco", "dpr")
 _CHOICES = {
     "model.aux_towers": ("query", "passage", "both"),
     "model.pooling": ("cls", "mean"),
     "model.compile_backend": ("inductor", "aot_eager"),
     "data.bad_records": ("error", "skip"),
-    "data.train_ir_format": ("auto", "tevatron", "tevatron-v2", "flagembedding", "msmarco", "dpr"),
+    "data.train_ir_format": IR_FORMATS,
+    "data.ir_batches": ("one", "mixed"),
     "data.parallel_format": ("auto", "jsonl", "tsv", "moses"),
     "data.monolingual_format": ("auto", "jsonl", "text"),
     "loss.language_variant": ("balanced", "squared"),
@@ -102,7 +106,10 @@ def validate(cfg) -> None:
         (min(data.query_max_len, data.passage_max_len, data.sentence_max_len) >= 2,
          "data.*_max_len", "at least 2 tokens"),
         (bool(data.train_ir), "data.train_ir", "a path to IR training data (Tevatron jsonl, see docs/formats.md)"),
+        (data.ir_alpha >= 0, "data.ir_alpha", "a number >= 0 (1: datasets drawn by size, 0: uniformly)"),
     ]
+    if isinstance(data.train_ir, list):
+        checks += _ir_source_checks(data)
     if loss.semantic_weight > 0 or loss.language_weight > 0:
         checks.append((bool(data.parallel), "data.parallel",
                        "a parallel-sentences jsonl (or set loss.semantic_weight and loss.language_weight to 0)"))
@@ -112,6 +119,30 @@ def validate(cfg) -> None:
     for ok, name, expected in checks:
         if not ok:
             raise ConfigError(f"{name}: expected {expected}")
+
+
+def _ir_source_checks(data) -> list[tuple[bool, str, str]]:
+    """data.train_ir as a list: each entry's path, format, unique name and weight; weights on all or none."""
+    checks = [(data.train_ir_format == "auto", "data.train_ir_format",
+               "auto with a list of data.train_ir (give each entry its format)"),
+              (data.train_corpus is None, "data.train_corpus",
+               "null with a list of data.train_ir (give each entry its corpus)")]
+    names: dict[str, int] = {}
+    weighted = [s.weight is not None for s in data.train_ir]
+    for i, s in enumerate(data.train_ir):
+        key = f"data.train_ir[{i}]"
+        checks += [
+            (bool(s.path), f"{key}.path", "a path to IR training data"),
+            (s.format in IR_FORMATS, f"{key}.format", f"one of {', '.join(IR_FORMATS)}, got {s.format!r}"),
+            (bool(re.fullmatch(r"[\w.-]+", s.name)), f"{key}.name",
+             f"letters, digits, '_', '.' or '-' (it names TensorBoard's data/ir/<name>), got {s.name!r}"),
+            (names.setdefault(s.name, i) == i, f"{key}.name",
+             f"a name of its own: {s.name!r} is also data.train_ir[{names[s.name]}]'s (set name)"),
+            (s.weight is None or s.weight > 0, f"{key}.weight", "a positive number"),
+            (weighted[i] == weighted[0], f"{key}.weight",
+             "a weight on every entry or on none (data.train_ir[0] has " + ("one)" if weighted[0] else "none)")),
+        ]
+    return checks
 
 
 def check_world_size(cfg, world_size: int) -> None:

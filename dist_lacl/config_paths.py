@@ -30,12 +30,15 @@ def find_deepspeed_config(name: str) -> Path:
 
 def resolve_paths(cfg):
     """`cfg` with every local path absolute and real; hub model ids as given."""
-    def resolved(section: str, name: str):
-        value = getattr(getattr(cfg, section), name)
+    def resolved(section: str, name: str, value):
+        if isinstance(value, list):  # data.train_ir's datasets: each one's data and corpus
+            return [dataclasses.replace(s, path=resolved(section, name, s.path),
+                                        corpus=resolved(section, name, s.corpus)) for s in value]
         if not value or section == "model" and not looks_local(value):
             return value
         path = find_deepspeed_config(value) if name == "deepspeed_config" else os.path.expanduser(value)
         return os.path.realpath(path)
     return dataclasses.replace(cfg, **{
-        section: dataclasses.replace(getattr(cfg, section), **{name: resolved(section, name) for name in names})
+        section: dataclasses.replace(getattr(cfg, section), **{
+            name: resolved(section, name, getattr(getattr(cfg, section), name)) for name in names})
         for section, names in _PATHS.items()})
