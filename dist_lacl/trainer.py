@@ -199,6 +199,7 @@ class Trainer:
             scalars.update(diagnostics(cache.loss_out.reps, meta))
             scalars.update(self.data.language_mix(meta))  # the global draws, recomputed from the step
         scalars["train/epoch"] = meta["epoch"]
+        scalars.update(self.data.ir_counts())  # data/ir/<name>: queries drawn from each IR dataset so far
         return scalars
 
     def evaluate(self) -> dict[str, float]:

@@ -232,7 +232,7 @@ def test_prefetch_gives_the_same_batches_and_an_exact_position(tmp_path, tiny_mo
     got, prefetched = batches_of(on, tokenizer, 5)
     assert all(same(a, b) for a, b in zip(got, expected))
     # The streams have advanced past step 5 for the prefetched steps, the saved position has not.
-    assert prefetched.streams["ir"].position.offset > prefetched.state_dict()["ir"]["offset"] == 20
+    assert prefetched.ir.streams[0].position.offset > prefetched.state_dict()["ir"]["offset"] == 20
     state = prefetched.state_dict()
     _, replain = batches_of(off, tokenizer, 5)
     assert state == replain.state_dict()

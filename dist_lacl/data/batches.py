@@ -22,8 +22,9 @@ import torch
 
 from .. import formats
 from ..errors import UserError
-from ..false_negatives import group_keys, text_keys
+from ..false_negatives import text_keys
 from ..formats.records import passage_text
+from .mixture import IRDraw, IRMixture
 from .prefetch import Prefetcher
 from .read import input_content, load_dataset
 from .streams import BatchStream, LanguageStream, language_sampler
@@ -78,10 +79,10 @@ class Tokenize:
 
 @dataclass
 class StepPlan:
-    """What one step reads: this rank's indices (and their epoch) per stream, and the streams'
-    positions once the step is consumed."""
+    """What one step reads: this rank's indices (and their epoch) per stream, the IR queries' as an
+    IRDraw (each query's dataset, index and epoch), and the streams' positions once the step is consumed."""
 
-    indices: dict[str, tuple[list[int], int]]
+    indices: dict[str, IRDraw | tuple[list[int], int]]
     state_after: dict
     draw_steps: dict[str, int] = dataclasses.field(default_factory=dict)
     """The step each stream drawn by language drew at (its global draws are a function of it)."""
@@ -103,13 +104,17 @@ class TrainBatches:
         self.cfg, self.tokenize = cfg, Tokenize(tokenizer)
         load = functools.partial(load_dataset, cache_dir=cache_dir or d.cache_dir, bad_records=d.bad_records,
                                  num_proc=d.cache_build_procs)
-        self.ir = load(d.train_ir, "ir", options=formats.options_for(d, "ir"))
+        sources = d.ir_sources()
+        options = [formats.ReadOptions(s.format, corpus=s.corpus) for s in sources]
+        ir = [load(s.path, "ir", options=o) for s, o in zip(sources, options)]
         if d.train_group_size > 1:
-            check_has_negatives(self.ir, d.train_ir, d.train_group_size)
+            for s, data in zip(sources, ir):
+                check_has_negatives(data, s.path, d.train_group_size)
         if cfg.loss.distill_weight > 0:
-            check_scores(self.ir, d.train_ir, formats.options_for(d, "ir"))
-        self.streams = {"ir": BatchStream(len(self.ir), t.ir_batch_size, t.seed, rank, world_size,
-                                          f"data.train_ir ({d.train_ir})", "train.ir_batch_size")}
+            for s, data, o in zip(sources, ir, options):
+                check_scores(data, s.path, o)
+        self.ir = IRMixture(sources, ir, t.ir_batch_size, t.seed, d.ir_alpha, d.ir_batches, rank, world_size)
+        self.streams = {"ir": self.ir}
         self.parallel = self.monolingual = None
         if cfg.loss.semantic_weight > 0 or cfg.loss.language_weight > 0:
             self.parallel = load(d.parallel, "parallel", options=formats.options_for(d, "parallel"))
@@ -122,10 +127,11 @@ class TrainBatches:
                                                            t.seed + 2, rank, world_size,
                                                            f"data.monolingual ({d.monolingual})",
                                                            "train.monolingual_batch_size")
-        paths = {"ir": d.train_ir, "parallel": d.parallel, "monolingual": d.monolingual}
-        self.content = {kind: input_content(paths[kind], kind, formats.options_for(d, kind)) for kind in self.streams}
+        paths = {"parallel": d.parallel, "monolingual": d.monolingual}
+        self.content = {"ir": [f for s, o in zip(sources, options) for f in input_content(s.path, "ir", o)],
+                        **{kind: input_content(paths[kind], kind, formats.options_for(d, kind))
+                           for kind in self.streams if kind != "ir"}}
         self.depth = d.prefetch
-        self.ir_namespace = ""  # the namespace of the IR docids' false-negative keys: one dataset
         # Its own tokenizer: a fast tokenizer's padding/truncation settings are mutable state, which the
         # training loop's own use (evaluation) must not share with the thread.
         self.prefetcher = Prefetcher(functools.partial(self.make, tokenize=Tokenize(copy.deepcopy(tokenizer)))) \
@@ -153,6 +159,10 @@ class TrainBatches:
         return {f"mix/{name}/{lang}": p for name, s in self.streams.items() if isinstance(s, LanguageStream)
                 for lang, p in s.sampler.expected_mix().items()}
 
+    def ir_counts(self) -> dict[str, int]:
+        """{data/ir/<name>: queries drawn from each IR dataset by all ranks}, after the last step returned."""
+        return {f"data/ir/{name}": n for name, n in self.ir.examples_drawn(self.consumed["ir"]).items()}
+
     def _positions(self) -> dict:
         return {name: s.state_dict() for name, s in self.streams.items()}
 
@@ -179,17 +189,19 @@ class TrainBatches:
 
     def make(self, plan: StepPlan, tokenize: Tokenize) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
         """Read and tokenise one planned step's records."""
-        d, seed = self.cfg.data, self.cfg.train.seed
+        d = self.cfg.data
         query, passage = self.cfg.model.query_prefix, self.cfg.model.passage_prefix  # auxiliary text: as queries
-        idx, epoch = plan.indices["ir"]
-        recs = self.ir[idx]
-        rows = [dict(zip(recs, vals)) for vals in zip(*recs.values())]
-        groups = [sample_group(r, d.train_group_size, seed, epoch, i) for r, i in zip(rows, idx)]
+        draw = plan.indices["ir"]
+        rows = self.ir.records(draw)
+        groups = [sample_group(r, d.train_group_size, self.ir.seeds[s], epoch, i)
+                  for r, s, epoch, i in zip(rows, draw.sources, draw.epochs, draw.indices)]
         batch = {"query": tokenize([r["query"] for r in rows], d.query_max_len, query),
                  "passage": tokenize([passage_text(p["title"], p["text"]) for g in groups for p in g],
                                      d.passage_max_len, passage)}
-        keys = group_keys(rows, groups, self.ir_namespace)
-        meta = {"epoch": epoch, "draw_step": plan.draw_steps, "keys": keys}
+        # ir_source: each query's dataset (docids are unique within a dataset only).
+        keys = self.ir.keys(rows, groups, draw)
+        meta = {"epoch": max(draw.epochs), "draw_step": plan.draw_steps,
+                "ir_source": [self.ir.names[s] for s in draw.sources], "keys": keys}
         if self.cfg.loss.distill_weight > 0:
             meta["teacher_scores"] = group_scores(groups)
         if self.parallel is not None:
