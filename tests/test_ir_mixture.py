@@ -4,10 +4,12 @@ weights' or the sizes' proportions; a resume on another world size continues eve
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers_data import ir_records, write_jsonl
 from helpers_launch import run
 from helpers_train import scalars, train_args
@@ -219,6 +221,14 @@ def test_a_list_resolves_each_entrys_files_and_keeps_the_reading_options_its_own
     for option in ("data.train_ir_format=dpr", "data.train_corpus=c.tsv"):
         with pytest.raises(ConfigError, match=f"{option.split('=')[0]}: expected .* with a list of data.train_ir"):
             load_config(None, [*base, "data.train_ir=[a]", option])
+
+
+def test_the_documented_mixture_is_a_valid_config():
+    text = (Path(__file__).parents[1] / "docs" / "formats.md").read_text()
+    example = text.split("#### Several IR datasets")[1].split("```yaml")[1].split("```")[0]
+    data = yaml.safe_load(example)["data"]
+    cfg = config_from_dict({"data": data, "loss": {"semantic_weight": 0, "language_weight": 0}})
+    assert [(s.name, s.weight) for s in cfg.data.ir_sources()] == [("msmarco", 3), ("nq", 1), ("hotpotqa", 1)]
 
 
 # ------------------------------------------------------------------ through the trainer
