@@ -258,8 +258,9 @@ def test_a_format_without_scores_is_refused_at_load(tiny_model_dir, tmp_path):
 def test_the_step_carries_the_sampled_passages_scores(tiny_model_dir, training_data_with_scores, tmp_path):
     cfg, data = batches(tiny_model_dir, tmp_path, training_data_with_scores["train_ir"])
     plan = data.plan()
-    (indices, epoch), (_, meta) = plan.indices["ir"], data.make(plan, data.tokenize)
-    groups = [sample_group(data.ir[i], 3, cfg.train.seed, epoch, i) for i in indices]
+    draw, (_, meta) = plan.indices["ir"], data.make(plan, data.tokenize)
+    groups = [sample_group(data.ir.datasets[0][i], 3, cfg.train.seed, epoch, i)
+              for i, epoch in zip(draw.indices, draw.epochs)]
     assert meta["teacher_scores"].tolist() == [[p["score"] for p in g] for g in groups]
     assert meta["teacher_scores"].shape == (4, 3) and meta["teacher_scores"].dtype == torch.float64
     _, off = batches(tiny_model_dir, tmp_path / "off", training_data_with_scores["train_ir"], distill=False)
