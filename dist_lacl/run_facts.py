@@ -30,7 +30,8 @@ def record_data(run_dir: Path, data_cfg, data) -> None:
     summary = {}
     for name, stream in data.streams.items():
         paths = getattr(data_cfg, _PATHS.get(name, name), None)
-        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        # data.train_ir may be a list of datasets (config_ir.IRSource entries): their paths.
+        paths = [paths] if isinstance(paths, str) else [getattr(p, "path", p) for p in paths or []]
         entry = {"files": [Path(p).name for p in paths], "records": int(stream.num_examples)}
         dataset = getattr(data, name, None)  # the stream's Arrow dataset
         if "lang" in getattr(dataset, "column_names", ()):

@@ -2,6 +2,7 @@
 each global batch comes from one dataset (or each query from its own: data.ir_batches=mixed) in the
 weights' or the sizes' proportions; a resume on another world size continues every dataset's stream."""
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -244,3 +245,5 @@ def test_training_logs_each_datasets_queries(tmp_path, tiny_model_no_dropout, tr
     counts = {name: logged[f"data/ir/{name}"] for name in SIZES}
     assert all(len(c) == 2 for c in counts.values())  # steps 2 and 4
     assert [sum(c[i] for c in counts.values()) for i in range(2)] == [8, 16]
+    facts = json.loads((tmp_path / "run" / "data.json").read_text())["ir"]  # the model card's data facts
+    assert facts == {"files": [f"{name}.jsonl" for name in SIZES], "records": sum(SIZES.values())}

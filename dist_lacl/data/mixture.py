@@ -71,6 +71,11 @@ class IRMixture:
         self.global_batch_size, self.rank, self.world_size = global_batch_size, rank, world_size
         self.step = 0
 
+    @property
+    def num_examples(self) -> int:
+        """Queries in all the datasets together."""
+        return sum(s.num_examples for s in self.streams)
+
     def next_indices(self) -> IRDraw:
         """This rank's queries of the next global batch."""
         step, self.step = self.step, self.step + 1
