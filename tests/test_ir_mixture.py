@@ -21,6 +21,7 @@ from dist_lacl.config_ir import IRSource
 from dist_lacl.data.batches import BatchStream, TrainBatches
 from dist_lacl.data.mixture import IRMixture, dataset_probabilities
 from dist_lacl.errors import ConfigError, UserError
+from dist_lacl.false_negatives import stable_key
 
 SIZES = {"small": 8, "mid": 12, "large": 16}  # the three datasets' queries
 
@@ -175,6 +176,23 @@ def test_resume_from_two_ranks_to_one_and_back_continues_every_stream(tiny_model
     assert again[1].state_dict() == whole.state_dict() and again[0].ir_counts() == whole.ir_counts()
     counts = whole.ir_counts()
     assert sum(counts.values()) == 9 * 4 and set(counts) == {f"data/ir/{name}" for name in SIZES}
+
+
+def test_false_negative_keys_name_each_querys_dataset_where_batches_mix(tiny_model_dir, three):
+    """The three files share docids (d0, d1, ...): in mixed batches a docid is keyed in its dataset's name."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for mode in ("one", "mixed"):
+        data = TrainBatches(config(tiny_model_dir, weighted(three), ir_batches=mode), tokenizer, 0, 1)
+        sources = []
+        for _ in range(3):
+            plan = data.plan()
+            _, meta = data.make(plan, data.tokenize)
+            spaces = meta["ir_source"] if mode == "mixed" else [""] * 4
+            expected = [stable_key(r["positives"][0]["docid"], ns) for r, ns in
+                        zip(data.ir.records(plan.indices["ir"]), spaces)]
+            assert meta["keys"].positives[:, 0].tolist() == expected
+            sources.append(len(set(meta["ir_source"])))
+        assert max(sources) == 1 if mode == "one" else max(sources) > 1
 
 
 def test_a_checkpoint_of_other_datasets_or_mode_is_refused(tiny_model_dir, three, training_data):
