@@ -65,6 +65,8 @@ def read_sentences(paths: list[str], fmt: str = "auto", lang: str | None = None,
     mono: dict[str, _Reservoir] = {}
     for name in paths:
         path = Path(name)
+        if not path.exists():  # named as the user gave it, not as a training stream
+            raise UserError(f"--texts {name}: file not found")
         kind = text_kind(path, fmt)
         _, records = formats.read(path, kind, ReadOptions(fmt, lang=lang))
         for _, rec in records:

@@ -119,7 +119,7 @@ def test_a_real_model_folder(tiny_model_dir, tmp_path, capsys):
 
 
 def test_misuse(stub_encoder, parallel_file, tmp_path, capsys):
-    assert_clean_failure(run(["agnostic", "--texts", tmp_path / "missing.jsonl"], capsys), "file not found")
+    assert_clean_failure(run(["agnostic", "--texts", tmp_path / "missing.jsonl"], capsys), "missing.jsonl: file not found")
     one_lang = tmp_path / "one.jsonl"
     one_lang.write_text("".join(json.dumps({"text": f"de {i}", "lang": "de"}) + "\n" for i in range(9)))
     assert_clean_failure(run(["agnostic", "--texts", one_lang], capsys), "at least two languages")
