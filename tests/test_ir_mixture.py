@@ -265,3 +265,19 @@ def test_training_logs_each_datasets_queries(tmp_path, tiny_model_no_dropout, tr
     assert [sum(c[i] for c in counts.values()) for i in range(2)] == [8, 16]
     facts = json.loads((tmp_path / "run" / "data.json").read_text())["ir"]  # the model card's data facts
     assert facts == {"files": [f"{name}.jsonl" for name in SIZES], "records": sum(SIZES.values())}
+
+
+def test_hard_negative_groups_draw_for_every_seed_the_config_allows():
+    """sample_group's generator seed is (seed, epoch, index) folded to 64 bits: the largest train.seed
+    draws (it overflowed torch.manual_seed above about 1.8e7), the same way every time, and a small seed
+    draws as it always did."""
+    import torch
+
+    from dist_lacl.data.batches import sample_group
+
+    rec = {"query_id": "q", "positives": [{"docid": f"p{i}"} for i in range(3)],
+           "negatives": [{"docid": f"n{i}"} for i in range(20)]}
+    big = [p["docid"] for p in sample_group(rec, 4, 2**31 - 1, 7, 123_456)]
+    assert big == [p["docid"] for p in sample_group(rec, 4, 2**31 - 1, 7, 123_456)] and len(big) == 4
+    g = torch.Generator().manual_seed((42 * 1_000_003 + 1) * 1_000_003 + 5)  # the unfolded seed, as before
+    assert sample_group(rec, 4, 42, 1, 5)[0] == rec["positives"][int(torch.randint(3, (1,), generator=g))]

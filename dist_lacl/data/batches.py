@@ -39,7 +39,8 @@ def sample_group(rec: dict, group_size: int, seed: int, epoch: int, index: int) 
     """One positive and group_size-1 hard negatives, drawn from (seed, epoch, index) so a resumed run
     draws the same. Negatives repeat when there are too few; with none, other queries' passages in the
     batch still serve as negatives."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + index)
+    # torch seeds are 64-bit: keep the low 64 bits (every seed below about 1.8e7 is unchanged)
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_003 + index) & 0xFFFFFFFFFFFFFFFF)
     pos = rec["positives"][int(torch.randint(len(rec["positives"]), (1,), generator=g))]
     negs = rec["negatives"]
     if group_size == 1:
